@@ -1,0 +1,4 @@
+//! Apply: the pure last-writer-wins rule, and the applier that writes remote changes.
+
+pub mod applier;
+pub mod lww;

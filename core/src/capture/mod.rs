@@ -1,0 +1,134 @@
+//! Capture: which tables replicate, the triggers that log their changes, and their removal.
+//!
+//! Triggers write only (table id, op, primary key) into the change log, inside the app's transaction; the
+//! row image is read later, off the app's path, when the change is stamped. The triggers are guarded by
+//! `WHEN NOT EXISTS (SELECT 1 FROM <applying control table>)` so the applier's own writes are not captured,
+//! with no custom SQL function and no `trusted_schema` needed on the app's connections.
+
+pub mod schema;
+pub mod triggers;
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::{Error, Result, SqlContext};
+pub use schema::{Schema, TableInfo};
+
+/// Prefix of every object the library creates; `cleanup` removes exactly these.
+pub const PREFIX: &str = "__harmonylite__";
+pub const CHANGE_LOG: &str = "__harmonylite__change_log";
+pub const APPLYING: &str = "__harmonylite__applying";
+pub const TABLES: &str = "__harmonylite__tables";
+/// Most primary-key columns a table may have (the change log has this many key slots).
+pub const MAX_PK_COLUMNS: usize = 8;
+
+/// Creates the library's own tables if missing. Idempotent.
+pub fn create_library_tables(conn: &Connection) -> Result<()> {
+    let key_columns: String = (0..MAX_PK_COLUMNS).map(|i| format!(", k{i}")).collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS __harmonylite__meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {TABLES}(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+         CREATE TABLE IF NOT EXISTS {CHANGE_LOG}(seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL,
+             op INTEGER NOT NULL{key_columns});
+         CREATE TABLE IF NOT EXISTS {APPLYING}(applying INTEGER);
+         CREATE TABLE IF NOT EXISTS __harmonylite__versions(tbl TEXT NOT NULL, pk BLOB NOT NULL,
+             hlc INTEGER NOT NULL, node INTEGER NOT NULL, deleted INTEGER NOT NULL,
+             PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
+             rows INTEGER NOT NULL, payload BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
+             reason TEXT NOT NULL, change BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__rejected(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
+             pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
+    ))
+    .ctx("creating the library's tables")
+}
+
+/// Reads the replicated schema and makes the triggers match it: installs missing ones, replaces stale
+/// ones, drops those of tables that are gone or no longer selected. Runs in one write transaction.
+pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
+    let tx = conn.transaction().ctx("starting capture install")?;
+    let schema = Schema::read(&tx, config)?;
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for table in schema.tables.values() {
+        let id = table_id(&tx, &table.name)?;
+        for trigger in triggers::for_table(table, id) {
+            wanted.insert(trigger.name, trigger.sql);
+        }
+    }
+    let existing: Vec<(String, String)> = tx
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("listing capture triggers")?;
+    let mut changed = 0usize;
+    for (name, sql) in &existing {
+        if wanted.get(name) != Some(sql) {
+            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", triggers::quote(name)))
+                .ctx("dropping a stale capture trigger")?;
+            changed += 1;
+        }
+    }
+    for (name, sql) in &wanted {
+        if !existing.iter().any(|(n, s)| n == name && s == sql) {
+            tx.execute_batch(sql).map_err(|source| Error::Sqlite {
+                context: format!("installing capture trigger {name}"),
+                source,
+            })?;
+            changed += 1;
+        }
+    }
+    tx.commit().ctx("committing capture install")?;
+    if changed > 0 {
+        info!(
+            tables = schema.tables.len(),
+            triggers_changed = changed,
+            "capture installed"
+        );
+    }
+    Ok(schema)
+}
+
+fn table_id(conn: &Connection, name: &str) -> Result<i64> {
+    let existing: Option<i64> = conn
+        .query_row(&format!("SELECT id FROM {TABLES} WHERE name = ?1"), [name], |row| row.get(0))
+        .optional()
+        .ctx("reading table ids")?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    conn.execute(&format!("INSERT INTO {TABLES}(name) VALUES (?1)"), params![name])
+        .ctx("registering a table")?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Removes every trigger and table the library created, and nothing else (HarmonyLite's `-cleanup`).
+pub fn cleanup(conn: &mut Connection) -> Result<usize> {
+    let tx = conn.transaction().ctx("starting cleanup")?;
+    let objects: Vec<(String, String)> = tx
+        .prepare(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'table')
+             AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\' ORDER BY type = 'table'",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("listing library objects")?;
+    for (kind, name) in &objects {
+        let statement = if kind == "trigger" { "DROP TRIGGER" } else { "DROP TABLE" };
+        tx.execute_batch(&format!("{statement} IF EXISTS {}", triggers::quote(name)))
+            .ctx("dropping a library object")?;
+    }
+    tx.commit().ctx("committing cleanup")?;
+    if objects.is_empty() {
+        warn!("cleanup: nothing to remove");
+    }
+    Ok(objects.len())
+}

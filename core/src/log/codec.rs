@@ -1,0 +1,134 @@
+//! Versioned envelope: `b"HL"`, format version, flags, then a MessagePack [`Batch`], optionally zstd.
+//!
+//! Decoding never panics and bounds the decompressed size, so a hostile or corrupt message is only ever
+//! a [`DecodeError`] that the consumer parks on the dead-letter subject.
+
+use super::record::Batch;
+
+const MAGIC: &[u8; 2] = b"HL";
+pub const FORMAT_VERSION: u8 = 1;
+const FLAG_ZSTD: u8 = 0b0000_0001;
+/// Upper bound of a decompressed payload; a message claiming more is refused.
+pub const MAX_DECODED_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message too short ({0} bytes)")]
+    TooShort(usize),
+    #[error("not a HarmonyLite message (bad magic)")]
+    BadMagic,
+    #[error("unknown format version {0} (this node understands {FORMAT_VERSION})")]
+    UnknownVersion(u8),
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("bad compressed payload: {0}")]
+    Decompress(String),
+    #[error("bad payload: {0}")]
+    Payload(String),
+}
+
+pub fn encode(batch: &Batch, compress: bool) -> Vec<u8> {
+    // Serializing our own types into a Vec cannot fail.
+    let body = rmp_serde::to_vec(batch).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() / 2 + 4);
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    if compress {
+        match zstd::bulk::compress(&body, 1) {
+            Ok(packed) if packed.len() < body.len() => {
+                out.push(FLAG_ZSTD);
+                out.extend_from_slice(&packed);
+                return out;
+            }
+            _ => {}
+        }
+    }
+    out.push(0);
+    out.extend_from_slice(&body);
+    out
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+    if bytes.len() < 4 {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    if &bytes[..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if bytes[2] != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(bytes[2]));
+    }
+    let flags = bytes[3];
+    if flags & !FLAG_ZSTD != 0 {
+        return Err(DecodeError::UnknownFlags(flags));
+    }
+    let payload = &bytes[4..];
+    let batch = if flags & FLAG_ZSTD != 0 {
+        let body = zstd::bulk::decompress(payload, MAX_DECODED_BYTES)
+            .map_err(|err| DecodeError::Decompress(err.to_string()))?;
+        rmp_serde::from_slice(&body)
+    } else {
+        rmp_serde::from_slice(payload)
+    };
+    batch.map_err(|err| DecodeError::Payload(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::record::{Op, RowChange, Value};
+    use proptest::prelude::*;
+
+    fn sample() -> Batch {
+        Batch {
+            node_id: 42,
+            changes: vec![RowChange {
+                table: "t".into(),
+                op: Op::Upsert,
+                hlc: 77,
+                pk: vec![Value::Integer(i64::MIN)],
+                columns: vec![
+                    ("a".into(), Value::Real(-0.0)),
+                    ("b".into(), Value::Blob(vec![0; 1000])),
+                    ("c".into(), Value::Text("zé 🚀".into())),
+                    ("d".into(), Value::Null),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_compressed_and_plain() {
+        for compress in [true, false] {
+            let decoded = decode(&encode(&sample(), compress)).expect("decodes");
+            assert_eq!(decoded.changes[0].columns[0].1.clone(), Value::Real(-0.0));
+            match decoded.changes[0].columns[0].1 {
+                Value::Real(f) => assert!(f.is_sign_negative()),
+                _ => panic!("type changed"),
+            }
+            assert_eq!(decoded, sample());
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert_eq!(decode(b"xx"), Err(DecodeError::TooShort(2)));
+        assert_eq!(decode(b"NOPE...."), Err(DecodeError::BadMagic));
+        assert_eq!(decode(b"HL\x09\x00abc"), Err(DecodeError::UnknownVersion(9)));
+        assert!(matches!(decode(b"HL\x01\x01garbage"), Err(DecodeError::Decompress(_))));
+        assert!(matches!(decode(b"HL\x01\x00\xc1\xc1"), Err(DecodeError::Payload(_))));
+        let mut truncated = encode(&sample(), false);
+        truncated.truncate(truncated.len() / 2);
+        assert!(decode(&truncated).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let mut framed = b"HL\x01\x00".to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode(&framed);
+        }
+    }
+}
