@@ -1,1 +1,37 @@
-pub fn placeholder() {}
+//! HarmonyLite: leaderless SQLite replication over NATS JetStream, in-process.
+//!
+//! ```no_run
+//! # async fn demo() -> harmonylite::Result<()> {
+//! use std::time::Duration;
+//! let replica = harmonylite::open_replicated("app.db", harmonylite::Config::default()).await?;
+//! // ... the app writes to app.db with its own SQLite connection ...
+//! let token = replica.sync(Duration::from_secs(10)).await?; // published and acknowledged
+//! println!("{token}");
+//! replica.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The pipeline (see ARCHITECTURE.md): capture triggers → change log → stamping into the outbox → publisher
+//! → JetStream → each node's consumer → applier (last-writer-wins by hybrid logical clock) → change events.
+
+pub mod apply;
+pub mod capture;
+pub mod clock;
+pub mod config;
+mod db_thread;
+mod engine;
+pub mod error;
+pub mod events;
+pub mod log;
+pub mod publish;
+pub mod transport;
+
+pub use config::Config;
+pub use db_thread::cleanup_database;
+pub use engine::{
+    block_on, on_runtime, open_replicated, runtime, ConnectionState, PausedTable, Replica, ShardStatus, Status,
+    Token,
+};
+pub use error::{Error, ErrorCode, Result};
+pub use events::{ChangeEvent, ChangeOp, Listener, Subscription};
+pub use log::Value;

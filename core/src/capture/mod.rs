@@ -50,11 +50,12 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
 
 /// Reads the replicated schema and makes the triggers match it: installs missing ones, replaces stale
 /// ones, drops those of tables that are gone or no longer selected. Runs in one write transaction.
+/// A read replica (`publish = false`) gets no triggers at all: it sends nothing.
 pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
     let tx = conn.transaction().ctx("starting capture install")?;
     let schema = Schema::read(&tx, config)?;
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-    for table in schema.tables.values() {
+    for table in schema.tables.values().filter(|_| config.publish) {
         let id = table_id(&tx, &table.name)?;
         for trigger in triggers::for_table(table, id) {
             wanted.insert(trigger.name, trigger.sql);

@@ -1,0 +1,573 @@
+//! The library's own SQLite connection, on a dedicated thread (SQLite work never runs on async workers).
+//!
+//! It notices the app's commits (`PRAGMA data_version` changes when another connection commits), stamps
+//! captured changes into the outbox and hands them to the publisher, applies received batches, and
+//! answers status queries. One thread, one connection: the library never races itself for the write lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::apply::applier::{self, ApplyOutcome, Incoming};
+use crate::capture::{self, Schema, APPLYING};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, Result, SqlContext};
+use crate::events::EventHub;
+use crate::log::{decode, pk_key};
+use crate::publish::stamp::{self, StampSettings};
+use crate::publish::OutboxEntry;
+
+pub(crate) enum Command {
+    Apply {
+        messages: Vec<Incoming>,
+        reply: oneshot::Sender<Result<ApplyOutcome>>,
+    },
+    /// Stamp whatever the app committed so far; replies with the newest outbox id.
+    Flush { reply: oneshot::Sender<Result<i64>> },
+    Acked { ids: Vec<i64> },
+    /// The server refused a message (larger than its max payload): keep a record, stop retrying it.
+    Reject { entry: OutboxEntry, reason: String },
+    Position {
+        shard: u32,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Status { reply: oneshot::Sender<Result<DbStatus>> },
+}
+
+/// What the database knows for `status()`.
+#[derive(Debug, Clone, Default)]
+pub struct DbStatus {
+    pub pending_changes: u64,
+    pub outbox_messages: u64,
+    pub outbox_rows: u64,
+    pub paused_tables: BTreeMap<String, (u64, String)>,
+    pub rejected_local: u64,
+    pub positions: BTreeMap<u32, u64>,
+    pub replicated_tables: Vec<String>,
+}
+
+pub(crate) struct DbHandle {
+    pub commands: std_mpsc::Sender<Command>,
+    pub thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// State shared back to the async side.
+pub(crate) struct DbOutputs {
+    pub outbox: mpsc::UnboundedSender<OutboxEntry>,
+    pub events: EventHub,
+    pub positions: watch::Sender<BTreeMap<u32, u64>>,
+    pub last_outbox_id: watch::Sender<i64>,
+}
+
+pub(crate) struct Opened {
+    pub node_id: u64,
+    pub pending_outbox: Vec<OutboxEntry>,
+}
+
+struct DbWorker {
+    conn: Connection,
+    config: Config,
+    node_id: u64,
+    schema: Schema,
+    clock: Clock,
+    data_version: i64,
+    outputs: DbOutputs,
+    last_outbox_id: i64,
+}
+
+const MIN_POLL: Duration = Duration::from_millis(1);
+
+/// Opens the database, installs capture, and starts the thread.
+pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(DbHandle, Opened)> {
+    let (mut worker, opened) = DbWorker::open(db, config, outputs)?;
+    let (commands, inbox) = std_mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("harmonylite-db".into())
+        .spawn(move || worker.run(inbox))
+        .map_err(|err| Error::io("the database thread", err))?;
+    Ok((
+        DbHandle {
+            commands,
+            thread: Some(thread),
+        },
+        opened,
+    ))
+}
+
+pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|source| Error::Sqlite {
+        context: format!("opening {}", db.display()),
+        source,
+    })?;
+    conn.busy_timeout(busy_timeout).ctx("setting busy_timeout")?;
+    // WAL lets the app read while the library writes; the mode is stored in the file.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .ctx("enabling WAL")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        warn!(db = %db.display(), mode = %mode, "database is not in WAL mode; the app may see SQLITE_BUSY more often");
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        .ctx("setting pragmas")?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    conn.query_row("SELECT value FROM __harmonylite__meta WHERE key = ?1", [key], |row| row.get(0))
+        .optional()
+        .ctx("reading library metadata")
+}
+
+fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO __harmonylite__meta(key, value) VALUES (?1, ?2)",
+        rusqlite::params![key, value],
+    )
+    .ctx("writing library metadata")?;
+    Ok(())
+}
+
+/// Retries an operation while the database is locked, with backoff, up to `limit`.
+fn with_busy_retry<T>(limit: Duration, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match op() {
+            Err(Error::SqliteBusy { context }) => {
+                if started.elapsed() >= limit {
+                    return Err(Error::SqliteBusy { context });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl DbWorker {
+    fn open(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(DbWorker, Opened)> {
+        let busy = Duration::from_millis(config.apply.busy_timeout_ms);
+        let mut conn = open_connection(db, busy)?;
+        with_busy_retry(busy * 4, || capture::create_library_tables(&conn))?;
+        let node_id = match (config.node_id, meta_get(&conn, "node_id")?) {
+            (0, Some(stored)) if stored != 0 => stored as u64,
+            (0, _) => {
+                // Random and kept in the file: machine ids repeat across cloned containers.
+                let id = (rand::random::<u64>() >> 1).max(1);
+                meta_set(&conn, "node_id", id as i64)?;
+                info!(node_id = id, "generated a node id and stored it in the database");
+                id
+            }
+            (configured, stored) => {
+                if stored != Some(configured as i64) {
+                    meta_set(&conn, "node_id", configured as i64)?;
+                }
+                configured
+            }
+        };
+        let clock = Clock::resume(meta_get(&conn, "hlc")?.unwrap_or(0).max(0) as u64);
+        let schema = with_busy_retry(busy * 4, || capture::install(&mut conn, config))?;
+        if let Some(refused) = schema.refused.first() {
+            return Err(match refused {
+                Error::NoPrimaryKey { table } => Error::NoPrimaryKey { table: table.clone() },
+                Error::SchemaMismatch { table, reason } => Error::SchemaMismatch {
+                    table: table.clone(),
+                    reason: reason.clone(),
+                },
+                other => Error::Internal(other.to_string()),
+            });
+        }
+        let data_version: i64 = conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .ctx("reading data_version")?;
+        let pending_outbox = load_outbox(&conn, node_id)?;
+        let positions = load_positions(&conn)?;
+        let last_outbox_id = pending_outbox.last().map(|e| e.id).unwrap_or(0);
+        outputs.last_outbox_id.send_replace(last_outbox_id);
+        outputs.positions.send_replace(positions);
+        info!(
+            db = %db.display(),
+            node_id,
+            tables = schema.tables.len(),
+            unsent_messages = pending_outbox.len(),
+            "database opened"
+        );
+        Ok((
+            DbWorker {
+                conn,
+                config: config.clone(),
+                node_id,
+                schema,
+                clock,
+                data_version,
+                outputs,
+                last_outbox_id,
+            },
+            Opened {
+                node_id,
+                pending_outbox,
+            },
+        ))
+    }
+
+    fn run(&mut self, inbox: std_mpsc::Receiver<Command>) {
+        let max_poll = self.config.max_poll_interval();
+        let mut poll = MIN_POLL;
+        let mut last_check = Instant::now();
+        // Whatever the app committed while we were not running.
+        self.stamp_all();
+        loop {
+            match inbox.recv_timeout(poll.saturating_sub(last_check.elapsed())) {
+                Ok(command) => self.handle(command),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_check.elapsed() >= poll {
+                last_check = Instant::now();
+                if self.app_committed() {
+                    self.stamp_all();
+                    poll = MIN_POLL;
+                } else {
+                    poll = (poll * 2).min(max_poll);
+                }
+            }
+        }
+        // Last chance to move committed changes into the outbox; whatever stays goes out next open.
+        self.stamp_all();
+        debug!("database thread stopped");
+    }
+
+    fn app_committed(&mut self) -> bool {
+        match self.conn.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
+            Ok(version) if version != self.data_version => {
+                self.data_version = version;
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                warn!(error = %err, "could not read data_version");
+                false
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Apply { messages, reply } => {
+                let result = self.apply(&messages);
+                let _ = reply.send(result);
+            }
+            Command::Flush { reply } => {
+                self.app_committed();
+                self.stamp_all();
+                let _ = reply.send(Ok(self.last_outbox_id));
+            }
+            Command::Acked { ids } => {
+                if let Err(err) = self.delete_outbox(&ids) {
+                    // Harmless: the entries will be published again and de-duplicated by message id.
+                    warn!(error = %err, "could not delete acknowledged outbox entries");
+                }
+            }
+            Command::Reject { entry, reason } => self.reject(entry, &reason),
+            Command::Position { shard, reply } => {
+                let result = self
+                    .conn
+                    .query_row(
+                        "SELECT seq FROM __harmonylite__positions WHERE shard = ?1",
+                        [shard],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .optional()
+                    .ctx("reading the stream position")
+                    .map(|seq| seq.unwrap_or(0).max(0) as u64);
+                let _ = reply.send(result);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn refresh_schema_if_changed(&mut self) -> Result<bool> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |row| row.get(0))
+            .ctx("reading schema_version")?;
+        if version == self.schema.version {
+            return Ok(false);
+        }
+        let schema = capture::install(&mut self.conn, &self.config)?;
+        for refused in &schema.refused {
+            error!(error = %refused, "table not replicated");
+        }
+        self.schema = schema;
+        // Changes that waited for this schema may apply now.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("retrying deferred changes")?;
+        tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
+            .ctx("muting capture")?;
+        let events = applier::retry_deferred(&tx, &self.schema)?;
+        tx.execute(&format!("DELETE FROM {APPLYING}"), []).ctx("unmuting capture")?;
+        tx.commit().ctx("retrying deferred changes")?;
+        if !events.is_empty() {
+            info!(applied = events.len(), "deferred changes applied after a schema change");
+        }
+        self.outputs.events.emit(events);
+        Ok(true)
+    }
+
+    fn stamp_settings(&self) -> StampSettings {
+        StampSettings {
+            node_id: self.node_id,
+            shards: self.config.replication_log.shards,
+            compress: self.config.replication_log.compress,
+            max_message_bytes: self.config.replication_log.max_message_bytes,
+            max_changes: self.config.scan_max_changes,
+        }
+    }
+
+    /// Stamps every captured change, one bounded transaction at a time.
+    fn stamp_all(&mut self) {
+        if let Err(err) = self.refresh_schema_if_changed() {
+            warn!(error = %err, "schema refresh failed; will retry");
+        }
+        if !self.config.publish {
+            return;
+        }
+        loop {
+            match self.stamp_once() {
+                Ok(entries) if entries >= self.config.scan_max_changes as usize => continue,
+                Ok(_) => break,
+                Err(Error::SqliteBusy { .. }) => {
+                    debug!("database busy while stamping; will retry");
+                    break;
+                }
+                Err(err) => {
+                    error!(error = %err, "stamping local changes failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn stamp_once(&mut self) -> Result<usize> {
+        let settings = self.stamp_settings();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("stamping local changes")?;
+        let mut clock = self.clock;
+        let stamped = stamp::stamp_pending(&tx, &self.schema, &mut clock, &settings)?;
+        if stamped.log_entries == 0 {
+            return Ok(0);
+        }
+        tx.commit().ctx("committing stamped changes")?;
+        self.clock = clock;
+        self.after_stamp(stamped.outbox, stamped.events);
+        Ok(stamped.log_entries)
+    }
+
+    fn after_stamp(&mut self, outbox: Vec<OutboxEntry>, events: Vec<crate::events::ChangeEvent>) {
+        if let Some(last) = outbox.last() {
+            self.last_outbox_id = last.id;
+            self.outputs.last_outbox_id.send_replace(last.id);
+        }
+        for entry in outbox {
+            // The publisher is gone only while closing; the entry stays in the outbox for next time.
+            let _ = self.outputs.outbox.send(entry);
+        }
+        self.outputs.events.emit(events);
+    }
+
+    fn apply(&mut self, messages: &[Incoming]) -> Result<ApplyOutcome> {
+        let _ = self.refresh_schema_if_changed();
+        let limit = Duration::from_millis(self.config.apply.busy_timeout_ms);
+        // Every pending local change is stamped before applying, however many there are.
+        let settings = StampSettings {
+            max_changes: u32::MAX,
+            ..self.stamp_settings()
+        };
+        let publish = self.config.publish;
+        let node_id = self.node_id;
+        let (outcome, stamped, clock) = {
+            let schema = &self.schema;
+            let start_clock = self.clock;
+            let conn = &mut self.conn;
+            with_busy_retry(limit, || {
+                let mut clock = start_clock;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .ctx("starting an apply transaction")?;
+                tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
+                    .ctx("muting capture")?;
+                // Received clocks first, so local changes not yet stamped order after everything received:
+                // the app wrote them against what it could see, and they must not be overwritten here.
+                for message in messages {
+                    if let Ok(batch) = decode(&message.payload) {
+                        for change in &batch.changes {
+                            clock.observe(change.hlc);
+                        }
+                    }
+                }
+                let stamped = if publish {
+                    Some(stamp::stamp_pending(&tx, schema, &mut clock, &settings)?)
+                } else {
+                    None
+                };
+                let outcome = applier::apply_messages(&tx, schema, &mut clock, node_id, messages)?;
+                if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
+                    stamp::save_clock(&tx, &clock)?;
+                }
+                tx.execute(&format!("DELETE FROM {APPLYING}"), []).ctx("unmuting capture")?;
+                tx.commit().ctx("committing an apply transaction")?;
+                Ok((outcome, stamped, clock))
+            })?
+        };
+        self.clock = clock;
+        if let Some(stamped) = stamped {
+            self.after_stamp(stamped.outbox, stamped.events);
+        }
+        if !outcome.positions.is_empty() {
+            self.outputs.positions.send_modify(|positions| {
+                for (shard, seq) in &outcome.positions {
+                    positions.insert(*shard, *seq);
+                }
+            });
+        }
+        self.outputs.events.emit(outcome.events.clone());
+        Ok(outcome)
+    }
+
+    fn delete_outbox(&mut self, ids: &[i64]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("deleting acknowledged outbox entries")?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM __harmonylite__outbox WHERE id = ?1")
+                .ctx("deleting acknowledged outbox entries")?;
+            for id in ids {
+                stmt.execute([id]).ctx("deleting acknowledged outbox entries")?;
+            }
+        }
+        tx.commit().ctx("deleting acknowledged outbox entries")
+    }
+
+    fn reject(&mut self, entry: OutboxEntry, reason: &str) {
+        let rows: Vec<(String, Vec<u8>)> = match decode(&entry.payload) {
+            Ok(batch) => batch
+                .changes
+                .iter()
+                .map(|c| (c.table.clone(), pk_key(&c.pk)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (table, _) in &rows {
+            error!(table = %table, reason, "a local change cannot be published and stays on this node only");
+        }
+        let result = (|| -> Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .ctx("recording a rejected change")?;
+            for (table, pk) in &rows {
+                tx.execute(
+                    "INSERT INTO __harmonylite__rejected(tbl, pk, reason, at) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![table, pk, reason, crate::clock::wall_millis() as i64],
+                )
+                .ctx("recording a rejected change")?;
+            }
+            tx.execute("DELETE FROM __harmonylite__outbox WHERE id = ?1", [entry.id])
+                .ctx("recording a rejected change")?;
+            tx.commit().ctx("recording a rejected change")
+        })();
+        if let Err(err) = result {
+            warn!(error = %err, "could not record a rejected change");
+        }
+    }
+
+    fn status(&self) -> Result<DbStatus> {
+        let count = |sql: &str| -> Result<u64> {
+            self.conn
+                .query_row(sql, [], |row| row.get::<_, i64>(0))
+                .ctx("reading status")
+                .map(|n| n.max(0) as u64)
+        };
+        let mut paused_tables = BTreeMap::new();
+        let rows: Vec<(String, i64, String)> = self
+            .conn
+            .prepare("SELECT tbl, count(*), max(reason) FROM __harmonylite__deferred GROUP BY tbl")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .ctx("reading status")?;
+        for (table, waiting, reason) in rows {
+            paused_tables.insert(table, (waiting.max(0) as u64, reason));
+        }
+        Ok(DbStatus {
+            pending_changes: count("SELECT count(*) FROM __harmonylite__change_log")?,
+            outbox_messages: count("SELECT count(*) FROM __harmonylite__outbox")?,
+            outbox_rows: count("SELECT coalesce(sum(rows), 0) FROM __harmonylite__outbox")?,
+            paused_tables,
+            rejected_local: count("SELECT count(*) FROM __harmonylite__rejected")?,
+            positions: load_positions(&self.conn)?,
+            replicated_tables: self.schema.tables.keys().cloned().collect(),
+        })
+    }
+}
+
+fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
+    let rows: Vec<(i64, i64, i64, Vec<u8>)> = conn
+        .prepare("SELECT id, shard, rows, payload FROM __harmonylite__outbox ORDER BY id")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("loading the outbox")?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, shard, rows, payload)| {
+            let max_hlc = decode(&payload)
+                .map(|b| b.changes.iter().map(|c| c.hlc).max().unwrap_or(0))
+                .unwrap_or(0);
+            OutboxEntry {
+                id,
+                shard: shard.max(0) as u32,
+                rows: rows.max(0) as u32,
+                msg_id: stamp::message_id(node_id, id, max_hlc),
+                payload: payload.into(),
+            }
+        })
+        .collect())
+}
+
+fn load_positions(conn: &Connection) -> Result<BTreeMap<u32, u64>> {
+    conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get::<_, i64>(0)? as u32, row.get::<_, i64>(1)?.max(0) as u64)))?
+                .collect::<rusqlite::Result<BTreeMap<_, _>>>()
+        })
+        .ctx("reading stream positions")
+}
+
+/// Removes capture from a database file (HarmonyLite's `-cleanup`).
+pub fn cleanup_database(db: &Path) -> Result<usize> {
+    let mut conn = open_connection(db, Duration::from_secs(5))?;
+    capture::cleanup(&mut conn)
+}

@@ -1,0 +1,633 @@
+//! Wires the pipeline: the database thread, the NATS connection (embedded server or external), the
+//! publisher and one consumer per shard; answers status, sync and wait; closes everything in order.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::apply::consumer::ShardConsumer;
+use crate::config::Config;
+use crate::db_thread::{self, Command, DbHandle, DbOutputs};
+use crate::error::{Error, Result};
+use crate::events::{ChangeEvent, EventHub, Listener, Subscription};
+use crate::publish::publisher::{PublishProgress, Publisher};
+use crate::transport::embedded::{EmbeddedOptions, EmbeddedServer};
+use crate::transport::{self, Names};
+
+/// The core's one tokio runtime. Bindings await core futures on it instead of starting their own.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("harmonylite-rt")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|err| panic!("cannot start the harmonylite runtime: {err}"))
+    })
+}
+
+/// Runs a core future on the core runtime from any async context (or none).
+pub async fn on_runtime<T: Send + 'static>(future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    runtime()
+        .spawn(future)
+        .await
+        .map_err(|err| Error::Internal(format!("task failed: {err}")))?
+}
+
+/// Blocks the calling (non-async) thread on a core future.
+pub fn block_on<T: Send + 'static>(future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::Internal(
+            "a blocking harmonylite call was made from inside an async runtime; use the async API".into(),
+        ));
+    }
+    runtime().block_on(on_runtime(future))
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub published_messages: AtomicU64,
+    pub published_rows: AtomicU64,
+    pub applied_rows: AtomicU64,
+    pub kept_rows: AtomicU64,
+    pub deferred_rows: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_publish_ms: AtomicU64,
+    pub last_apply_ms: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub fn record_error(&self, err: &Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(err.to_string());
+        }
+    }
+}
+
+/// A read-your-writes token: per shard, the stream position a node must have applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Token {
+    pub positions: BTreeMap<u32, u64>,
+}
+
+impl Token {
+    /// Combines two tokens: waiting for the result waits for both.
+    pub fn merge(&mut self, other: &Token) {
+        for (shard, seq) in &other.positions {
+            let entry = self.positions.entry(*shard).or_insert(0);
+            *entry = (*entry).max(*seq);
+        }
+    }
+
+    fn reached_by(&self, applied: &BTreeMap<u32, u64>) -> bool {
+        self.positions
+            .iter()
+            .all(|(shard, seq)| applied.get(shard).copied().unwrap_or(0) >= *seq)
+    }
+}
+
+/// Text form `shard:seq,shard:seq` so tokens can travel between processes and languages.
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.positions.iter().map(|(s, q)| format!("{s}:{q}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for Token {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Token> {
+        let mut positions = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed = part
+                .split_once(':')
+                .and_then(|(s, q)| Some((s.parse::<u32>().ok()?, q.parse::<u64>().ok()?)));
+            let Some((shard, seq)) = parsed else {
+                return Err(Error::config("token", format!("`{text}` is not a token (shard:seq,...)")));
+            };
+            positions.insert(shard, seq);
+        }
+        Ok(Token { positions })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    Connected,
+    Disconnected,
+    Connecting,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    pub shard: u32,
+    /// Stream position applied on this node.
+    pub applied_seq: u64,
+    /// Highest stream position of a message this node published (this run).
+    pub published_seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PausedTable {
+    pub table: String,
+    pub waiting_changes: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub node_id: u64,
+    pub db_path: String,
+    pub connection: ConnectionState,
+    pub nats_urls: Vec<String>,
+    pub embedded_server: bool,
+    pub publish: bool,
+    pub replicate: bool,
+    pub replicated_tables: Vec<String>,
+    pub shards: Vec<ShardStatus>,
+    /// Captured local changes not yet stamped.
+    pub pending_changes: u64,
+    /// Stamped local messages (and their rows) not yet acknowledged by JetStream.
+    pub unsent_messages: u64,
+    pub unsent_rows: u64,
+    pub published_messages: u64,
+    pub published_rows: u64,
+    pub applied_rows: u64,
+    /// Received changes that lost to a newer version already here.
+    pub skipped_rows: u64,
+    pub deferred_rows: u64,
+    pub dead_lettered: u64,
+    /// Local changes that could not be published (larger than the server's max payload).
+    pub rejected_local: u64,
+    pub paused_tables: Vec<PausedTable>,
+    pub last_publish_ms: Option<u64>,
+    pub last_apply_ms: Option<u64>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub uptime_ms: u64,
+}
+
+pub(crate) struct Inner {
+    node_id: u64,
+    config: Config,
+    db_path: PathBuf,
+    commands: Mutex<Option<std_mpsc::Sender<Command>>>,
+    db_thread: Mutex<Option<DbHandle>>,
+    client: async_nats::Client,
+    urls: Vec<String>,
+    embedded: Option<EmbeddedServer>,
+    events: EventHub,
+    positions: watch::Receiver<BTreeMap<u32, u64>>,
+    progress: watch::Receiver<PublishProgress>,
+    counters: Arc<Counters>,
+    shutdown: watch::Sender<bool>,
+    consumers: Mutex<Vec<JoinHandle<()>>>,
+    publisher: Mutex<Option<JoinHandle<()>>>,
+    setup: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    started: Instant,
+}
+
+/// A replicated database: the handle the app keeps while it uses its own SQLite connections.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+/// Opens `db` for replication: installs capture, connects (or starts the embedded nats-server), and starts
+/// publishing and applying. Returns once capture is installed; NATS may still be connecting.
+pub async fn open_replicated(db: impl AsRef<Path>, config: Config) -> Result<Replica> {
+    let db = db.as_ref().to_path_buf();
+    on_runtime(open_on_runtime(db, config)).await
+}
+
+async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
+    config.validate()?;
+    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::io(
+                db.display(),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "its directory does not exist"),
+            ));
+        }
+    }
+    let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+    let events = EventHub::new();
+    let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
+    let (last_outbox_tx, _last_outbox_rx) = watch::channel(0i64);
+    let outputs = DbOutputs {
+        outbox: outbox_tx,
+        events: events.clone(),
+        positions: positions_tx,
+        last_outbox_id: last_outbox_tx,
+    };
+    let db_for_thread = db.clone();
+    let config_for_thread = config.clone();
+    let (db_handle, opened) =
+        tokio::task::spawn_blocking(move || db_thread::start(&db_for_thread, &config_for_thread, outputs))
+            .await
+            .map_err(|err| Error::Internal(format!("database open task failed: {err}")))??;
+    let node_id = opened.node_id;
+    let commands = db_handle.commands.clone();
+
+    let (embedded, urls) = if config.nats.urls.is_empty() {
+        let server = match start_embedded(&db, &config, node_id).await {
+            Ok(server) => server,
+            Err(err) => {
+                drop(commands);
+                stop_db_thread(db_handle);
+                return Err(err);
+            }
+        };
+        let url = server.client_url();
+        (Some(server), vec![url])
+    } else {
+        (None, config.nats.urls.clone())
+    };
+    let replicas = match config.replication_log.replicas {
+        0 => match &embedded {
+            Some(server) if server.cluster_size_hint() >= 3 => 3,
+            _ => 1,
+        },
+        n => n as usize,
+    };
+    let client = transport::connect(&config, &urls, node_id).await?;
+    let js = transport::jetstream_context(client.clone());
+    let names = Names::new(&config);
+    let counters = Arc::new(Counters::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (progress_tx, progress_rx) = watch::channel(PublishProgress::default());
+
+    // Streams are created in the background: NATS may be down at open (offline-first).
+    let setup = {
+        let js = js.clone();
+        let config = config.clone();
+        let names = names.clone();
+        let counters = counters.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match transport::ensure_streams(&js, &config, &names, replicas).await {
+                    Ok(()) => {
+                        let _ = ready_tx.send(true);
+                        return;
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "streams not ready; retrying");
+                        counters.record_error(&err);
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    };
+
+    let publisher = if config.publish {
+        let publisher = Publisher {
+            js: js.clone(),
+            names: names.clone(),
+            db: commands.clone(),
+            max_inflight: config.replication_log.max_inflight,
+            counters: counters.clone(),
+            progress: progress_tx,
+        };
+        Some(tokio::spawn(publisher.run(
+            opened.pending_outbox,
+            outbox_rx,
+            ready_rx.clone(),
+            shutdown_rx.clone(),
+        )))
+    } else {
+        drop(outbox_rx);
+        None
+    };
+
+    let mut consumers = Vec::new();
+    if config.replicate {
+        for shard in 0..config.replication_log.shards {
+            let consumer = ShardConsumer {
+                js: js.clone(),
+                names: names.clone(),
+                node_id,
+                shard,
+                db: commands.clone(),
+                max_batch_messages: config.apply.max_batch_rows,
+                max_batch_time: Duration::from_millis(config.apply.max_batch_ms),
+                counters: counters.clone(),
+            };
+            consumers.push(tokio::spawn(consumer.run(ready_rx.clone(), shutdown_rx.clone())));
+        }
+    }
+    info!(node_id, urls = ?urls, publish = config.publish, replicate = config.replicate, "replica open");
+    Ok(Replica {
+        inner: Arc::new(Inner {
+            node_id,
+            config,
+            db_path: db,
+            commands: Mutex::new(Some(commands)),
+            db_thread: Mutex::new(Some(db_handle)),
+            client,
+            urls,
+            embedded,
+            events,
+            positions: positions_rx,
+            progress: progress_rx,
+            counters,
+            shutdown: shutdown_tx,
+            consumers: Mutex::new(consumers),
+            publisher: Mutex::new(publisher),
+            setup: Mutex::new(Some(setup)),
+            closed: AtomicBool::new(false),
+            started: Instant::now(),
+        }),
+    })
+}
+
+async fn start_embedded(db: &Path, config: &Config, node_id: u64) -> Result<EmbeddedServer> {
+    let nats = &config.nats;
+    let store_dir = if nats.store_dir.is_empty() {
+        Config::state_dir_for(db).join("nats")
+    } else {
+        PathBuf::from(&nats.store_dir)
+    };
+    EmbeddedServer::start(EmbeddedOptions {
+        binary: (!nats.server_binary.is_empty()).then(|| PathBuf::from(&nats.server_binary)),
+        store_dir,
+        bind_address: nats.bind_address.clone(),
+        cluster_addr: nats.cluster_addr.clone(),
+        cluster_peers: nats.cluster_peers.clone(),
+        leaf_servers: nats.leaf_servers.clone(),
+        cluster_name: nats.cluster_name.clone(),
+        server_name: format!("hl-{node_id}"),
+        server_config: (!nats.server_config.is_empty()).then(|| PathBuf::from(&nats.server_config)),
+        max_payload: 8 * 1024 * 1024,
+    })
+    .await
+}
+
+fn stop_db_thread(mut handle: DbHandle) {
+    drop(handle.commands);
+    if let Some(thread) = handle.thread.take() {
+        let _ = thread.join();
+    }
+}
+
+impl Replica {
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// URLs of the NATS servers in use (the embedded server's when it is the default).
+    pub fn nats_urls(&self) -> &[String] {
+        &self.inner.urls
+    }
+
+    fn commands(&self) -> Result<std_mpsc::Sender<Command>> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.inner
+            .commands
+            .lock()
+            .map_err(|_| Error::Internal("lock poisoned".into()))?
+            .clone()
+            .ok_or(Error::Closed)
+    }
+
+    /// Change events (local and remote) from now on. Dropping the subscription unsubscribes.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.events.subscribe()
+    }
+
+    /// Calls `callback` for every change event, on the core runtime, until the listener is dropped.
+    /// A panicking callback is reported and does not stop later events.
+    pub fn on_change(&self, callback: impl Fn(ChangeEvent) + Send + Sync + 'static) -> Listener {
+        let mut subscription = self.subscribe();
+        let callback = Arc::new(callback);
+        let task = runtime().spawn(async move {
+            while let Some(event) = subscription.recv().await {
+                let callback = callback.clone();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(event)));
+                if outcome.is_err() {
+                    warn!("a change-event callback panicked; later events are still delivered");
+                }
+            }
+        });
+        Listener { task: Some(task) }
+    }
+
+    /// Stamps and publishes everything the app committed before this call, waits for JetStream to
+    /// acknowledge it, and returns the token other nodes can [`wait_for`](Self::wait_for).
+    pub async fn sync(&self, timeout: Duration) -> Result<Token> {
+        let this = self.clone();
+        on_runtime(async move { this.sync_inner(timeout).await }).await
+    }
+
+    async fn sync_inner(&self, timeout: Duration) -> Result<Token> {
+        let commands = self.commands()?;
+        let (reply, answer) = oneshot::channel();
+        commands.send(Command::Flush { reply }).map_err(|_| Error::Closed)?;
+        let last_id = answer.await.map_err(|_| Error::Closed)??;
+        if !self.inner.config.publish {
+            return Ok(Token {
+                positions: self.inner.positions.borrow().clone(),
+            });
+        }
+        let mut progress = self.inner.progress.clone();
+        let wait = progress.wait_for(|p| p.acked_through >= last_id);
+        let token = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(progress)) => Token {
+                positions: progress.shard_seqs.clone(),
+            },
+            Ok(Err(_)) => return Err(Error::Closed),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "local changes to be acknowledged by JetStream".into(),
+                    millis: timeout.as_millis() as u64,
+                })
+            }
+        };
+        Ok(token)
+    }
+
+    /// Waits until this node has applied every message up to `token` (from another node's `sync`).
+    pub async fn wait_for(&self, token: &Token, timeout: Duration) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        if !self.inner.config.replicate {
+            return Err(Error::config("replicate", "this node applies nothing (replicate = false)"));
+        }
+        let mut positions = self.inner.positions.clone();
+        let token = token.clone();
+        let wait = async move { positions.wait_for(|applied| token.reached_by(applied)).await.map(|_| ()) };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout {
+                what: "this node to apply up to the token".into(),
+                millis: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// The positions this node has applied, as a token.
+    pub fn applied(&self) -> Token {
+        Token {
+            positions: self.inner.positions.borrow().clone(),
+        }
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        let this = self.clone();
+        on_runtime(async move { this.status_inner().await }).await
+    }
+
+    async fn status_inner(&self) -> Result<Status> {
+        let commands = self.commands()?;
+        let (reply, answer) = oneshot::channel();
+        commands.send(Command::Status { reply }).map_err(|_| Error::Closed)?;
+        let db = answer.await.map_err(|_| Error::Closed)??;
+        let inner = &self.inner;
+        let counters = &inner.counters;
+        let progress = inner.progress.borrow().clone();
+        let connection = match inner.client.connection_state() {
+            async_nats::connection::State::Connected => ConnectionState::Connected,
+            async_nats::connection::State::Disconnected => ConnectionState::Disconnected,
+            async_nats::connection::State::Pending => ConnectionState::Connecting,
+        };
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        Ok(Status {
+            node_id: inner.node_id,
+            db_path: inner.db_path.display().to_string(),
+            connection,
+            nats_urls: inner.urls.clone(),
+            embedded_server: inner.embedded.is_some(),
+            publish: inner.config.publish,
+            replicate: inner.config.replicate,
+            replicated_tables: db.replicated_tables,
+            shards: (0..inner.config.replication_log.shards)
+                .map(|shard| ShardStatus {
+                    shard,
+                    applied_seq: db.positions.get(&shard).copied().unwrap_or(0),
+                    published_seq: progress.shard_seqs.get(&shard).copied().unwrap_or(0),
+                })
+                .collect(),
+            pending_changes: db.pending_changes,
+            unsent_messages: db.outbox_messages,
+            unsent_rows: db.outbox_rows,
+            published_messages: counters.published_messages.load(Ordering::Relaxed),
+            published_rows: counters.published_rows.load(Ordering::Relaxed),
+            applied_rows: counters.applied_rows.load(Ordering::Relaxed),
+            skipped_rows: counters.kept_rows.load(Ordering::Relaxed),
+            deferred_rows: counters.deferred_rows.load(Ordering::Relaxed),
+            dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
+            rejected_local: db.rejected_local,
+            paused_tables: db
+                .paused_tables
+                .into_iter()
+                .map(|(table, (waiting_changes, reason))| PausedTable {
+                    table,
+                    waiting_changes,
+                    reason,
+                })
+                .collect(),
+            last_publish_ms: nonzero(counters.last_publish_ms.load(Ordering::Relaxed)),
+            last_apply_ms: nonzero(counters.last_apply_ms.load(Ordering::Relaxed)),
+            errors: counters.errors.load(Ordering::Relaxed),
+            last_error: counters.last_error.lock().ok().and_then(|e| e.clone()),
+            uptime_ms: inner.started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Stops replication: in-flight batches are committed and acknowledged, local changes are stamped and
+    /// (for up to a few seconds) published; what is left stays in the database and goes out on next open.
+    /// Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        let this = self.clone();
+        on_runtime(async move { this.close_inner().await }).await
+    }
+
+    async fn close_inner(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _ = inner.shutdown.send(true);
+        let take = |m: &Mutex<Option<JoinHandle<()>>>| m.lock().ok().and_then(|mut g| g.take());
+        if let Some(setup) = take(&inner.setup) {
+            let _ = setup.await;
+        }
+        let consumers: Vec<JoinHandle<()>> = inner.consumers.lock().map(|mut c| c.drain(..).collect()).unwrap_or_default();
+        for consumer in consumers {
+            let _ = consumer.await;
+        }
+        // Stamp what the app committed last, then let the publisher drain, then stop the thread.
+        let commands = inner.commands.lock().ok().and_then(|mut c| c.take());
+        if let Some(commands) = &commands {
+            let (reply, answer) = oneshot::channel();
+            if commands.send(Command::Flush { reply }).is_ok() {
+                let _ = answer.await;
+            }
+        }
+        let db_handle = inner.db_thread.lock().ok().and_then(|mut d| d.take());
+        drop(commands);
+        // The publisher sends what it can until its queue is empty or its drain time is up; then the
+        // database thread (which needs the publisher's acknowledgements first) can stop.
+        if let Some(publisher) = take(&inner.publisher) {
+            let _ = publisher.await;
+        }
+        if let Some(handle) = db_handle {
+            tokio::task::spawn_blocking(move || stop_db_thread(handle))
+                .await
+                .map_err(|err| Error::Internal(format!("stopping the database thread: {err}")))?;
+        }
+        let _ = inner.client.flush().await;
+        if let Some(server) = &inner.embedded {
+            server.stop().await;
+        }
+        info!(node_id = inner.node_id, "replica closed");
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            // Not closed: stop the tasks; committed changes stay in the database for the next open.
+            let _ = self.shutdown.send(true);
+            if let Ok(mut commands) = self.commands.lock() {
+                commands.take();
+            }
+        }
+    }
+}

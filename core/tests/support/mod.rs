@@ -1,0 +1,274 @@
+//! Test harness: real nats-server processes, real SQLite files in per-test temp folders, no fixed sleeps.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harmonylite::{Config, Replica, Token};
+use rusqlite::Connection;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The pinned nats-server: $HARMONYLITE_NATS_SERVER, the repo's .venv (scripts/setup.sh), then PATH.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("HARMONYLITE_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns true or `WAIT` passes.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while !check() {
+        assert!(started.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+pub async fn wait_until_async(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while !check() {
+        assert!(started.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn http_ok(port: u16, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+/// A real nats-server with JetStream, on free ports, its store in a temp folder. Stopped on drop.
+pub struct NatsServer {
+    pub port: u16,
+    pub monitor_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer {
+            port: free_port(),
+            monitor_port: free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let config = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n",
+                self.port,
+                self.monitor_port,
+                self.dir.path().join("js").display()
+            ),
+        )
+        .expect("write nats config");
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
+        let child = Command::new(nats_server_binary())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start nats-server ({}): {err}; run scripts/setup.sh", nats_server_binary().display()));
+        self.child = Some(child);
+        let port = self.monitor_port;
+        wait_until("nats-server /healthz", || http_ok(port, "/healthz"));
+    }
+
+    /// Kills the server (SIGKILL) and keeps its store for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node: its own folder and database, a replica, and the app's own plain connection.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub replica: Option<Replica>,
+    pub config: Config,
+}
+
+pub fn config_for(server: &NatsServer, node_id: u64) -> Config {
+    let mut config = Config::default();
+    config.node_id = node_id;
+    config.nats.urls = vec![server.url()];
+    config
+}
+
+/// The app's connection: SQLite defaults, and `trusted_schema` explicitly OFF.
+pub fn app_connection(db: &Path) -> Connection {
+    let conn = Connection::open(db).expect("open app connection");
+    conn.execute_batch("PRAGMA trusted_schema = OFF;").expect("trusted_schema off");
+    conn.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
+    conn
+}
+
+impl Node {
+    /// Creates the database with `schema` (run through the app's connection), then opens the replica.
+    pub async fn start(config: Config, schema: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("app.db");
+        app_connection(&db).execute_batch(schema).expect("schema");
+        let mut node = Node {
+            dir,
+            db,
+            replica: None,
+            config,
+        };
+        node.open().await;
+        node
+    }
+
+    pub async fn open(&mut self) {
+        let replica = harmonylite::open_replicated(&self.db, self.config.clone())
+            .await
+            .expect("open_replicated");
+        self.replica = Some(replica);
+    }
+
+    pub async fn close(&mut self) {
+        if let Some(replica) = self.replica.take() {
+            replica.close().await.expect("close");
+        }
+    }
+
+    pub fn replica(&self) -> &Replica {
+        self.replica.as_ref().expect("replica is open")
+    }
+
+    pub fn conn(&self) -> Connection {
+        app_connection(&self.db)
+    }
+
+    pub fn exec(&self, sql: &str) {
+        self.conn().execute_batch(sql).unwrap_or_else(|err| panic!("{sql}: {err}"));
+    }
+
+    pub async fn sync(&self) -> Token {
+        self.replica().sync(WAIT).await.expect("sync")
+    }
+
+    /// Every row of `table`, ordered, as text for comparison (REAL by bits).
+    pub fn dump(&self, table: &str) -> Vec<Vec<String>> {
+        dump(&self.conn(), table)
+    }
+}
+
+pub fn dump(conn: &Connection, table: &str) -> Vec<Vec<String>> {
+    let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {quoted} ORDER BY 1, 2"))
+        .or_else(|_| conn.prepare(&format!("SELECT * FROM {quoted} ORDER BY 1")))
+        .expect("select");
+    let columns = stmt.column_count();
+    let rows = stmt
+        .query_map([], |row| {
+            let mut values = Vec::new();
+            for i in 0..columns {
+                let value = match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                    rusqlite::types::ValueRef::Integer(v) => format!("i{v}"),
+                    rusqlite::types::ValueRef::Real(v) => format!("r{:x}", v.to_bits()),
+                    rusqlite::types::ValueRef::Text(v) => format!("t{}", String::from_utf8_lossy(v)),
+                    rusqlite::types::ValueRef::Blob(v) => format!("b{}:{:x}", v.len(), fxhash(v)),
+                };
+                values.push(value);
+            }
+            Ok(values)
+        })
+        .expect("query");
+    rows.collect::<rusqlite::Result<Vec<_>>>().expect("rows")
+}
+
+fn fxhash(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Publishes everything every node committed and waits until every node applied all of it.
+pub async fn converge(nodes: &[&Node]) {
+    let mut token = Token::default();
+    for node in nodes {
+        token.merge(&node.sync().await);
+    }
+    for node in nodes {
+        node.replica().wait_for(&token, WAIT).await.expect("wait_for");
+    }
+}
+
+/// Asserts that every node holds the same rows in each table.
+pub fn assert_same(nodes: &[&Node], tables: &[&str]) {
+    for table in tables {
+        let first = nodes[0].dump(table);
+        for (i, node) in nodes.iter().enumerate().skip(1) {
+            assert_eq!(first, node.dump(table), "table {table}: node 0 and node {i} differ");
+        }
+    }
+}
