@@ -47,7 +47,11 @@ impl Clock {
     pub fn tick(&mut self, wall_millis: u64) -> Hlc {
         let wall = from_millis(wall_millis);
         // When the counter would overflow the next millisecond is borrowed; the stamp stays monotonic.
-        self.last = if wall > self.last { wall } else { self.last + 1 };
+        self.last = if wall > self.last {
+            wall
+        } else {
+            self.last + 1
+        };
         self.last
     }
 

@@ -55,7 +55,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => amount * 60_000,
         "h" => amount * 3_600_000,
         "d" => amount * 86_400_000,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration::from_millis(millis))
 }
@@ -369,8 +373,11 @@ fn keyed_error(path: String, message: String) -> Error {
     // serde reports an unknown key at its parent's path; name the key itself.
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(name) = rest.split('`').next() {
+            // Some deserializers already put the key at the end of the path.
             let field = if path.is_empty() || path == "." {
                 name.to_string()
+            } else if path == name || path.ends_with(&format!(".{name}")) {
+                path
             } else {
                 format!("{path}.{name}")
             };
@@ -414,16 +421,17 @@ impl Config {
     /// Parses a JSON object with the same keys as the TOML file (used by the language bindings).
     pub fn from_json_str(text: &str) -> Result<Config> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-            let path = err.path().to_string();
-            let message = err.inner().to_string();
-            // serde_json appends " at line L column C"; the key name is the useful part.
-            let message = match message.find(" at line ") {
-                Some(at) => message[..at].to_string(),
-                None => message,
-            };
-            keyed_error(path, message)
-        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+                let path = err.path().to_string();
+                let message = err.inner().to_string();
+                // serde_json appends " at line L column C"; the key name is the useful part.
+                let message = match message.find(" at line ") {
+                    Some(at) => message[..at].to_string(),
+                    None => message,
+                };
+                keyed_error(path, message)
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -432,22 +440,40 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let log = &self.replication_log;
         if !(1..=64).contains(&log.shards) {
-            return Err(Error::config("replication_log.shards", "must be between 1 and 64"));
+            return Err(Error::config(
+                "replication_log.shards",
+                "must be between 1 and 64",
+            ));
         }
         if log.replicas > 5 {
-            return Err(Error::config("replication_log.replicas", "must be between 0 (auto) and 5"));
+            return Err(Error::config(
+                "replication_log.replicas",
+                "must be between 0 (auto) and 5",
+            ));
         }
         if log.max_entries < 0 {
-            return Err(Error::config("replication_log.max_entries", "must be 0 (unlimited) or positive"));
+            return Err(Error::config(
+                "replication_log.max_entries",
+                "must be 0 (unlimited) or positive",
+            ));
         }
         if log.max_bytes < 0 {
-            return Err(Error::config("replication_log.max_bytes", "must be 0 (unlimited) or positive"));
+            return Err(Error::config(
+                "replication_log.max_bytes",
+                "must be 0 (unlimited) or positive",
+            ));
         }
         if log.max_message_bytes < 4096 {
-            return Err(Error::config("replication_log.max_message_bytes", "must be at least 4096"));
+            return Err(Error::config(
+                "replication_log.max_message_bytes",
+                "must be at least 4096",
+            ));
         }
         if log.max_inflight == 0 {
-            return Err(Error::config("replication_log.max_inflight", "must be at least 1"));
+            return Err(Error::config(
+                "replication_log.max_inflight",
+                "must be at least 1",
+            ));
         }
         for (field, value) in [
             ("nats.subject_prefix", &self.nats.subject_prefix),
@@ -493,9 +519,17 @@ impl Config {
             ));
         }
         if self.nats.cert_file.is_empty() != self.nats.key_file.is_empty() {
-            return Err(Error::config("nats.key_file", "cert_file and key_file must be set together"));
+            return Err(Error::config(
+                "nats.key_file",
+                "cert_file and key_file must be set together",
+            ));
         }
-        if let Some(both) = self.tables.include.iter().find(|t| self.tables.exclude.contains(t)) {
+        if let Some(both) = self
+            .tables
+            .include
+            .iter()
+            .find(|t| self.tables.exclude.contains(t))
+        {
             return Err(Error::config(
                 "tables.exclude",
                 format!("table `{both}` is both included and excluded"),
@@ -570,7 +604,8 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = Config::from_toml_str("[replication_log]\nshards = \"two\"\n").expect_err("bad type");
+        let err =
+            Config::from_toml_str("[replication_log]\nshards = \"two\"\n").expect_err("bad type");
         match err {
             Error::Config { field, .. } => assert_eq!(field, "replication_log.shards"),
             other => panic!("unexpected {other:?}"),
@@ -585,8 +620,9 @@ mod tests {
 
     #[test]
     fn json_keys_match_toml() {
-        let config = Config::from_json_str(r#"{"node_id": 7, "replication_log": {"max_age": "2h"}}"#)
-            .expect("valid json");
+        let config =
+            Config::from_json_str(r#"{"node_id": 7, "replication_log": {"max_age": "2h"}}"#)
+                .expect("valid json");
         assert_eq!(config.node_id, 7);
         assert_eq!(config.replication_log.max_age.0, Duration::from_secs(7200));
         let err = Config::from_json_str(r#"{"nats": {"bogus": 1}}"#).expect_err("unknown");

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -29,15 +30,24 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<ApplyOutcome>>,
     },
     /// Stamp whatever the app committed so far; replies with the newest outbox id.
-    Flush { reply: oneshot::Sender<Result<i64>> },
-    Acked { ids: Vec<i64> },
+    Flush {
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    Acked {
+        ids: Vec<i64>,
+    },
     /// The server refused a message (larger than its max payload): keep a record, stop retrying it.
-    Reject { entry: OutboxEntry, reason: String },
+    Reject {
+        entry: OutboxEntry,
+        reason: String,
+    },
     Position {
         shard: u32,
         reply: oneshot::Sender<Result<u64>>,
     },
-    Status { reply: oneshot::Sender<Result<DbStatus>> },
+    Status {
+        reply: oneshot::Sender<Result<DbStatus>>,
+    },
 }
 
 /// What the database knows for `status()`.
@@ -48,6 +58,7 @@ pub struct DbStatus {
     pub outbox_rows: u64,
     pub paused_tables: BTreeMap<String, (u64, String)>,
     pub rejected_local: u64,
+    pub dead_lettered: u64,
     pub positions: BTreeMap<u32, u64>,
     pub replicated_tables: Vec<String>,
 }
@@ -63,6 +74,7 @@ pub(crate) struct DbOutputs {
     pub events: EventHub,
     pub positions: watch::Sender<BTreeMap<u32, u64>>,
     pub last_outbox_id: watch::Sender<i64>,
+    pub counters: std::sync::Arc<crate::engine::Counters>,
 }
 
 pub(crate) struct Opened {
@@ -103,13 +115,16 @@ pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(D
 pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|source| Error::Sqlite {
         context: format!("opening {}", db.display()),
         source,
     })?;
-    conn.busy_timeout(busy_timeout).ctx("setting busy_timeout")?;
+    conn.busy_timeout(busy_timeout)
+        .ctx("setting busy_timeout")?;
     // WAL lets the app read while the library writes; the mode is stored in the file.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
@@ -124,9 +139,13 @@ pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Conne
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
-    conn.query_row("SELECT value FROM __harmonylite__meta WHERE key = ?1", [key], |row| row.get(0))
-        .optional()
-        .ctx("reading library metadata")
+    conn.query_row(
+        "SELECT value FROM __harmonylite__meta WHERE key = ?1",
+        [key],
+        |row| row.get(0),
+    )
+    .optional()
+    .ctx("reading library metadata")
 }
 
 fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
@@ -167,7 +186,10 @@ impl DbWorker {
                 // Random and kept in the file: machine ids repeat across cloned containers.
                 let id = (rand::random::<u64>() >> 1).max(1);
                 meta_set(&conn, "node_id", id as i64)?;
-                info!(node_id = id, "generated a node id and stored it in the database");
+                info!(
+                    node_id = id,
+                    "generated a node id and stored it in the database"
+                );
                 id
             }
             (configured, stored) => {
@@ -181,7 +203,9 @@ impl DbWorker {
         let schema = with_busy_retry(busy * 4, || capture::install(&mut conn, config))?;
         if let Some(refused) = schema.refused.first() {
             return Err(match refused {
-                Error::NoPrimaryKey { table } => Error::NoPrimaryKey { table: table.clone() },
+                Error::NoPrimaryKey { table } => Error::NoPrimaryKey {
+                    table: table.clone(),
+                },
                 Error::SchemaMismatch { table, reason } => Error::SchemaMismatch {
                     table: table.clone(),
                     reason: reason.clone(),
@@ -250,7 +274,10 @@ impl DbWorker {
     }
 
     fn app_committed(&mut self) -> bool {
-        match self.conn.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
+        match self
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+        {
             Ok(version) if version != self.data_version => {
                 self.data_version = version;
                 true
@@ -321,10 +348,14 @@ impl DbWorker {
         tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
             .ctx("muting capture")?;
         let events = applier::retry_deferred(&tx, &self.schema)?;
-        tx.execute(&format!("DELETE FROM {APPLYING}"), []).ctx("unmuting capture")?;
+        tx.execute(&format!("DELETE FROM {APPLYING}"), [])
+            .ctx("unmuting capture")?;
         tx.commit().ctx("retrying deferred changes")?;
         if !events.is_empty() {
-            info!(applied = events.len(), "deferred changes applied after a schema change");
+            info!(
+                applied = events.len(),
+                "deferred changes applied after a schema change"
+            );
         }
         self.outputs.events.emit(events);
         Ok(true)
@@ -432,7 +463,8 @@ impl DbWorker {
                 if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
                     stamp::save_clock(&tx, &clock)?;
                 }
-                tx.execute(&format!("DELETE FROM {APPLYING}"), []).ctx("unmuting capture")?;
+                tx.execute(&format!("DELETE FROM {APPLYING}"), [])
+                    .ctx("unmuting capture")?;
                 tx.commit().ctx("committing an apply transaction")?;
                 Ok((outcome, stamped, clock))
             })?
@@ -440,6 +472,22 @@ impl DbWorker {
         self.clock = clock;
         if let Some(stamped) = stamped {
             self.after_stamp(stamped.outbox, stamped.events);
+        }
+        // Counters before positions, so whoever waits on a position sees the counts that go with it.
+        let counters = &self.outputs.counters;
+        counters
+            .applied_rows
+            .fetch_add(outcome.applied, Ordering::Relaxed);
+        counters
+            .kept_rows
+            .fetch_add(outcome.kept, Ordering::Relaxed);
+        counters
+            .deferred_rows
+            .fetch_add(outcome.deferred, Ordering::Relaxed);
+        if outcome.applied > 0 {
+            counters
+                .last_apply_ms
+                .store(crate::clock::wall_millis(), Ordering::Relaxed);
         }
         if !outcome.positions.is_empty() {
             self.outputs.positions.send_modify(|positions| {
@@ -462,7 +510,8 @@ impl DbWorker {
                 .prepare_cached("DELETE FROM __harmonylite__outbox WHERE id = ?1")
                 .ctx("deleting acknowledged outbox entries")?;
             for id in ids {
-                stmt.execute([id]).ctx("deleting acknowledged outbox entries")?;
+                stmt.execute([id])
+                    .ctx("deleting acknowledged outbox entries")?;
             }
         }
         tx.commit().ctx("deleting acknowledged outbox entries")
@@ -492,8 +541,11 @@ impl DbWorker {
                 )
                 .ctx("recording a rejected change")?;
             }
-            tx.execute("DELETE FROM __harmonylite__outbox WHERE id = ?1", [entry.id])
-                .ctx("recording a rejected change")?;
+            tx.execute(
+                "DELETE FROM __harmonylite__outbox WHERE id = ?1",
+                [entry.id],
+            )
+            .ctx("recording a rejected change")?;
             tx.commit().ctx("recording a rejected change")
         })();
         if let Err(err) = result {
@@ -526,6 +578,7 @@ impl DbWorker {
             outbox_rows: count("SELECT coalesce(sum(rows), 0) FROM __harmonylite__outbox")?,
             paused_tables,
             rejected_local: count("SELECT count(*) FROM __harmonylite__rejected")?,
+            dead_lettered: count("SELECT count(*) FROM __harmonylite__dead_letters")?,
             positions: load_positions(&self.conn)?,
             replicated_tables: self.schema.tables.keys().cloned().collect(),
         })
@@ -536,8 +589,10 @@ fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
     let rows: Vec<(i64, i64, i64, Vec<u8>)> = conn
         .prepare("SELECT id, shard, rows, payload FROM __harmonylite__outbox ORDER BY id")
         .and_then(|mut stmt| {
-            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("loading the outbox")?;
     Ok(rows
@@ -560,8 +615,13 @@ fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
 fn load_positions(conn: &Connection) -> Result<BTreeMap<u32, u64>> {
     conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
         .and_then(|mut stmt| {
-            stmt.query_map([], |row| Ok((row.get::<_, i64>(0)? as u32, row.get::<_, i64>(1)?.max(0) as u64)))?
-                .collect::<rusqlite::Result<BTreeMap<_, _>>>()
+            stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u32,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<BTreeMap<_, _>>>()
         })
         .ctx("reading stream positions")
 }

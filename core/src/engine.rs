@@ -38,7 +38,9 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// Runs a core future on the core runtime from any async context (or none).
-pub async fn on_runtime<T: Send + 'static>(future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+pub async fn on_runtime<T: Send + 'static>(
+    future: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
     runtime()
         .spawn(future)
         .await
@@ -46,10 +48,13 @@ pub async fn on_runtime<T: Send + 'static>(future: impl std::future::Future<Outp
 }
 
 /// Blocks the calling (non-async) thread on a core future.
-pub fn block_on<T: Send + 'static>(future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+pub fn block_on<T: Send + 'static>(
+    future: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(Error::Internal(
-            "a blocking harmonylite call was made from inside an async runtime; use the async API".into(),
+            "a blocking harmonylite call was made from inside an async runtime; use the async API"
+                .into(),
         ));
     }
     runtime().block_on(on_runtime(future))
@@ -62,7 +67,6 @@ pub(crate) struct Counters {
     pub applied_rows: AtomicU64,
     pub kept_rows: AtomicU64,
     pub deferred_rows: AtomicU64,
-    pub dead_lettered: AtomicU64,
     pub errors: AtomicU64,
     pub last_publish_ms: AtomicU64,
     pub last_apply_ms: AtomicU64,
@@ -103,7 +107,11 @@ impl Token {
 /// Text form `shard:seq,shard:seq` so tokens can travel between processes and languages.
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.positions.iter().map(|(s, q)| format!("{s}:{q}")).collect();
+        let parts: Vec<String> = self
+            .positions
+            .iter()
+            .map(|(s, q)| format!("{s}:{q}"))
+            .collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -117,7 +125,10 @@ impl FromStr for Token {
                 .split_once(':')
                 .and_then(|(s, q)| Some((s.parse::<u32>().ok()?, q.parse::<u64>().ok()?)));
             let Some((shard, seq)) = parsed else {
-                return Err(Error::config("token", format!("`{text}` is not a token (shard:seq,...)")));
+                return Err(Error::config(
+                    "token",
+                    format!("`{text}` is not a token (shard:seq,...)"),
+                ));
             };
             positions.insert(shard, seq);
         }
@@ -154,6 +165,8 @@ pub struct Status {
     pub node_id: u64,
     pub db_path: String,
     pub connection: ConnectionState,
+    /// The JetStream streams exist (created or checked since open).
+    pub streams_ready: bool,
     pub nats_urls: Vec<String>,
     pub embedded_server: bool,
     pub publish: bool,
@@ -194,6 +207,7 @@ pub(crate) struct Inner {
     events: EventHub,
     positions: watch::Receiver<BTreeMap<u32, u64>>,
     progress: watch::Receiver<PublishProgress>,
+    ready: watch::Receiver<bool>,
     counters: Arc<Counters>,
     shutdown: watch::Sender<bool>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
@@ -230,7 +244,9 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let events = EventHub::new();
     let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
     let (last_outbox_tx, _last_outbox_rx) = watch::channel(0i64);
+    let counters = Arc::new(Counters::default());
     let outputs = DbOutputs {
+        counters: counters.clone(),
         outbox: outbox_tx,
         events: events.clone(),
         positions: positions_tx,
@@ -238,10 +254,11 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     };
     let db_for_thread = db.clone();
     let config_for_thread = config.clone();
-    let (db_handle, opened) =
-        tokio::task::spawn_blocking(move || db_thread::start(&db_for_thread, &config_for_thread, outputs))
-            .await
-            .map_err(|err| Error::Internal(format!("database open task failed: {err}")))??;
+    let (db_handle, opened) = tokio::task::spawn_blocking(move || {
+        db_thread::start(&db_for_thread, &config_for_thread, outputs)
+    })
+    .await
+    .map_err(|err| Error::Internal(format!("database open task failed: {err}")))??;
     let node_id = opened.node_id;
     let commands = db_handle.commands.clone();
 
@@ -269,7 +286,6 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let client = transport::connect(&config, &urls, node_id).await?;
     let js = transport::jetstream_context(client.clone());
     let names = Names::new(&config);
-    let counters = Arc::new(Counters::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (progress_tx, progress_rx) = watch::channel(PublishProgress::default());
@@ -336,7 +352,9 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
                 max_batch_time: Duration::from_millis(config.apply.max_batch_ms),
                 counters: counters.clone(),
             };
-            consumers.push(tokio::spawn(consumer.run(ready_rx.clone(), shutdown_rx.clone())));
+            consumers.push(tokio::spawn(
+                consumer.run(ready_rx.clone(), shutdown_rx.clone()),
+            ));
         }
     }
     info!(node_id, urls = ?urls, publish = config.publish, replicate = config.replicate, "replica open");
@@ -353,6 +371,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             events,
             positions: positions_rx,
             progress: progress_rx,
+            ready: ready_rx,
             counters,
             shutdown: shutdown_tx,
             consumers: Mutex::new(consumers),
@@ -436,7 +455,8 @@ impl Replica {
         let task = runtime().spawn(async move {
             while let Some(event) = subscription.recv().await {
                 let callback = callback.clone();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(event)));
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(event)));
                 if outcome.is_err() {
                     warn!("a change-event callback panicked; later events are still delivered");
                 }
@@ -455,7 +475,9 @@ impl Replica {
     async fn sync_inner(&self, timeout: Duration) -> Result<Token> {
         let commands = self.commands()?;
         let (reply, answer) = oneshot::channel();
-        commands.send(Command::Flush { reply }).map_err(|_| Error::Closed)?;
+        commands
+            .send(Command::Flush { reply })
+            .map_err(|_| Error::Closed)?;
         let last_id = answer.await.map_err(|_| Error::Closed)??;
         if !self.inner.config.publish {
             return Ok(Token {
@@ -485,16 +507,38 @@ impl Replica {
             return Err(Error::Closed);
         }
         if !self.inner.config.replicate {
-            return Err(Error::config("replicate", "this node applies nothing (replicate = false)"));
+            return Err(Error::config(
+                "replicate",
+                "this node applies nothing (replicate = false)",
+            ));
         }
         let mut positions = self.inner.positions.clone();
         let token = token.clone();
-        let wait = async move { positions.wait_for(|applied| token.reached_by(applied)).await.map(|_| ()) };
+        let wait = async move {
+            positions
+                .wait_for(|applied| token.reached_by(applied))
+                .await
+                .map(|_| ())
+        };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout {
                 what: "this node to apply up to the token".into(),
+                millis: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Waits until the NATS connection is up and the streams exist.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let mut ready = self.inner.ready.clone();
+        let wait = async move { ready.wait_for(|r| *r).await.map(|_| ()) };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout {
+                what: "NATS and the streams to be ready".into(),
                 millis: timeout.as_millis() as u64,
             }),
         }
@@ -515,7 +559,9 @@ impl Replica {
     async fn status_inner(&self) -> Result<Status> {
         let commands = self.commands()?;
         let (reply, answer) = oneshot::channel();
-        commands.send(Command::Status { reply }).map_err(|_| Error::Closed)?;
+        commands
+            .send(Command::Status { reply })
+            .map_err(|_| Error::Closed)?;
         let db = answer.await.map_err(|_| Error::Closed)??;
         let inner = &self.inner;
         let counters = &inner.counters;
@@ -530,6 +576,7 @@ impl Replica {
             node_id: inner.node_id,
             db_path: inner.db_path.display().to_string(),
             connection,
+            streams_ready: *inner.ready.borrow(),
             nats_urls: inner.urls.clone(),
             embedded_server: inner.embedded.is_some(),
             publish: inner.config.publish,
@@ -550,7 +597,7 @@ impl Replica {
             applied_rows: counters.applied_rows.load(Ordering::Relaxed),
             skipped_rows: counters.kept_rows.load(Ordering::Relaxed),
             deferred_rows: counters.deferred_rows.load(Ordering::Relaxed),
-            dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
+            dead_lettered: db.dead_lettered,
             rejected_local: db.rejected_local,
             paused_tables: db
                 .paused_tables
@@ -587,7 +634,11 @@ impl Replica {
         if let Some(setup) = take(&inner.setup) {
             let _ = setup.await;
         }
-        let consumers: Vec<JoinHandle<()>> = inner.consumers.lock().map(|mut c| c.drain(..).collect()).unwrap_or_default();
+        let consumers: Vec<JoinHandle<()>> = inner
+            .consumers
+            .lock()
+            .map(|mut c| c.drain(..).collect())
+            .unwrap_or_default();
         for consumer in consumers {
             let _ = consumer.await;
         }

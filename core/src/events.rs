@@ -85,7 +85,10 @@ impl Subscription {
                 Ok(event) => return Some(event),
                 Err(broadcast::error::RecvError::Lagged(count)) => {
                     self.missed += count;
-                    tracing::warn!(missed = count, "a change-event subscriber fell behind and missed events");
+                    tracing::warn!(
+                        missed = count,
+                        "a change-event subscriber fell behind and missed events"
+                    );
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

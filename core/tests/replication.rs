@@ -51,14 +51,19 @@ async fn inserts_updates_and_deletes_on_every_node_reach_the_others() {
     assert_same(&[&a, &b, &c], &["users", "memberships"]);
     let ids: Vec<String> = a.dump("users").into_iter().map(|r| r[0].clone()).collect();
     assert_eq!(ids, vec!["i2", "i10"]);
-    let orgs: Vec<String> = b.dump("memberships").into_iter().map(|r| r[0].clone()).collect();
+    let orgs: Vec<String> = b
+        .dump("memberships")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
     assert_eq!(orgs, vec!["tacme", "tacme", "tinitech"]);
 
     // A rolled-back transaction leaves nothing to replicate.
     {
         let mut conn = a.conn();
         let tx = conn.transaction().expect("tx");
-        tx.execute("INSERT INTO users VALUES (99, 'ghost', 0)", []).expect("insert");
+        tx.execute("INSERT INTO users VALUES (99, 'ghost', 0)", [])
+            .expect("insert");
         tx.rollback().expect("rollback");
     }
     a.exec("INSERT INTO users VALUES (100, 'real', 0)");
@@ -86,7 +91,10 @@ async fn applier_writes_are_not_echoed_and_status_reports_progress() {
     // B applied the row; its capture must not have logged it again.
     let b_status = b.replica().status().await.expect("status");
     assert_eq!(b_status.pending_changes, 0);
-    assert_eq!(b_status.published_rows, 0, "B echoed a change it only applied");
+    assert_eq!(
+        b_status.published_rows, 0,
+        "B echoed a change it only applied"
+    );
     assert_eq!(b_status.applied_rows, 1);
     let a_status = a.replica().status().await.expect("status");
     assert_eq!(a_status.published_rows, 1);

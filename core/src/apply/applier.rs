@@ -69,7 +69,21 @@ pub fn apply_messages(
         match decode(&message.payload) {
             Err(err) => {
                 warn!(shard = message.shard, seq = message.seq, error = %err, "malformed message parked on the dead-letter subject");
-                outcome.dead_letters.push((message.shard, message.seq, err.to_string()));
+                tx.prepare_cached(
+                    "INSERT INTO __harmonylite__dead_letters(shard, seq, reason, at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        message.shard,
+                        message.seq as i64,
+                        err.to_string(),
+                        crate::clock::wall_millis() as i64
+                    ])
+                })
+                .ctx("recording a dead letter")?;
+                outcome
+                    .dead_letters
+                    .push((message.shard, message.seq, err.to_string()));
             }
             Ok(batch) => {
                 for change in &batch.changes {
@@ -106,9 +120,11 @@ pub fn apply_messages(
         }
     }
     for (shard, seq) in &positions {
-        tx.prepare_cached("INSERT OR REPLACE INTO __harmonylite__positions(shard, seq) VALUES (?1, ?2)")
-            .and_then(|mut stmt| stmt.execute(params![shard, *seq as i64]))
-            .ctx("storing the stream position")?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO __harmonylite__positions(shard, seq) VALUES (?1, ?2)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![shard, *seq as i64]))
+        .ctx("storing the stream position")?;
     }
     outcome.positions = positions;
     Ok(outcome)
@@ -117,7 +133,10 @@ pub fn apply_messages(
 /// Checks a change against the local schema; `Err(reason)` means it must wait for the schema to catch up.
 fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableInfo, String> {
     let Some(table) = schema.tables.get(&change.table) else {
-        return Err(format!("table `{}` does not exist here (or is not replicated)", change.table));
+        return Err(format!(
+            "table `{}` does not exist here (or is not replicated)",
+            change.table
+        ));
     };
     if change.pk.len() != table.pk.len() {
         return Err(format!(
@@ -132,19 +151,29 @@ fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableI
         .iter()
         .find(|(name, _)| !table.columns.iter().any(|c| c == name))
     {
-        return Err(format!("column `{missing}` of table `{}` does not exist here", change.table));
+        return Err(format!(
+            "column `{missing}` of table `{}` does not exist here",
+            change.table
+        ));
     }
     Ok(table)
 }
 
-fn apply_change(tx: &Transaction<'_>, schema: &Schema, origin: u64, change: &RowChange) -> Result<RowResult> {
+fn apply_change(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    origin: u64,
+    change: &RowChange,
+) -> Result<RowResult> {
     let table = match check_schema(schema, change) {
         Ok(table) => table,
         Err(reason) => return Ok(RowResult::Deferred(reason)),
     };
     let pk_bytes = pk_key(&change.pk);
     let stored: Option<(i64, i64, bool)> = tx
-        .prepare_cached("SELECT hlc, node, deleted FROM __harmonylite__versions WHERE tbl = ?1 AND pk = ?2")
+        .prepare_cached(
+            "SELECT hlc, node, deleted FROM __harmonylite__versions WHERE tbl = ?1 AND pk = ?2",
+        )
         .and_then(|mut stmt| {
             stmt.query_row(params![change.table, pk_bytes], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -169,8 +198,14 @@ fn apply_change(tx: &Transaction<'_>, schema: &Schema, origin: u64, change: &Row
     };
     if let Err(err) = write {
         // A constraint the local schema adds (UNIQUE, CHECK, NOT NULL) rolls back only this statement.
-        if matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::ConstraintViolation)) {
-            return Ok(RowResult::Deferred(format!("constraint failed on `{}`: {err}", change.table)));
+        if matches!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ConstraintViolation)
+        ) {
+            return Ok(RowResult::Deferred(format!(
+                "constraint failed on `{}`: {err}",
+                change.table
+            )));
         }
         return Err(err).ctx("applying a remote change");
     }
@@ -198,7 +233,12 @@ fn apply_change(tx: &Transaction<'_>, schema: &Schema, origin: u64, change: &Row
 fn upsert(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
     let names: Vec<String> = change.columns.iter().map(|(n, _)| quote(n)).collect();
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    let key = table.pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+    let key = table
+        .pk
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
     let updates: Vec<String> = change
         .columns
         .iter()
@@ -217,7 +257,9 @@ fn upsert(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqli
         placeholders.join(", ")
     );
     let mut stmt = tx.prepare_cached(&sql)?;
-    stmt.execute(rusqlite::params_from_iter(change.columns.iter().map(|(_, v)| v)))
+    stmt.execute(rusqlite::params_from_iter(
+        change.columns.iter().map(|(_, v)| v),
+    ))
 }
 
 fn delete(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
@@ -228,15 +270,20 @@ fn delete(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqli
         .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
-    let mut stmt = tx.prepare_cached(&format!("DELETE FROM {} WHERE {filter}", quote(&table.name)))?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "DELETE FROM {} WHERE {filter}",
+        quote(&table.name)
+    ))?;
     stmt.execute(rusqlite::params_from_iter(change.pk.iter()))
 }
 
 fn defer(tx: &Transaction<'_>, origin: u64, change: &RowChange, reason: &str) -> Result<()> {
     let blob = rmp_serde::to_vec(&(origin, change)).unwrap_or_default();
-    tx.prepare_cached("INSERT INTO __harmonylite__deferred(tbl, reason, change) VALUES (?1, ?2, ?3)")
-        .and_then(|mut stmt| stmt.execute(params![change.table, reason, blob]))
-        .ctx("deferring a change")?;
+    tx.prepare_cached(
+        "INSERT INTO __harmonylite__deferred(tbl, reason, change) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![change.table, reason, blob]))
+    .ctx("deferring a change")?;
     Ok(())
 }
 

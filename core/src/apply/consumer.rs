@@ -2,7 +2,6 @@
 //! durable pull consumer, hands bounded batches to the database thread, acknowledges after the commit,
 //! and parks undecodable messages on the dead-letter stream.
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,10 @@ pub(crate) struct ShardConsumer {
     pub counters: Arc<Counters>,
 }
 
-async fn ask<T>(db: &std_mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+async fn ask<T>(
+    db: &std_mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+) -> Result<T> {
     let (reply, answer) = oneshot::channel();
     db.send(make(reply)).map_err(|_| Error::Closed)?;
     answer.await.map_err(|_| Error::Closed)?
@@ -128,7 +130,10 @@ impl ShardConsumer {
             let started = Instant::now();
             let mut batch = vec![first];
             let mut bytes = batch[0].payload.len();
-            while batch.len() < self.max_batch_messages && bytes < MAX_BATCH_BYTES && started.elapsed() < self.max_batch_time {
+            while batch.len() < self.max_batch_messages
+                && bytes < MAX_BATCH_BYTES
+                && started.elapsed() < self.max_batch_time
+            {
                 match messages.next().now_or_never() {
                     Some(Some(Ok(message))) => {
                         bytes += message.payload.len();
@@ -166,19 +171,16 @@ impl ShardConsumer {
         }
     }
 
-    async fn apply_with_retry(&self, incoming: Vec<Incoming>, shutdown: &mut watch::Receiver<bool>) -> Option<ApplyOutcome> {
+    async fn apply_with_retry(
+        &self,
+        incoming: Vec<Incoming>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<ApplyOutcome> {
         let mut backoff = Duration::from_millis(20);
         loop {
             let messages = incoming.clone();
             match ask(&self.db, |reply| Command::Apply { messages, reply }).await {
-                Ok(outcome) => {
-                    let counters = &self.counters;
-                    counters.applied_rows.fetch_add(outcome.applied, Ordering::Relaxed);
-                    counters.kept_rows.fetch_add(outcome.kept, Ordering::Relaxed);
-                    counters.deferred_rows.fetch_add(outcome.deferred, Ordering::Relaxed);
-                    counters.last_apply_ms.store(crate::clock::wall_millis(), Ordering::Relaxed);
-                    return Some(outcome);
-                }
+                Ok(outcome) => return Some(outcome),
                 Err(Error::Closed) => return None,
                 Err(err) => {
                     self.counters.record_error(&err);
@@ -195,8 +197,9 @@ impl ShardConsumer {
 
     async fn park(&self, outcome: &ApplyOutcome, incoming: &[Incoming]) {
         for (shard, seq, reason) in &outcome.dead_letters {
-            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            let Some(message) = incoming.iter().find(|m| m.seq == *seq) else { continue };
+            let Some(message) = incoming.iter().find(|m| m.seq == *seq) else {
+                continue;
+            };
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("HarmonyLite-Reason", reason.as_str());
             headers.insert("HarmonyLite-Stream-Seq", seq.to_string().as_str());

@@ -42,6 +42,8 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
              reason TEXT NOT NULL, change BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__dead_letters(id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
+             seq INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__rejected(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
              pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
     ))
@@ -52,15 +54,34 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
 /// ones, drops those of tables that are gone or no longer selected. Runs in one write transaction.
 /// A read replica (`publish = false`) gets no triggers at all: it sends nothing.
 pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
-    let tx = conn.transaction().ctx("starting capture install")?;
-    let schema = Schema::read(&tx, config)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("starting capture install")?;
+    let mut schema = Schema::read(&tx, config)?;
+    // After the first install, a table seen for the first time was created while the app ran: rows it got
+    // before its triggers existed are logged now, so none is missed.
+    let first_install: bool = tx
+        .query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM __harmonylite__meta WHERE key = 'capture_installed')",
+            [],
+            |row| row.get(0),
+        )
+        .ctx("reading capture state")?;
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for table in schema.tables.values().filter(|_| config.publish) {
-        let id = table_id(&tx, &table.name)?;
+        let (id, new) = table_id(&tx, &table.name)?;
+        if new && !first_install {
+            backfill(&tx, table, id)?;
+        }
         for trigger in triggers::for_table(table, id) {
             wanted.insert(trigger.name, trigger.sql);
         }
     }
+    tx.execute(
+        "INSERT OR IGNORE INTO __harmonylite__meta(key, value) VALUES ('capture_installed', 1)",
+        [],
+    )
+    .ctx("recording capture state")?;
     let existing: Vec<(String, String)> = tx
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'")
         .and_then(|mut stmt| {
@@ -86,6 +107,10 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
         }
     }
     tx.commit().ctx("committing capture install")?;
+    // Installing triggers bumped the schema version; remember the version that includes them.
+    schema.version = conn
+        .query_row("PRAGMA schema_version", [], |row| row.get(0))
+        .ctx("reading schema_version")?;
     if changed > 0 {
         info!(
             tables = schema.tables.len(),
@@ -96,22 +121,55 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
     Ok(schema)
 }
 
-fn table_id(conn: &Connection, name: &str) -> Result<i64> {
+/// The table's id in the registry, and whether it was just registered.
+fn table_id(conn: &Connection, name: &str) -> Result<(i64, bool)> {
     let existing: Option<i64> = conn
-        .query_row(&format!("SELECT id FROM {TABLES} WHERE name = ?1"), [name], |row| row.get(0))
+        .query_row(
+            &format!("SELECT id FROM {TABLES} WHERE name = ?1"),
+            [name],
+            |row| row.get(0),
+        )
         .optional()
         .ctx("reading table ids")?;
     if let Some(id) = existing {
-        return Ok(id);
+        return Ok((id, false));
     }
-    conn.execute(&format!("INSERT INTO {TABLES}(name) VALUES (?1)"), params![name])
-        .ctx("registering a table")?;
-    Ok(conn.last_insert_rowid())
+    conn.execute(
+        &format!("INSERT INTO {TABLES}(name) VALUES (?1)"),
+        params![name],
+    )
+    .ctx("registering a table")?;
+    Ok((conn.last_insert_rowid(), true))
+}
+
+fn backfill(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
+    let slots: String = (0..table.pk.len()).map(|i| format!(", k{i}")).collect();
+    let keys: String = table
+        .pk
+        .iter()
+        .map(|c| format!(", {}", triggers::quote(c)))
+        .collect();
+    let logged = conn
+        .execute(
+            &format!(
+                "INSERT INTO {CHANGE_LOG}(tbl, op{slots}) SELECT {id}, {}{keys} FROM {}",
+                triggers::OP_INSERT,
+                triggers::quote(&table.name)
+            ),
+            [],
+        )
+        .ctx("logging the rows of a new table")?;
+    if logged > 0 {
+        info!(table = %table.name, rows = logged, "new table: rows written before capture was installed are logged");
+    }
+    Ok(())
 }
 
 /// Removes every trigger and table the library created, and nothing else (HarmonyLite's `-cleanup`).
 pub fn cleanup(conn: &mut Connection) -> Result<usize> {
-    let tx = conn.transaction().ctx("starting cleanup")?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("starting cleanup")?;
     let objects: Vec<(String, String)> = tx
         .prepare(
             "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'table')
@@ -123,7 +181,11 @@ pub fn cleanup(conn: &mut Connection) -> Result<usize> {
         })
         .ctx("listing library objects")?;
     for (kind, name) in &objects {
-        let statement = if kind == "trigger" { "DROP TRIGGER" } else { "DROP TABLE" };
+        let statement = if kind == "trigger" {
+            "DROP TRIGGER"
+        } else {
+            "DROP TABLE"
+        };
         tx.execute_batch(&format!("{statement} IF EXISTS {}", triggers::quote(name)))
             .ctx("dropping a library object")?;
     }

@@ -23,9 +23,7 @@ pub struct Trigger {
 pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
     let target = quote(&table.name);
     let guard = format!("NOT EXISTS (SELECT 1 FROM {APPLYING})");
-    let slots: String = (0..table.pk.len())
-        .map(|i| format!(", k{i}"))
-        .collect();
+    let slots: String = (0..table.pk.len()).map(|i| format!(", k{i}")).collect();
     let keys = |row: &str| -> String {
         table
             .pk
@@ -34,7 +32,10 @@ pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
             .collect()
     };
     let log = |op: i64, row: &str| {
-        format!("INSERT INTO {CHANGE_LOG}(tbl, op{slots}) VALUES ({table_id}, {op}{});", keys(row))
+        format!(
+            "INSERT INTO {CHANGE_LOG}(tbl, op{slots}) VALUES ({table_id}, {op}{});",
+            keys(row)
+        )
     };
     let name = |suffix: &str| format!("__harmonylite__{}__{suffix}", table.name);
     let pk_changed = table
@@ -43,7 +44,12 @@ pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
         .map(|column| format!("OLD.{c} IS NOT NEW.{c}", c = quote(column)))
         .collect::<Vec<_>>()
         .join(" OR ");
-    let pk_list = table.pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+    let pk_list = table
+        .pk
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let make = |suffix: &str, event: String, when: String, body: String| {
         let trigger_name = name(suffix);
@@ -56,8 +62,18 @@ pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
         }
     };
     vec![
-        make("insert", "INSERT".into(), guard.clone(), log(OP_INSERT, "NEW")),
-        make("update", "UPDATE".into(), guard.clone(), log(OP_UPDATE, "NEW")),
+        make(
+            "insert",
+            "INSERT".into(),
+            guard.clone(),
+            log(OP_INSERT, "NEW"),
+        ),
+        make(
+            "update",
+            "UPDATE".into(),
+            guard.clone(),
+            log(OP_UPDATE, "NEW"),
+        ),
         // A primary-key change also deletes the row under its old key on the other nodes.
         make(
             "update_key",
@@ -85,6 +101,8 @@ mod tests {
         assert_eq!(triggers.len(), 4);
         assert!(triggers[0].sql.contains("ON \"we\"\"ird table\""));
         assert!(triggers[0].sql.contains("NEW.\"select\""));
-        assert!(triggers[2].sql.contains("OLD.\"select\" IS NOT NEW.\"select\""));
+        assert!(triggers[2]
+            .sql
+            .contains("OLD.\"select\" IS NOT NEW.\"select\""));
     }
 }

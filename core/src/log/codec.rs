@@ -114,9 +114,18 @@ mod tests {
     fn rejects_garbage_without_panicking() {
         assert_eq!(decode(b"xx"), Err(DecodeError::TooShort(2)));
         assert_eq!(decode(b"NOPE...."), Err(DecodeError::BadMagic));
-        assert_eq!(decode(b"HL\x09\x00abc"), Err(DecodeError::UnknownVersion(9)));
-        assert!(matches!(decode(b"HL\x01\x01garbage"), Err(DecodeError::Decompress(_))));
-        assert!(matches!(decode(b"HL\x01\x00\xc1\xc1"), Err(DecodeError::Payload(_))));
+        assert_eq!(
+            decode(b"HL\x09\x00abc"),
+            Err(DecodeError::UnknownVersion(9))
+        );
+        assert!(matches!(
+            decode(b"HL\x01\x01garbage"),
+            Err(DecodeError::Decompress(_))
+        ));
+        assert!(matches!(
+            decode(b"HL\x01\x00\xc1\xc1"),
+            Err(DecodeError::Payload(_))
+        ));
         let mut truncated = encode(&sample(), false);
         truncated.truncate(truncated.len() / 2);
         assert!(decode(&truncated).is_err());

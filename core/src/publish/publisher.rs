@@ -40,7 +40,9 @@ pub(crate) struct Publisher {
     pub progress: watch::Sender<PublishProgress>,
 }
 
-type Inflight = std::pin::Pin<Box<dyn std::future::Future<Output = (OutboxEntry, Result<PublishAck, String>)> + Send>>;
+type Inflight = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (OutboxEntry, Result<PublishAck, String>)> + Send>,
+>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long `close()` lets unsent messages go out before leaving them in the outbox for next time.
@@ -70,13 +72,18 @@ impl Publisher {
         let mut acked_ids: Vec<i64> = Vec::new();
 
         loop {
-            if drain_deadline.is_some() && ((queue.is_empty() && inflight.is_empty()) || drain_deadline.is_some_and(|d| Instant::now() >= d)) {
+            if drain_deadline.is_some()
+                && ((queue.is_empty() && inflight.is_empty())
+                    || drain_deadline.is_some_and(|d| Instant::now() >= d))
+            {
                 break;
             }
             if streams_ready && retry_at.is_none_or(|at| Instant::now() >= at) {
                 retry_at = None;
                 while inflight.len() < self.max_inflight {
-                    let Some(entry) = queue.pop_front() else { break };
+                    let Some(entry) = queue.pop_front() else {
+                        break;
+                    };
                     match self.send(&entry).await {
                         Ok(ack) => inflight.push(Box::pin(async move {
                             let result = ack.await.map_err(|err| err.to_string());
@@ -150,22 +157,31 @@ impl Publisher {
                 }
             }
             if !acked_ids.is_empty() {
-                let _ = self.db.send(Command::Acked { ids: std::mem::take(&mut acked_ids) });
+                let _ = self.db.send(Command::Acked {
+                    ids: std::mem::take(&mut acked_ids),
+                });
             }
             let through = match outstanding.first() {
                 Some(first) => first - 1,
                 None => known_highest,
             };
             if self.progress.borrow().acked_through != through {
-                self.progress.send_modify(|progress| progress.acked_through = through);
+                self.progress
+                    .send_modify(|progress| progress.acked_through = through);
             }
         }
         if !queue.is_empty() || !inflight.is_empty() {
-            warn!(unsent = queue.len() + inflight.len(), "closing with unsent messages; they stay in the outbox and go out on next open");
+            warn!(
+                unsent = queue.len() + inflight.len(),
+                "closing with unsent messages; they stay in the outbox and go out on next open"
+            );
         }
     }
 
-    async fn send(&self, entry: &OutboxEntry) -> Result<PublishAckFuture, (PublishErrorKind, String)> {
+    async fn send(
+        &self,
+        entry: &OutboxEntry,
+    ) -> Result<PublishAckFuture, (PublishErrorKind, String)> {
         let message = PublishMessage::build()
             .payload(entry.payload.clone())
             .message_id(&entry.msg_id);

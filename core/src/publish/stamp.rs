@@ -73,14 +73,21 @@ pub fn stamp_pending(
                 Some(name) => name.clone(),
                 None => {
                     let name: Option<String> = tx
-                        .query_row(&format!("SELECT name FROM {TABLES} WHERE id = ?1"), [table_id], |r| r.get(0))
+                        .query_row(
+                            &format!("SELECT name FROM {TABLES} WHERE id = ?1"),
+                            [table_id],
+                            |r| r.get(0),
+                        )
                         .ok();
                     table_names.insert(table_id, name.clone());
                     name
                 }
             };
             let Some(info) = name.as_ref().and_then(|n| schema.tables.get(n)) else {
-                warn!(table_id, "change-log entry for a table that is no longer replicated; dropped");
+                warn!(
+                    table_id,
+                    "change-log entry for a table that is no longer replicated; dropped"
+                );
                 continue;
             };
             let mut pk = Vec::with_capacity(info.pk.len());
@@ -161,9 +168,11 @@ pub fn stamp_pending(
                 },
                 settings.compress,
             );
-            tx.prepare_cached("INSERT INTO __harmonylite__outbox(shard, rows, payload) VALUES (?1, ?2, ?3)")
-                .and_then(|mut stmt| stmt.execute(params![shard as i64, rows, payload]))
-                .ctx("writing the outbox")?;
+            tx.prepare_cached(
+                "INSERT INTO __harmonylite__outbox(shard, rows, payload) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![shard as i64, rows, payload]))
+            .ctx("writing the outbox")?;
             let id = tx.last_insert_rowid();
             outbox.push(OutboxEntry {
                 id,
@@ -174,8 +183,11 @@ pub fn stamp_pending(
             });
         }
     }
-    tx.execute(&format!("DELETE FROM {CHANGE_LOG} WHERE seq <= ?1"), [last_seq])
-        .ctx("trimming the change log")?;
+    tx.execute(
+        &format!("DELETE FROM {CHANGE_LOG} WHERE seq <= ?1"),
+        [last_seq],
+    )
+    .ctx("trimming the change log")?;
     save_clock(tx, clock)?;
     Ok(Stamped {
         outbox,
@@ -196,8 +208,17 @@ pub fn save_clock(tx: &Transaction<'_>, clock: &Clock) -> Result<()> {
     Ok(())
 }
 
-fn read_row(tx: &Transaction<'_>, table: &TableInfo, pk: &[Value]) -> Result<Option<Vec<(String, Value)>>> {
-    let columns = table.columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+fn read_row(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    pk: &[Value],
+) -> Result<Option<Vec<(String, Value)>>> {
+    let columns = table
+        .columns
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
     let filter = table
         .pk
         .iter()
@@ -206,7 +227,10 @@ fn read_row(tx: &Transaction<'_>, table: &TableInfo, pk: &[Value]) -> Result<Opt
         .collect::<Vec<_>>()
         .join(" AND ");
     let mut stmt = tx
-        .prepare_cached(&format!("SELECT {columns} FROM {} WHERE {filter}", quote(&table.name)))
+        .prepare_cached(&format!(
+            "SELECT {columns} FROM {} WHERE {filter}",
+            quote(&table.name)
+        ))
         .ctx("reading a changed row")?;
     let mut result = stmt
         .query(rusqlite::params_from_iter(pk.iter()))

@@ -62,7 +62,9 @@ pub async fn connect(config: &Config, urls: &[String], node_id: u64) -> Result<a
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => info!("connected to NATS"),
-                async_nats::Event::Disconnected => warn!("disconnected from NATS; changes are kept and will be sent on reconnect"),
+                async_nats::Event::Disconnected => {
+                    warn!("disconnected from NATS; changes are kept and will be sent on reconnect")
+                }
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         });
@@ -103,12 +105,21 @@ pub fn jetstream_context(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
-fn stream_config(config: &Config, name: String, subjects: Vec<String>, replicas: usize) -> stream::Config {
+fn stream_config(
+    config: &Config,
+    name: String,
+    subjects: Vec<String>,
+    replicas: usize,
+) -> stream::Config {
     let log = &config.replication_log;
     stream::Config {
         name,
         subjects,
-        max_messages: if log.max_entries > 0 { log.max_entries } else { -1 },
+        max_messages: if log.max_entries > 0 {
+            log.max_entries
+        } else {
+            -1
+        },
         max_bytes: if log.max_bytes > 0 { log.max_bytes } else { -1 },
         max_age: log.max_age.0,
         num_replicas: replicas,
@@ -126,9 +137,19 @@ fn stream_config(config: &Config, name: String, subjects: Vec<String>, replicas:
 
 /// Creates the shard streams and the dead-letter stream, or checks (and with `update_existing`, updates)
 /// existing ones.
-pub async fn ensure_streams(js: &jetstream::Context, config: &Config, names: &Names, replicas: usize) -> Result<()> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    config: &Config,
+    names: &Names,
+    replicas: usize,
+) -> Result<()> {
     for shard in 0..config.replication_log.shards {
-        let wanted = stream_config(config, names.stream(shard), vec![names.subject(shard)], replicas);
+        let wanted = stream_config(
+            config,
+            names.stream(shard),
+            vec![names.subject(shard)],
+            replicas,
+        );
         ensure_stream(js, wanted, config.replication_log.update_existing).await?;
     }
     let dead_letter = stream_config(
@@ -140,7 +161,11 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &Config, names: &Na
     ensure_stream(js, dead_letter, config.replication_log.update_existing).await
 }
 
-async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config, update_existing: bool) -> Result<()> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+    update_existing: bool,
+) -> Result<()> {
     let name = wanted.name.clone();
     let mut existing = js
         .get_or_create_stream(wanted.clone())

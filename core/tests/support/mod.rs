@@ -15,7 +15,8 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -45,7 +46,10 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     let mut pause = Duration::from_millis(5);
     while !check() {
-        assert!(started.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -55,14 +59,19 @@ pub async fn wait_until_async(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     let mut pause = Duration::from_millis(5);
     while !check() {
-        assert!(started.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
 fn http_ok(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     if stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
@@ -119,7 +128,12 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start nats-server ({}): {err}; run scripts/setup.sh", nats_server_binary().display()));
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot start nats-server ({}): {err}; run scripts/setup.sh",
+                    nats_server_binary().display()
+                )
+            });
         self.child = Some(child);
         let port = self.monitor_port;
         wait_until("nats-server /healthz", || http_ok(port, "/healthz"));
@@ -164,8 +178,10 @@ pub fn config_for(server: &NatsServer, node_id: u64) -> Config {
 /// The app's connection: SQLite defaults, and `trusted_schema` explicitly OFF.
 pub fn app_connection(db: &Path) -> Connection {
     let conn = Connection::open(db).expect("open app connection");
-    conn.execute_batch("PRAGMA trusted_schema = OFF;").expect("trusted_schema off");
-    conn.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
+    conn.execute_batch("PRAGMA trusted_schema = OFF;")
+        .expect("trusted_schema off");
+    conn.busy_timeout(Duration::from_secs(30))
+        .expect("busy timeout");
     conn
 }
 
@@ -207,7 +223,9 @@ impl Node {
     }
 
     pub fn exec(&self, sql: &str) {
-        self.conn().execute_batch(sql).unwrap_or_else(|err| panic!("{sql}: {err}"));
+        self.conn()
+            .execute_batch(sql)
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
     }
 
     pub async fn sync(&self) -> Token {
@@ -235,7 +253,9 @@ pub fn dump(conn: &Connection, table: &str) -> Vec<Vec<String>> {
                     rusqlite::types::ValueRef::Null => "NULL".to_string(),
                     rusqlite::types::ValueRef::Integer(v) => format!("i{v}"),
                     rusqlite::types::ValueRef::Real(v) => format!("r{:x}", v.to_bits()),
-                    rusqlite::types::ValueRef::Text(v) => format!("t{}", String::from_utf8_lossy(v)),
+                    rusqlite::types::ValueRef::Text(v) => {
+                        format!("t{}", String::from_utf8_lossy(v))
+                    }
                     rusqlite::types::ValueRef::Blob(v) => format!("b{}:{:x}", v.len(), fxhash(v)),
                 };
                 values.push(value);
@@ -247,9 +267,9 @@ pub fn dump(conn: &Connection, table: &str) -> Vec<Vec<String>> {
 }
 
 fn fxhash(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Publishes everything every node committed and waits until every node applied all of it.
@@ -259,7 +279,10 @@ pub async fn converge(nodes: &[&Node]) {
         token.merge(&node.sync().await);
     }
     for node in nodes {
-        node.replica().wait_for(&token, WAIT).await.expect("wait_for");
+        node.replica()
+            .wait_for(&token, WAIT)
+            .await
+            .expect("wait_for");
     }
 }
 
@@ -268,7 +291,11 @@ pub fn assert_same(nodes: &[&Node], tables: &[&str]) {
     for table in tables {
         let first = nodes[0].dump(table);
         for (i, node) in nodes.iter().enumerate().skip(1) {
-            assert_eq!(first, node.dump(table), "table {table}: node 0 and node {i} differ");
+            assert_eq!(
+                first,
+                node.dump(table),
+                "table {table}: node 0 and node {i} differ"
+            );
         }
     }
 }
