@@ -412,6 +412,16 @@ fn stop_db_thread(mut handle: DbHandle) {
     }
 }
 
+impl fmt::Debug for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("node_id", &self.inner.node_id)
+            .field("db", &self.inner.db_path)
+            .field("closed", &self.inner.closed.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
 impl Replica {
     pub fn node_id(&self) -> u64 {
         self.inner.node_id

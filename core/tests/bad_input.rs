@@ -125,8 +125,7 @@ async fn table_without_primary_key_is_refused_by_name_unless_excluded() {
         .expect("schema");
     let err = harmonylite::open_replicated(&db, config_for(&server, 1))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.code(), ErrorCode::NoPrimaryKey);
     assert!(err.to_string().contains("`log lines`"), "{err}");
     let mut config = config_for(&server, 1);
@@ -153,13 +152,10 @@ async fn invalid_config_names_the_key() {
     config.nats.urls = vec!["nats://127.0.0.1:1".into()];
     let err = harmonylite::open_replicated(&db, config)
         .await
-        .err()
-        .expect("invalid");
+        .expect_err("invalid");
     assert_eq!(err.code(), ErrorCode::Config);
     assert!(err.to_string().contains("replication_log.shards"), "{err}");
-    let err = Config::from_toml_str("[nats]\nurls = [\"not a url\"]\n")
-        .err()
-        .expect("invalid");
+    let err = Config::from_toml_str("[nats]\nurls = [\"not a url\"]\n").expect_err("invalid");
     assert!(err.to_string().contains("nats.urls"), "{err}");
 }
 
@@ -188,11 +184,19 @@ async fn virtual_tables_are_skipped_and_cleanup_removes_only_library_objects() {
     assert_eq!(removed as i64, before);
     let names: Vec<String> = a
         .conn()
-        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name NOT LIKE 'docs\\_fts\\_%' ESCAPE '\\' ORDER BY name")
+        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name NOT LIKE 'docs\\_fts\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
         .expect("prepare")
         .query_map([], |r| r.get(0))
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("names");
     assert_eq!(names, vec!["__app_keep", "app_trigger", "docs", "docs_fts"]);
+    let sequences: i64 = a
+        .conn()
+        .query_row("SELECT count(*) FROM sqlite_sequence", [], |r| r.get(0))
+        .expect("sqlite_sequence");
+    assert_eq!(
+        sequences, 0,
+        "no AUTOINCREMENT counter of the library is left behind"
+    );
 }

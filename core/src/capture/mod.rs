@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
 pub use schema::{Schema, TableInfo};
 
-/// Prefix of every object the library creates; `cleanup` removes exactly these.
+/// Prefix of every object the library creates; `cleanup` removes exactly these. (The outbox uses
+/// AUTOINCREMENT: its ids must never repeat, since read-your-writes progress is tracked by id.)
 pub const PREFIX: &str = "__harmonylite__";
 pub const CHANGE_LOG: &str = "__harmonylite__change_log";
 pub const APPLYING: &str = "__harmonylite__applying";
@@ -37,7 +38,7 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS __harmonylite__versions(tbl TEXT NOT NULL, pk BLOB NOT NULL,
              hlc INTEGER NOT NULL, node INTEGER NOT NULL, deleted INTEGER NOT NULL,
              PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
+         CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, shard INTEGER NOT NULL,
              rows INTEGER NOT NULL, payload BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
@@ -106,11 +107,12 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
             changed += 1;
         }
     }
-    tx.commit().ctx("committing capture install")?;
-    // Installing triggers bumped the schema version; remember the version that includes them.
-    schema.version = conn
+    // Installing triggers bumped the schema version. Read it while this transaction still holds the write
+    // lock: read after commit, it could already include an app's CREATE TABLE this schema has not seen.
+    schema.version = tx
         .query_row("PRAGMA schema_version", [], |row| row.get(0))
         .ctx("reading schema_version")?;
+    tx.commit().ctx("committing capture install")?;
     if changed > 0 {
         info!(
             tables = schema.tables.len(),
@@ -188,6 +190,21 @@ pub fn cleanup(conn: &mut Connection) -> Result<usize> {
         };
         tx.execute_batch(&format!("{statement} IF EXISTS {}", triggers::quote(name)))
             .ctx("dropping a library object")?;
+    }
+    // AUTOINCREMENT left a row in SQLite's own sqlite_sequence (a table SQLite does not let anyone drop).
+    let has_sequence: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence')",
+            [],
+            |r| r.get(0),
+        )
+        .ctx("cleaning sqlite_sequence")?;
+    if has_sequence {
+        tx.execute(
+            "DELETE FROM sqlite_sequence WHERE name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'",
+            [],
+        )
+        .ctx("cleaning sqlite_sequence")?;
     }
     tx.commit().ctx("committing cleanup")?;
     if objects.is_empty() {

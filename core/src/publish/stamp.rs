@@ -12,7 +12,7 @@ use rusqlite::{params, Transaction};
 use tracing::warn;
 
 use super::OutboxEntry;
-use crate::capture::triggers::{quote, OP_DELETE, OP_INSERT};
+use crate::capture::triggers::{quote, OP_INSERT};
 use crate::capture::{Schema, TableInfo, CHANGE_LOG, MAX_PK_COLUMNS, TABLES};
 use crate::clock::{wall_millis, Clock};
 use crate::error::{Result, SqlContext};
@@ -96,8 +96,8 @@ pub fn stamp_pending(
                 pk.push(Value::from(value));
             }
             let key = (table_id, pk_key(&pk));
-            if !index.contains_key(&key) {
-                index.insert(key, rows.len());
+            if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(key) {
+                slot.insert(rows.len());
                 rows.push(PendingRow {
                     table: info.name.clone(),
                     pk,
@@ -124,7 +124,6 @@ pub fn stamp_pending(
             Some(_) => (Op::Upsert, ChangeOp::Update),
             None => (Op::Delete, ChangeOp::Delete),
         };
-        let _ = OP_DELETE;
         tx.prepare_cached(
             "INSERT OR REPLACE INTO __harmonylite__versions(tbl, pk, hlc, node, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
         )

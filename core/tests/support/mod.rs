@@ -169,8 +169,10 @@ pub struct Node {
 }
 
 pub fn config_for(server: &NatsServer, node_id: u64) -> Config {
-    let mut config = Config::default();
-    config.node_id = node_id;
+    let mut config = Config {
+        node_id,
+        ..Config::default()
+    };
     config.nats.urls = vec![server.url()];
     config
 }
