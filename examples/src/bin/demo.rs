@@ -21,13 +21,25 @@ struct Options {
 }
 
 fn parse_args() -> Result<Options, String> {
-    let mut options = Options { nodes: 3, rows: 100, keep: None };
+    let mut options = Options {
+        nodes: 3,
+        rows: 100,
+        keep: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--nodes" => options.nodes = value("--nodes")?.parse().map_err(|_| "--nodes must be a number")?,
-            "--rows" => options.rows = value("--rows")?.parse().map_err(|_| "--rows must be a number")?,
+            "--nodes" => {
+                options.nodes = value("--nodes")?
+                    .parse()
+                    .map_err(|_| "--nodes must be a number")?
+            }
+            "--rows" => {
+                options.rows = value("--rows")?
+                    .parse()
+                    .map_err(|_| "--rows must be a number")?
+            }
             "--keep" => options.keep = Some(PathBuf::from(value("--keep")?)),
             "--help" | "-h" => {
                 return Err("usage: demo [--nodes N] [--rows N] [--keep DIR]".into());
@@ -78,10 +90,15 @@ async fn run(options: Options) -> Result<(), String> {
         }
         None => temp.path().to_path_buf(),
     };
-    let cluster_ports: Vec<u16> = (0..options.nodes).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let cluster_ports: Vec<u16> = (0..options.nodes)
+        .map(|_| free_port())
+        .collect::<Result<_, _>>()?;
     let mut dbs = Vec::new();
     let mut opening = Vec::new();
-    println!("starting {} nodes, each with an embedded nats-server (clustered on loopback)", options.nodes);
+    println!(
+        "starting {} nodes, each with an embedded nats-server (clustered on loopback)",
+        options.nodes
+    );
     for i in 0..options.nodes {
         let node_dir = root.join(format!("node{}", i + 1));
         std::fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
@@ -105,7 +122,10 @@ async fn run(options: Options) -> Result<(), String> {
     }
     let mut replicas: Vec<Replica> = Vec::new();
     for (i, handle) in opening.into_iter().enumerate() {
-        let replica = handle.await.map_err(|e| e.to_string())?.map_err(|e| format!("node {}: {e}", i + 1))?;
+        let replica = handle
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("node {}: {e}", i + 1))?;
         replicas.push(replica);
     }
     for (i, replica) in replicas.iter().enumerate() {
@@ -113,17 +133,28 @@ async fn run(options: Options) -> Result<(), String> {
             .wait_ready(Duration::from_secs(60))
             .await
             .map_err(|e| format!("node {}: {e}", i + 1))?;
-        println!("node {} ready: nats {}", i + 1, replica.nats_urls().join(","));
+        println!(
+            "node {} ready: nats {}",
+            i + 1,
+            replica.nats_urls().join(",")
+        );
     }
 
-    println!("writing {} rows on every node through its own sqlite connection", options.rows);
+    println!(
+        "writing {} rows on every node through its own sqlite connection",
+        options.rows
+    );
     for (i, db) in dbs.iter().enumerate() {
         let mut conn = Connection::open(db).map_err(|e| e.to_string())?;
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         for n in 0..options.rows {
             tx.execute(
                 "INSERT INTO notes(id, author, body) VALUES (?1, ?2, ?3)",
-                rusqlite::params![format!("n{}-{n:05}", i + 1), i as i64 + 1, format!("note {n} from node {}", i + 1)],
+                rusqlite::params![
+                    format!("n{}-{n:05}", i + 1),
+                    i as i64 + 1,
+                    format!("note {n} from node {}", i + 1)
+                ],
             )
             .map_err(|e| e.to_string())?;
         }
@@ -132,22 +163,35 @@ async fn run(options: Options) -> Result<(), String> {
     // The same row edited on two nodes: last writer (by hybrid logical clock) wins everywhere.
     for (i, db) in dbs.iter().enumerate().take(2) {
         Connection::open(db)
-            .and_then(|c| c.execute("UPDATE notes SET body = ?1 WHERE id = 'n1-00000'", [format!("edited on node {}", i + 1)]))
+            .and_then(|c| {
+                c.execute(
+                    "UPDATE notes SET body = ?1 WHERE id = 'n1-00000'",
+                    [format!("edited on node {}", i + 1)],
+                )
+            })
             .map_err(|e| e.to_string())?;
     }
 
     let started = Instant::now();
     let mut token = Token::default();
     for replica in &replicas {
-        token.merge(&replica.sync(Duration::from_secs(60)).await.map_err(|e| e.to_string())?);
+        token.merge(
+            &replica
+                .sync(Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let expected = (options.rows * options.nodes) as i64;
     loop {
-        let summaries: Vec<(i64, String)> = dbs.iter().map(|db| summary(db)).collect::<Result<_, _>>()?;
+        let summaries: Vec<(i64, String)> =
+            dbs.iter().map(|db| summary(db)).collect::<Result<_, _>>()?;
         for (i, (count, checksum)) in summaries.iter().enumerate() {
             println!("  node {}: {count:>5} rows  checksum {checksum}", i + 1);
         }
-        let converged = summaries.iter().all(|s| s.0 == expected && s.1 == summaries[0].1);
+        let converged = summaries
+            .iter()
+            .all(|s| s.0 == expected && s.1 == summaries[0].1);
         if converged {
             println!(
                 "converged: {} nodes hold the same {expected} rows (checksum {}) {} ms after the last write",
