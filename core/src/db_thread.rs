@@ -434,7 +434,7 @@ impl DbWorker {
         };
         let publish = self.config.publish;
         let node_id = self.node_id;
-        let (outcome, stamped, clock) = {
+        let (mut outcome, stamped, clock) = {
             let schema = &self.schema;
             let start_clock = self.clock;
             let conn = &mut self.conn;
@@ -489,6 +489,10 @@ impl DbWorker {
                 .last_apply_ms
                 .store(crate::clock::wall_millis(), Ordering::Relaxed);
         }
+        // Events before positions: whoever waits for a position also finds its events delivered.
+        self.outputs
+            .events
+            .emit(std::mem::take(&mut outcome.events));
         if !outcome.positions.is_empty() {
             self.outputs.positions.send_modify(|positions| {
                 for (shard, seq) in &outcome.positions {
@@ -496,7 +500,6 @@ impl DbWorker {
                 }
             });
         }
-        self.outputs.events.emit(outcome.events.clone());
         Ok(outcome)
     }
 
