@@ -88,18 +88,26 @@ fn http_ok(port: u16, path: &str) -> bool {
 pub struct NatsServer {
     pub port: u16,
     pub monitor_port: u16,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: String,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(|_| String::new())
+    }
+
+    /// Starts a server with extra configuration text (auth, TLS), made from its own temp folder.
+    pub fn start_with(extra: impl FnOnce(&Path) -> String) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
+        let extra = extra(dir.path());
         let mut server = NatsServer {
             port: free_port(),
             monitor_port: free_port(),
             dir,
             child: None,
+            extra,
         };
         server.spawn();
         server
@@ -114,10 +122,11 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n",
+                "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n{}\n",
                 self.port,
                 self.monitor_port,
-                self.dir.path().join("js").display()
+                self.dir.path().join("js").display(),
+                self.extra
             ),
         )
         .expect("write nats config");
