@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use tracing::warn;
 
 use super::lww::{decide, Decision, Version};
-use crate::capture::triggers::quote;
+use crate::capture::triggers::{key_filter, quote};
 use crate::capture::{Schema, TableInfo};
 use crate::clock::Clock;
 use crate::error::{Result, SqlContext};
@@ -130,6 +130,22 @@ pub fn apply_messages(
     Ok(outcome)
 }
 
+/// Stores a row's winning version (a tombstone when `deleted`).
+pub fn record_version(
+    tx: &Transaction<'_>,
+    table: &str,
+    pk: &[u8],
+    version: Version,
+    deleted: bool,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO __harmonylite__versions(tbl, pk, hlc, node, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![table, pk, version.hlc as i64, version.node as i64, deleted]))
+    .ctx("recording a row version")?;
+    Ok(())
+}
+
 /// Checks a change against the local schema; `Err(reason)` means it must wait for the schema to catch up.
 fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableInfo, String> {
     let Some(table) = schema.tables.get(&change.table) else {
@@ -209,19 +225,17 @@ fn apply_change(
         }
         return Err(err).ctx("applying a remote change");
     }
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO __harmonylite__versions(tbl, pk, hlc, node, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            change.table,
-            pk_bytes,
-            change.hlc as i64,
-            origin as i64,
-            change.op == Op::Delete
-        ])
-    })
-    .ctx("recording a row version")?;
+    let version = Version {
+        hlc: change.hlc,
+        node: origin,
+    };
+    record_version(
+        tx,
+        &change.table,
+        &pk_bytes,
+        version,
+        change.op == Op::Delete,
+    )?;
     let op = match (change.op, stored) {
         (Op::Delete, _) => ChangeOp::Delete,
         (Op::Upsert, Some((_, _, false))) => ChangeOp::Update,
@@ -263,13 +277,7 @@ fn upsert(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqli
 }
 
 fn delete(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
-    let filter = table
-        .pk
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let filter = key_filter(&table.pk);
     let mut stmt = tx.prepare_cached(&format!(
         "DELETE FROM {} WHERE {filter}",
         quote(&table.name)

@@ -12,7 +12,9 @@ use rusqlite::{params, Transaction};
 use tracing::warn;
 
 use super::OutboxEntry;
-use crate::capture::triggers::{quote, OP_INSERT};
+use crate::apply::applier::record_version;
+use crate::apply::lww::Version;
+use crate::capture::triggers::{key_filter, quote, OP_INSERT};
 use crate::capture::{Schema, TableInfo, CHANGE_LOG, MAX_PK_COLUMNS, TABLES};
 use crate::clock::{wall_millis, Clock};
 use crate::error::{Result, SqlContext};
@@ -124,19 +126,11 @@ pub fn stamp_pending(
             Some(_) => (Op::Upsert, ChangeOp::Update),
             None => (Op::Delete, ChangeOp::Delete),
         };
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO __harmonylite__versions(tbl, pk, hlc, node, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                pending.table,
-                pk_bytes,
-                hlc as i64,
-                settings.node_id as i64,
-                op == Op::Delete
-            ])
-        })
-        .ctx("recording a row version")?;
+        let version = Version {
+            hlc,
+            node: settings.node_id,
+        };
+        record_version(tx, &pending.table, &pk_bytes, version, op == Op::Delete)?;
         events.push(ChangeEvent {
             table: pending.table.clone(),
             op: event_op,
@@ -218,13 +212,7 @@ fn read_row(
         .map(|c| quote(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let filter = table
-        .pk
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let filter = key_filter(&table.pk);
     let mut stmt = tx
         .prepare_cached(&format!(
             "SELECT {columns} FROM {} WHERE {filter}",
