@@ -24,9 +24,21 @@ use crate::publish::publisher::{PublishProgress, Publisher};
 use crate::transport::embedded::{EmbeddedOptions, EmbeddedServer};
 use crate::transport::{self, Names};
 
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// The process that started the runtime: after `fork()` the child inherits the handle but not its threads.
+static RUNTIME_PID: OnceLock<u32> = OnceLock::new();
+
+/// Refuses to touch the runtime from a forked child, where it would hang forever.
+fn check_not_forked() -> Result<()> {
+    match RUNTIME_PID.get() {
+        Some(pid) if *pid != std::process::id() => Err(Error::UsedAfterFork { parent_pid: *pid }),
+        _ => Ok(()),
+    }
+}
+
 /// The core's one tokio runtime. Bindings await core futures on it instead of starting their own.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME_PID.get_or_init(std::process::id);
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -41,6 +53,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub async fn on_runtime<T: Send + 'static>(
     future: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
+    check_not_forked()?;
     runtime()
         .spawn(future)
         .await
@@ -51,6 +64,7 @@ pub async fn on_runtime<T: Send + 'static>(
 pub fn block_on<T: Send + 'static>(
     future: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
+    check_not_forked()?;
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(Error::Internal(
             "a blocking harmonylite call was made from inside an async runtime; use the async API"
@@ -412,6 +426,22 @@ fn stop_db_thread(mut handle: DbHandle) {
     }
 }
 
+/// Runs a watch wait with a timeout: a closed channel means the replica closed.
+async fn timed(
+    wait: impl std::future::Future<Output = Result<(), watch::error::RecvError>>,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Error::Closed),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_string(),
+            millis: timeout.as_millis() as u64,
+        }),
+    }
+}
+
 impl fmt::Debug for Replica {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Replica")
@@ -530,28 +560,14 @@ impl Replica {
                 .await
                 .map(|_| ())
         };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout {
-                what: "this node to apply up to the token".into(),
-                millis: timeout.as_millis() as u64,
-            }),
-        }
+        on_runtime(timed(wait, timeout, "this node to apply up to the token")).await
     }
 
     /// Waits until the NATS connection is up and the streams exist.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let mut ready = self.inner.ready.clone();
         let wait = async move { ready.wait_for(|r| *r).await.map(|_| ()) };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout {
-                what: "NATS and the streams to be ready".into(),
-                millis: timeout.as_millis() as u64,
-            }),
-        }
+        on_runtime(timed(wait, timeout, "NATS and the streams to be ready")).await
     }
 
     /// The positions this node has applied, as a token.
@@ -624,6 +640,19 @@ impl Replica {
             last_error: counters.last_error.lock().ok().and_then(|e| e.clone()),
             uptime_ms: inner.started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Closes the replica and removes capture (triggers and the library's tables) from the database.
+    /// The app's own tables and data are untouched.
+    pub async fn cleanup(&self) -> Result<usize> {
+        self.close().await?;
+        let db = self.inner.db_path.clone();
+        on_runtime(async move {
+            tokio::task::spawn_blocking(move || crate::db_thread::cleanup_database(&db))
+                .await
+                .map_err(|err| Error::Internal(format!("cleanup task failed: {err}")))?
+        })
+        .await
     }
 
     /// Stops replication: in-flight batches are committed and acknowledged, local changes are stamped and

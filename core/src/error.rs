@@ -112,6 +112,13 @@ pub enum Error {
     )]
     NatsServerNotFound,
 
+    /// A replica (or the runtime) was used in a child process after `fork()`.
+    #[error(
+        "harmonylite was started in process {parent_pid} and cannot be used after fork(); \
+         open a new replica in the child (or fork before opening)"
+    )]
+    UsedAfterFork { parent_pid: u32 },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -126,7 +133,7 @@ impl Error {
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::SchemaMismatch { .. } => ErrorCode::SchemaMismatch,
             Error::Snapshot(_) => ErrorCode::Snapshot,
-            Error::Closed => ErrorCode::Closed,
+            Error::Closed | Error::UsedAfterFork { .. } => ErrorCode::Closed,
             Error::Io { .. } => ErrorCode::Io,
             Error::NoPrimaryKey { .. } => ErrorCode::NoPrimaryKey,
             Error::NatsServerNotFound => ErrorCode::NatsServerNotFound,
