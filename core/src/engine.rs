@@ -165,6 +165,10 @@ pub struct ShardStatus {
     pub applied_seq: u64,
     /// Highest stream position of a message this node published (this run).
     pub published_seq: u64,
+    /// Last position in the shard's stream (None when NATS cannot be asked right now).
+    pub stream_last_seq: Option<u64>,
+    /// Messages in the stream this node has not applied yet.
+    pub lag_messages: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -216,6 +220,8 @@ pub(crate) struct Inner {
     commands: Mutex<Option<std_mpsc::Sender<Command>>>,
     db_thread: Mutex<Option<DbHandle>>,
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    names: Names,
     urls: Vec<String>,
     embedded: Option<EmbeddedServer>,
     events: EventHub,
@@ -300,6 +306,8 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let client = transport::connect(&config, &urls, node_id).await?;
     let js = transport::jetstream_context(client.clone());
     let names = Names::new(&config);
+    let status_js = js.clone();
+    let status_names = names.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (progress_tx, progress_rx) = watch::channel(PublishProgress::default());
@@ -380,6 +388,8 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             commands: Mutex::new(Some(commands)),
             db_thread: Mutex::new(Some(db_handle)),
             client,
+            js: status_js,
+            names: status_names,
             urls,
             embedded,
             events,
@@ -598,6 +608,19 @@ impl Replica {
             async_nats::connection::State::Pending => ConnectionState::Connecting,
         };
         let nonzero = |v: u64| (v != 0).then_some(v);
+        let mut stream_last = BTreeMap::new();
+        if connection == ConnectionState::Connected {
+            for shard in 0..inner.config.replication_log.shards {
+                let name = inner.names.stream(shard);
+                let ask = async {
+                    let stream = inner.js.get_stream(&name).await.ok()?;
+                    Some(stream.cached_info().state.last_sequence)
+                };
+                if let Ok(Some(last)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+                    stream_last.insert(shard, last);
+                }
+            }
+        }
         Ok(Status {
             node_id: inner.node_id,
             db_path: inner.db_path.display().to_string(),
@@ -609,10 +632,16 @@ impl Replica {
             replicate: inner.config.replicate,
             replicated_tables: db.replicated_tables,
             shards: (0..inner.config.replication_log.shards)
-                .map(|shard| ShardStatus {
-                    shard,
-                    applied_seq: db.positions.get(&shard).copied().unwrap_or(0),
-                    published_seq: progress.shard_seqs.get(&shard).copied().unwrap_or(0),
+                .map(|shard| {
+                    let applied_seq = db.positions.get(&shard).copied().unwrap_or(0);
+                    let stream_last_seq = stream_last.get(&shard).copied();
+                    ShardStatus {
+                        shard,
+                        applied_seq,
+                        published_seq: progress.shard_seqs.get(&shard).copied().unwrap_or(0),
+                        stream_last_seq,
+                        lag_messages: stream_last_seq.map(|last| last.saturating_sub(applied_seq)),
+                    }
                 })
                 .collect(),
             pending_changes: db.pending_changes,

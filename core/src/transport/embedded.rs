@@ -1105,6 +1105,19 @@ impl Inner {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
+        // If this process dies without running destructors (SIGKILL, abort), take the server with it.
+        #[cfg(target_os = "linux")]
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec and makes a single async-signal-safe
+        // system call (prctl PR_SET_PDEATHSIG); it touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
         let child = command.spawn().map_err(|e| {
             Error::transport(
                 "starting embedded nats-server",

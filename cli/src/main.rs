@@ -1,0 +1,314 @@
+//! `harmonylite`: the sidecar. Replicates a SQLite file that other processes write, with HarmonyLite's
+//! flags and config file, Prometheus metrics, a health endpoint, and a graceful stop on SIGTERM/SIGINT.
+
+mod args;
+mod http;
+mod metrics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use harmonylite::{Config, ConnectionState, ErrorCode, Replica};
+use tracing::{error, info};
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn version_text() -> String {
+    format!(
+        "harmonylite {} (commit {}, {}, HarmonyLite-compatible sidecar)",
+        env!("CARGO_PKG_VERSION"),
+        env!("HARMONYLITE_GIT_COMMIT"),
+        env!("HARMONYLITE_TARGET")
+    )
+}
+
+/// The configuration after the file and the flags; errors name the flag or key.
+fn load_config(args: &args::Args) -> Result<(Config, PathBuf), String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|err| err.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(addr) = &args.cluster_addr {
+        config.nats.cluster_addr = addr.clone();
+    }
+    if let Some(peers) = &args.cluster_peers {
+        config.nats.cluster_peers = peers.clone();
+    }
+    if let Some(leaves) = &args.leaf_servers {
+        config.nats.leaf_servers = leaves.clone();
+    }
+    config.validate().map_err(|err| err.to_string())?;
+    let db = match (&args.db, &config.db_path) {
+        (Some(db), _) => db.clone(),
+        (None, Some(db)) => PathBuf::from(db),
+        (None, None) => {
+            return Err("no database: set db_path in the config file or pass -db <path>".into())
+        }
+    };
+    if !db.is_file() {
+        return Err(format!(
+            "db_path `{}` does not exist; the sidecar replicates an existing database (create it first)",
+            db.display()
+        ));
+    }
+    Ok((config, db))
+}
+
+fn init_logging(config: &Config) {
+    let default = if config.logging.verbose {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if config.logging.format == "json" {
+        builder.json().with_writer(std::io::stdout).try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
+}
+
+fn health_body(status: &harmonylite::Status, detailed: bool) -> (u16, String) {
+    let healthy = status.connection == ConnectionState::Connected && status.streams_ready;
+    let code = if healthy { 200 } else { 503 };
+    let body = if detailed {
+        serde_json::json!({
+            "status": if healthy { "ok" } else { "unhealthy" },
+            "node_id": status.node_id,
+            "uptime_ms": status.uptime_ms,
+            "db": status.db_path,
+            "nats": {
+                "connected": status.connection == ConnectionState::Connected,
+                "state": status.connection,
+                "streams_ready": status.streams_ready,
+                "urls": status.nats_urls,
+                "embedded": status.embedded_server,
+            },
+            "capture": {
+                "publish": status.publish,
+                "replicate": status.replicate,
+                "tables": status.replicated_tables,
+                "pending_changes": status.pending_changes,
+                "unsent_rows": status.unsent_rows,
+                "paused_tables": status.paused_tables,
+            },
+            "positions": status.shards,
+            "last_publish_ms": status.last_publish_ms,
+            "last_apply_ms": status.last_apply_ms,
+            "dead_lettered": status.dead_lettered,
+            "errors": status.errors,
+            "last_error": status.last_error,
+        })
+    } else {
+        serde_json::json!({ "status": if healthy { "ok" } else { "unhealthy" } })
+    };
+    (code, body.to_string())
+}
+
+async fn start_endpoints(replica: &Replica, config: &Config) -> Result<(), harmonylite::Error> {
+    let bind_error = |field: &str, reason: String| harmonylite::Error::Config {
+        field: field.to_string(),
+        reason,
+    };
+    if config.prometheus.enable {
+        let replica = replica.clone();
+        let naming = std::sync::Arc::new(metrics::Naming {
+            namespace: config.prometheus.namespace.clone(),
+            subsystem: config.prometheus.subsystem.clone(),
+        });
+        let address = http::serve("prometheus metrics", &config.prometheus.bind, move |path| {
+            let replica = replica.clone();
+            let naming = naming.clone();
+            async move {
+                if path != "/metrics" && path != "/" {
+                    return http::Response {
+                        status: 404,
+                        content_type: "text/plain",
+                        body: "try /metrics\n".into(),
+                    };
+                }
+                match replica.status().await {
+                    Ok(status) => http::Response {
+                        status: 200,
+                        content_type: "text/plain; version=0.0.4",
+                        body: metrics::render(&status, &naming, None),
+                    },
+                    Err(err) => http::Response {
+                        status: 503,
+                        content_type: "text/plain",
+                        body: format!("{err}\n"),
+                    },
+                }
+            }
+        })
+        .await
+        .map_err(|err| bind_error("prometheus.bind", err))?;
+        info!(%address, "metrics at /metrics");
+    }
+    if config.health_check.enable {
+        let replica = replica.clone();
+        let health_path = config.health_check.path.clone();
+        let detailed = config.health_check.detailed;
+        let address = http::serve("health check", &config.health_check.bind, move |path| {
+            let replica = replica.clone();
+            let health_path = health_path.clone();
+            async move {
+                if path != health_path {
+                    return http::Response {
+                        status: 404,
+                        content_type: "text/plain",
+                        body: format!("try {health_path}\n"),
+                    };
+                }
+                match replica.status().await {
+                    Ok(status) => {
+                        let (code, body) = health_body(&status, detailed);
+                        http::Response {
+                            status: code,
+                            content_type: "application/json",
+                            body,
+                        }
+                    }
+                    Err(err) => http::Response {
+                        status: 503,
+                        content_type: "application/json",
+                        body: serde_json::json!({"status": "unhealthy", "error": err.to_string()})
+                            .to_string(),
+                    },
+                }
+            }
+        })
+        .await
+        .map_err(|err| bind_error("health_check.bind", err))?;
+        info!(%address, path = %config.health_check.path, "health check");
+    }
+    Ok(())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives, or after `sleep_timeout` ms without replication activity.
+async fn stop_signal(replica: &Replica, sleep_timeout: u64) -> &'static str {
+    let idle = async {
+        if sleep_timeout == 0 {
+            return std::future::pending::<&'static str>().await;
+        }
+        let limit = Duration::from_millis(sleep_timeout);
+        let mut last_seen = (0u64, 0u64);
+        let mut idle_since = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500).min(limit)).await;
+            if let Ok(status) = replica.status().await {
+                let activity = (status.published_rows, status.applied_rows);
+                if activity != last_seen {
+                    last_seen = activity;
+                    idle_since = std::time::Instant::now();
+                }
+            }
+            if idle_since.elapsed() >= limit {
+                return "sleep_timeout reached";
+            }
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return "signal handlers unavailable";
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            reason = idle => reason,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupt",
+            reason = idle => reason,
+        }
+    }
+}
+
+async fn run(db: PathBuf, config: Config) -> Result<(), harmonylite::Error> {
+    let replica = harmonylite::open_replicated(&db, config.clone()).await?;
+    if let Err(err) = start_endpoints(&replica, &config).await {
+        let _ = replica.close().await;
+        return Err(err);
+    }
+    info!(node_id = replica.node_id(), db = %db.display(), nats = ?replica.nats_urls(), "replicating");
+    let reason = stop_signal(&replica, config.sleep_timeout).await;
+    info!(
+        reason,
+        "stopping: committing in-flight batches and publishing what is pending"
+    );
+    replica.close().await?;
+    info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("harmonylite: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if args.help {
+        println!("{}", args::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!("{}", version_text());
+        return ExitCode::SUCCESS;
+    }
+    let (config, db) = match load_config(&args) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("harmonylite: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(&config);
+    if args.cleanup {
+        return match harmonylite::cleanup_database(&db) {
+            Ok(removed) => {
+                println!(
+                    "removed {removed} HarmonyLite objects from {}",
+                    db.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("harmonylite: cleanup failed: {err}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
+    if args.save_snapshot {
+        eprintln!("harmonylite: -save-snapshot: snapshots are not implemented yet");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match harmonylite::runtime().block_on(run(db, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = %err, "harmonylite stopped with an error");
+            eprintln!("harmonylite: {err}");
+            if err.code() == ErrorCode::Config {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
