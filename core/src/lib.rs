@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod log;
 pub mod publish;
+pub mod snapshot;
 pub mod transport;
 
 pub use config::Config;

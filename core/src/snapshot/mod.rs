@@ -1,0 +1,3 @@
+//! Snapshots: create, store, restore. (In progress.)
+
+pub mod store;
