@@ -180,13 +180,20 @@ pub struct ApplyConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotConfig {
+    /// Restore at open when needed, and save snapshots (saving also needs `publish`).
     pub enabled: bool,
     /// Periodic snapshot interval in ms (0 = off).
     pub interval: u64,
+    /// Also snapshot after this many stream messages were applied since the last one (0 = off).
+    pub after_messages: u64,
+    /// How long, in ms, one node keeps the right to upload (a lease in NATS KV); others skip meanwhile.
     pub leader_ttl: u64,
     /// `nats`, `dir` or `s3`.
     pub store: String,
+    /// Snapshots kept in the store; older ones are deleted after a successful upload.
     pub keep: u32,
+    /// How long `open_replicated` waits for NATS when this node needs a snapshot (ms).
+    pub restore_timeout: u64,
     pub nats: SnapshotNatsConfig,
     pub s3: SnapshotS3Config,
     pub dir: SnapshotDirConfig,
@@ -327,9 +334,11 @@ impl Default for SnapshotConfig {
         SnapshotConfig {
             enabled: true,
             interval: 0,
+            after_messages: 0,
             leader_ttl: 30_000,
             store: "nats".into(),
             keep: 3,
+            restore_timeout: 30_000,
             nats: SnapshotNatsConfig::default(),
             s3: SnapshotS3Config::default(),
             dir: SnapshotDirConfig::default(),
@@ -549,6 +558,27 @@ impl Config {
                 "snapshot.store",
                 format!("`{}` is not one of nats, dir, s3", self.snapshot.store),
             ));
+        }
+        if self.snapshot.store == "dir"
+            && self.snapshot.enabled
+            && self.snapshot.dir.path.is_empty()
+        {
+            return Err(Error::config(
+                "snapshot.dir.path",
+                "required when snapshot.store = \"dir\"",
+            ));
+        }
+        if self.snapshot.store == "s3"
+            && self.snapshot.enabled
+            && self.snapshot.s3.bucket.is_empty()
+        {
+            return Err(Error::config(
+                "snapshot.s3.bucket",
+                "required when snapshot.store = \"s3\"",
+            ));
+        }
+        if self.snapshot.keep == 0 {
+            return Err(Error::config("snapshot.keep", "must be at least 1"));
         }
         if !["console", "json"].contains(&self.logging.format.as_str()) {
             return Err(Error::config(

@@ -78,7 +78,6 @@ pub(crate) struct DbOutputs {
 }
 
 pub(crate) struct Opened {
-    pub node_id: u64,
     pub pending_outbox: Vec<OutboxEntry>,
 }
 
@@ -239,10 +238,7 @@ impl DbWorker {
                 outputs,
                 last_outbox_id,
             },
-            Opened {
-                node_id,
-                pending_outbox,
-            },
+            Opened { pending_outbox },
         ))
     }
 

@@ -21,6 +21,7 @@ use crate::db_thread::{self, Command, DbHandle, DbOutputs};
 use crate::error::{Error, Result};
 use crate::events::{ChangeEvent, EventHub, Listener, Subscription};
 use crate::publish::publisher::{PublishProgress, Publisher};
+use crate::snapshot::{self, service::SnapshotService};
 use crate::transport::embedded::{EmbeddedOptions, EmbeddedServer};
 use crate::transport::{self, Names};
 
@@ -85,6 +86,7 @@ pub(crate) struct Counters {
     pub last_publish_ms: AtomicU64,
     pub last_apply_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    pub behind_retention: AtomicBool,
 }
 
 impl Counters {
@@ -210,6 +212,11 @@ pub struct Status {
     pub last_apply_ms: Option<u64>,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// A shard's position is older than the first message its stream still holds: rows changed in the gap
+    /// are stale until they change again. Restart the node to restore a snapshot.
+    pub behind_retention: bool,
+    /// Snapshot save/restore progress.
+    pub snapshot: snapshot::SnapshotProgress,
     pub uptime_ms: u64,
 }
 
@@ -224,6 +231,7 @@ pub(crate) struct Inner {
     names: Names,
     urls: Vec<String>,
     embedded: Option<EmbeddedServer>,
+    snapshots: Arc<SnapshotService>,
     events: EventHub,
     positions: watch::Receiver<BTreeMap<u32, u64>>,
     progress: watch::Receiver<PublishProgress>,
@@ -252,6 +260,7 @@ pub async fn open_replicated(db: impl AsRef<Path>, config: Config) -> Result<Rep
 
 async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     config.validate()?;
+    let mut config = config;
     if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return Err(Error::io(
@@ -260,6 +269,46 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             ));
         }
     }
+    // The node id is needed before the database is opened (embedded server name, a restore): keep the one
+    // stored in the file, else the configured one, else a new random one (stored by the database thread).
+    let peek_db = db.clone();
+    let (stored_node, _) = tokio::task::spawn_blocking(move || snapshot::peek_identity(&peek_db))
+        .await
+        .map_err(|err| Error::Internal(format!("reading the node id: {err}")))?;
+    if config.node_id == 0 {
+        config.node_id = stored_node.unwrap_or_else(|| (rand::random::<u64>() >> 1).max(1));
+    }
+    let node_id = config.node_id;
+
+    let (embedded, urls) = if config.nats.urls.is_empty() {
+        let server = start_embedded(&db, &config, node_id).await?;
+        let url = server.client_url();
+        (Some(server), vec![url])
+    } else {
+        (None, config.nats.urls.clone())
+    };
+    let client = transport::connect(&config, &urls, node_id).await?;
+    let js = transport::jetstream_context(client.clone());
+    let names = Names::new(&config);
+    let replicas = match config.replication_log.replicas {
+        0 => match &embedded {
+            Some(server) if server.cluster_size_hint() >= 3 => 3,
+            _ => 1,
+        },
+        n => n as usize,
+    };
+    let snapshots = Arc::new(SnapshotService::new(
+        &config,
+        &db,
+        js.clone(),
+        client.clone(),
+        &names,
+        replicas,
+    ));
+    if config.snapshot.enabled && config.replicate {
+        snapshots.bootstrap(&db, &config, node_id).await?;
+    }
+
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let events = EventHub::new();
     let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
@@ -279,35 +328,10 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     })
     .await
     .map_err(|err| Error::Internal(format!("database open task failed: {err}")))??;
-    let node_id = opened.node_id;
     let commands = db_handle.commands.clone();
-
-    let (embedded, urls) = if config.nats.urls.is_empty() {
-        let server = match start_embedded(&db, &config, node_id).await {
-            Ok(server) => server,
-            Err(err) => {
-                drop(commands);
-                stop_db_thread(db_handle);
-                return Err(err);
-            }
-        };
-        let url = server.client_url();
-        (Some(server), vec![url])
-    } else {
-        (None, config.nats.urls.clone())
-    };
-    let replicas = match config.replication_log.replicas {
-        0 => match &embedded {
-            Some(server) if server.cluster_size_hint() >= 3 => 3,
-            _ => 1,
-        },
-        n => n as usize,
-    };
-    let client = transport::connect(&config, &urls, node_id).await?;
-    let js = transport::jetstream_context(client.clone());
-    let names = Names::new(&config);
     let status_js = js.clone();
     let status_names = names.clone();
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (progress_tx, progress_rx) = watch::channel(PublishProgress::default());
@@ -380,7 +404,12 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
         }
     }
     info!(node_id, urls = ?urls, publish = config.publish, replicate = config.replicate, "replica open");
-    Ok(Replica {
+    let snapshot_config = config.snapshot.clone();
+    let save_automatically = config.publish
+        && snapshot_config.enabled
+        && (snapshot_config.interval > 0 || snapshot_config.after_messages > 0);
+    let mut snapshot_shutdown = shutdown_rx.clone();
+    let replica = Replica {
         inner: Arc::new(Inner {
             node_id,
             config,
@@ -392,6 +421,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             names: status_names,
             urls,
             embedded,
+            snapshots: snapshots.clone(),
             events,
             positions: positions_rx,
             progress: progress_rx,
@@ -404,7 +434,36 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             closed: AtomicBool::new(false),
             started: Instant::now(),
         }),
-    })
+    };
+    if save_automatically {
+        let weak = Arc::downgrade(&replica.inner);
+        tokio::spawn(async move {
+            let interval = Duration::from_millis(snapshot_config.interval);
+            let mut last_save = Instant::now();
+            let mut last_total: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = snapshot_shutdown.changed() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let replica = Replica { inner };
+                let total: u64 = replica.applied().positions.values().sum();
+                let due_by_time = !interval.is_zero() && last_save.elapsed() >= interval;
+                let due_by_growth = snapshot_config.after_messages > 0
+                    && total.saturating_sub(last_total) >= snapshot_config.after_messages;
+                if due_by_time || due_by_growth {
+                    match replica.save_snapshot_inner().await {
+                        Ok(_) => {}
+                        Err(err) => warn!(error = %err, "automatic snapshot failed; will retry"),
+                    }
+                    last_save = Instant::now();
+                    last_total = total;
+                }
+            }
+        });
+    }
+    Ok(replica)
 }
 
 async fn start_embedded(db: &Path, config: &Config, node_id: u64) -> Result<EmbeddedServer> {
@@ -667,8 +726,31 @@ impl Replica {
             last_apply_ms: nonzero(counters.last_apply_ms.load(Ordering::Relaxed)),
             errors: counters.errors.load(Ordering::Relaxed),
             last_error: counters.last_error.lock().ok().and_then(|e| e.clone()),
+            behind_retention: counters.behind_retention.load(Ordering::Relaxed),
+            snapshot: inner.snapshots.progress(),
             uptime_ms: inner.started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Saves a snapshot now (after stamping what the app committed). `Ok(None)` when another node holds the
+    /// upload lease and this one skipped.
+    pub async fn save_snapshot(&self) -> Result<Option<snapshot::Manifest>> {
+        let this = self.clone();
+        on_runtime(async move { this.save_snapshot_inner().await }).await
+    }
+
+    async fn save_snapshot_inner(&self) -> Result<Option<snapshot::Manifest>> {
+        let inner = &self.inner;
+        if !inner.config.snapshot.enabled {
+            return Err(Error::config("snapshot.enabled", "snapshots are disabled"));
+        }
+        let commands = self.commands()?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Flush { reply })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)??;
+        inner.snapshots.save(&inner.db_path, inner.node_id).await
     }
 
     /// Closes the replica and removes capture (triggers and the library's tables) from the database.

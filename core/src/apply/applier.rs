@@ -146,6 +146,23 @@ pub fn record_version(
     Ok(())
 }
 
+/// Applies every change of a batch under the LWW rule, whoever made it (used to carry this node's
+/// unpublished changes into a restored snapshot). Returns how many changes waited for the schema.
+pub fn apply_batch_any_origin(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    batch: &crate::log::Batch,
+) -> Result<u64> {
+    let mut deferred = 0;
+    for change in &batch.changes {
+        if let RowResult::Deferred(reason) = apply_change(tx, schema, batch.node_id, change)? {
+            defer(tx, batch.node_id, change, &reason)?;
+            deferred += 1;
+        }
+    }
+    Ok(deferred)
+}
+
 /// Checks a change against the local schema; `Err(reason)` means it must wait for the schema to catch up.
 fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableInfo, String> {
     let Some(table) = schema.tables.get(&change.table) else {

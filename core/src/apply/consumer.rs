@@ -79,6 +79,19 @@ impl ShardConsumer {
             .get_stream(&stream_name)
             .await
             .map_err(|err| Error::transport(format!("opening stream {stream_name}"), err))?;
+        let state = &stream.cached_info().state;
+        if state.messages > 0 && state.first_sequence > position + 1 {
+            self.counters
+                .behind_retention
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                shard,
+                applied = position,
+                stream_starts_at = state.first_sequence,
+                "this node is behind the stream's retention: rows changed in the gap stay stale until they change \
+                 again; restart it to restore a snapshot"
+            );
+        }
         let name = self.names.consumer(self.node_id, shard);
         // The position stored in the database is the truth; start the consumer there every time.
         let _ = stream.delete_consumer(&name).await;

@@ -1,3 +1,519 @@
-//! Snapshots: create, store, restore. (In progress.)
+//! Snapshots: a consistent copy of the database, stripped of node identity, recording the stream positions
+//! and clock it covers; uploaded atomically (object, then manifest, then the `latest` pointer); restored at
+//! open when a node is new, corrupted or behind the stream's retention — keeping its unpublished changes.
 
+pub mod nats_store;
+pub mod service;
 pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::apply::applier::apply_batch_any_origin;
+use crate::capture::{self, Schema, APPLYING};
+use crate::clock::{wall_millis, Clock};
+use crate::config::Config;
+use crate::error::{Error, Result, SqlContext};
+use crate::log::decode;
+use crate::publish::stamp::{save_clock, stamp_pending, StampSettings};
+pub use nats_store::{Lease, NatsObjectStore};
+pub use store::{DirStore, SnapshotStore};
+
+pub const FORMAT: u32 = 1;
+const PREFIX: &str = "snapshot-";
+const LATEST: &str = "latest.json";
+
+/// What a snapshot covers. Stored as `snapshot-<hlc>-<node>.json` beside its data object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// Key of the zstd-compressed database in the store.
+    pub object: String,
+    pub created_ms: u64,
+    /// The node that made it (its identity is not inside the snapshot).
+    pub node_id: u64,
+    /// The creating node's clock when it was taken.
+    pub hlc: u64,
+    /// Stream position per shard that the data includes; a restoring node replays from here.
+    pub positions: BTreeMap<u32, u64>,
+    pub schema_hash: String,
+    /// Compressed size and its SHA-256 (hex).
+    pub bytes: u64,
+    pub sha256: String,
+    pub raw_bytes: u64,
+}
+
+impl Manifest {
+    fn key(&self) -> String {
+        self.object.trim_end_matches(".db.zst").to_string() + ".json"
+    }
+}
+
+/// Progress of a snapshot being saved or restored, for logs and `status()`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SnapshotProgress {
+    /// `idle`, `creating`, `uploading`, `downloading`, `verifying`, `installing`.
+    pub phase: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// The newest snapshot this node restored (manifest object key), if any.
+    pub restored: Option<String>,
+    /// The newest snapshot this node saved, if any.
+    pub saved: Option<String>,
+    pub saved_at_ms: Option<u64>,
+}
+
+pub type ProgressHandle = Arc<Mutex<SnapshotProgress>>;
+
+fn set_phase(progress: &ProgressHandle, phase: &str, done: u64, total: u64) {
+    if let Ok(mut p) = progress.lock() {
+        p.phase = phase.to_string();
+        p.bytes_done = done;
+        p.bytes_total = total;
+    }
+    info!(
+        phase,
+        bytes_done = done,
+        bytes_total = total,
+        "snapshot progress"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hash of the user schema (tables, indexes, columns), so a restore can say which schema it brings.
+fn schema_hash(conn: &Connection) -> Result<String> {
+    let sql: Vec<String> = conn
+        .prepare(
+            "SELECT coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+             AND name NOT LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\' ORDER BY type, name",
+        )
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("reading the schema")?;
+    Ok(sha256_hex(sql.join("\n").as_bytes()))
+}
+
+fn temp_path(work_dir: &Path, name: &str) -> PathBuf {
+    work_dir.join(format!(
+        "{name}-{}-{}.db",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+fn remove_db_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+}
+
+/// Blocking: a consistent, stripped, compressed copy of `db`. `VACUUM INTO` reads in one read transaction,
+/// so the app keeps writing meanwhile (WAL); node identity and per-node queues are removed from the copy.
+pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manifest)> {
+    std::fs::create_dir_all(work_dir).map_err(|err| Error::io(work_dir.display(), err))?;
+    let copy = temp_path(work_dir, "snapshot");
+    let result = (|| {
+        let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ctx("opening the database for a snapshot")?;
+        source
+            .busy_timeout(Duration::from_secs(30))
+            .ctx("busy timeout")?;
+        source
+            .execute("VACUUM INTO ?1", [copy.display().to_string()])
+            .ctx("copying the database (VACUUM INTO)")?;
+        drop(source);
+        let conn = Connection::open(&copy).ctx("opening the snapshot copy")?;
+        capture::create_library_tables(&conn)?;
+        conn.execute_batch(
+            "DELETE FROM __harmonylite__change_log; DELETE FROM __harmonylite__outbox;
+             DELETE FROM __harmonylite__deferred; DELETE FROM __harmonylite__dead_letters;
+             DELETE FROM __harmonylite__rejected; DELETE FROM __harmonylite__applying;
+             DELETE FROM __harmonylite__meta WHERE key = 'node_id';",
+        )
+        .ctx("stripping node state from the snapshot")?;
+        let positions = read_positions(&conn)?;
+        let hlc: i64 = conn
+            .query_row(
+                "SELECT value FROM __harmonylite__meta WHERE key = 'hlc'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading the clock")?
+            .unwrap_or(0);
+        let schema_hash = schema_hash(&conn)?;
+        conn.execute_batch("PRAGMA journal_mode = DELETE; VACUUM;")
+            .ctx("compacting the snapshot")?;
+        drop(conn);
+        let raw = std::fs::read(&copy).map_err(|err| Error::io(copy.display(), err))?;
+        let packed = zstd::bulk::compress(&raw, 3)
+            .map_err(|err| Error::Snapshot(format!("compressing: {err}")))?;
+        let hlc = hlc.max(0) as u64;
+        let object = format!("{PREFIX}{hlc:020}-{node_id}.db.zst");
+        let manifest = Manifest {
+            format: FORMAT,
+            object,
+            created_ms: wall_millis(),
+            node_id,
+            hlc,
+            positions,
+            schema_hash,
+            bytes: packed.len() as u64,
+            sha256: sha256_hex(&packed),
+            raw_bytes: raw.len() as u64,
+        };
+        Ok((packed, manifest))
+    })();
+    remove_db_files(&copy);
+    result
+}
+
+pub fn read_positions(conn: &Connection) -> Result<BTreeMap<u32, u64>> {
+    conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u32,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<BTreeMap<_, _>>>()
+        })
+        .ctx("reading stream positions")
+}
+
+/// Uploads a built snapshot: data object, then manifest, then the `latest` pointer (a crash in between leaves
+/// the previous snapshot usable), then deletes all but the newest `keep`.
+pub async fn upload(
+    store: &dyn SnapshotStore,
+    bytes: Vec<u8>,
+    manifest: &Manifest,
+    keep: u32,
+    progress: &ProgressHandle,
+) -> Result<()> {
+    let total = bytes.len() as u64;
+    set_phase(progress, "uploading", 0, total);
+    store.put(&manifest.object, bytes).await?;
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|err| Error::Internal(err.to_string()))?;
+    store.put(&manifest.key(), json.clone()).await?;
+    store.put(LATEST, json).await?;
+    set_phase(progress, "idle", total, total);
+    if let Ok(mut p) = progress.lock() {
+        p.saved = Some(manifest.object.clone());
+        p.saved_at_ms = Some(wall_millis());
+    }
+    info!(store = %store.describe(), object = %manifest.object, bytes = total, "snapshot uploaded");
+    prune(store, keep).await
+}
+
+async fn manifest_keys_newest_first(store: &dyn SnapshotStore) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = store
+        .list(PREFIX)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    // Names embed the zero-padded clock, so name order is age order.
+    keys.sort();
+    keys.reverse();
+    Ok(keys)
+}
+
+async fn prune(store: &dyn SnapshotStore, keep: u32) -> Result<()> {
+    for key in manifest_keys_newest_first(store)
+        .await?
+        .into_iter()
+        .skip(keep as usize)
+    {
+        let object = key.trim_end_matches(".json").to_string() + ".db.zst";
+        store.delete(&object).await?;
+        store.delete(&key).await?;
+        info!(object = %object, "old snapshot deleted");
+    }
+    Ok(())
+}
+
+/// Snapshots in the store, newest first (`latest` first when it parses).
+pub async fn list_manifests(store: &dyn SnapshotStore) -> Result<Vec<Manifest>> {
+    let mut manifests: Vec<Manifest> = Vec::new();
+    let push = |bytes: Vec<u8>, manifests: &mut Vec<Manifest>| match serde_json::from_slice::<
+        Manifest,
+    >(&bytes)
+    {
+        Ok(m) if !manifests.iter().any(|x| x.object == m.object) => manifests.push(m),
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "unreadable snapshot manifest ignored"),
+    };
+    if let Some(latest) = store.get(LATEST).await? {
+        push(latest, &mut manifests);
+    }
+    for key in manifest_keys_newest_first(store).await? {
+        if let Some(bytes) = store.get(&key).await? {
+            push(bytes, &mut manifests);
+        }
+    }
+    manifests.sort_by(|a, b| b.hlc.cmp(&a.hlc).then(b.created_ms.cmp(&a.created_ms)));
+    Ok(manifests)
+}
+
+/// Downloads the newest snapshot whose checksum matches, trying older ones after a bad one.
+pub async fn fetch_newest_valid(
+    store: &dyn SnapshotStore,
+    progress: &ProgressHandle,
+) -> Result<Option<(Manifest, Vec<u8>)>> {
+    let manifests = list_manifests(store).await?;
+    if manifests.is_empty() {
+        return Ok(None);
+    }
+    let mut rejected = Vec::new();
+    for manifest in manifests {
+        if manifest.format != FORMAT {
+            rejected.push(format!(
+                "{}: unknown format {}",
+                manifest.object, manifest.format
+            ));
+            continue;
+        }
+        set_phase(progress, "downloading", 0, manifest.bytes);
+        let Some(bytes) = store.get(&manifest.object).await? else {
+            rejected.push(format!("{}: object missing", manifest.object));
+            continue;
+        };
+        set_phase(progress, "verifying", bytes.len() as u64, manifest.bytes);
+        if bytes.len() as u64 != manifest.bytes || sha256_hex(&bytes) != manifest.sha256 {
+            warn!(object = %manifest.object, "snapshot rejected: checksum mismatch; trying an older one");
+            rejected.push(format!("{}: checksum mismatch", manifest.object));
+            continue;
+        }
+        match zstd::bulk::decompress(&bytes, manifest.raw_bytes as usize) {
+            Ok(raw) => return Ok(Some((manifest, raw))),
+            Err(err) => rejected.push(format!("{}: cannot decompress: {err}", manifest.object)),
+        }
+    }
+    Err(Error::Snapshot(format!(
+        "no valid snapshot in {}: {}",
+        store.describe(),
+        rejected.join("; ")
+    )))
+}
+
+/// Why this node needs a snapshot, judged from the database file alone.
+pub fn local_need(db: &Path) -> Option<String> {
+    let size = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    if size == 0 {
+        return Some("the database file is missing or empty".into());
+    }
+    let conn = match Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        Ok(conn) => conn,
+        Err(err) => return Some(format!("the database cannot be opened: {err}")),
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(10));
+    match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
+        Ok(result) if result == "ok" => {}
+        Ok(result) => return Some(format!("the database failed its integrity check: {result}")),
+        Err(err) => return Some(format!("the database failed its integrity check: {err}")),
+    }
+    let tables: rusqlite::Result<i64> = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+         AND name NOT LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'",
+        [],
+        |r| r.get(0),
+    );
+    match tables {
+        Ok(0) => Some("the database has no replicated tables yet".into()),
+        Ok(_) => None,
+        Err(err) => Some(format!("the database cannot be read: {err}")),
+    }
+}
+
+/// The node id and applied positions stored in an existing database (read-only; absent values are empty).
+pub fn peek_identity(db: &Path) -> (Option<u64>, BTreeMap<u32, u64>) {
+    let Ok(conn) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return (None, BTreeMap::new());
+    };
+    let node: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM __harmonylite__meta WHERE key = 'node_id'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    (
+        node.filter(|n| *n > 0).map(|n| n as u64),
+        read_positions(&conn).unwrap_or_default(),
+    )
+}
+
+/// Blocking: installs a snapshot into `db`, carrying over this node's unpublished changes.
+///
+/// The local changes are stamped (in the old file) and applied to the snapshot under the LWW rule, and their
+/// messages are queued in the snapshot's outbox, so they are published after the restore. The file is then
+/// replaced through SQLite's backup API in one step: other connections see the old or the new database, never
+/// a half-written one.
+pub fn install(
+    db: &Path,
+    work_dir: &Path,
+    raw: &[u8],
+    node_id: u64,
+    config: &Config,
+    corrupt: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(work_dir).map_err(|err| Error::io(work_dir.display(), err))?;
+    let staged = temp_path(work_dir, "restore");
+    std::fs::write(&staged, raw).map_err(|err| Error::io(staged.display(), err))?;
+    let result = (|| {
+        let mut fresh = Connection::open(&staged).ctx("opening the downloaded snapshot")?;
+        let check: String = fresh
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .ctx("checking the downloaded snapshot")?;
+        if check != "ok" {
+            return Err(Error::Snapshot(format!(
+                "the downloaded snapshot fails its integrity check: {check}"
+            )));
+        }
+        capture::create_library_tables(&fresh)?;
+        let carried = if corrupt {
+            None
+        } else {
+            unpublished_changes(db, config, node_id)?
+        };
+        let schema = Schema::read(&fresh, config)?;
+        let tx = fresh
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("merging local changes into the snapshot")?;
+        tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
+            .ctx("muting capture")?;
+        let mut clock_high = tx
+            .query_row(
+                "SELECT value FROM __harmonylite__meta WHERE key = 'hlc'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .ctx("reading the clock")?
+            .unwrap_or(0)
+            .max(0) as u64;
+        if let Some((payloads, old_clock)) = &carried {
+            clock_high = clock_high.max(*old_clock);
+            for (shard, rows, payload) in payloads {
+                if let Ok(batch) = decode(payload) {
+                    apply_batch_any_origin(&tx, &schema, &batch)?;
+                }
+                tx.execute(
+                    "INSERT INTO __harmonylite__outbox(shard, rows, payload) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![shard, rows, payload],
+                )
+                .ctx("queueing local changes")?;
+            }
+            info!(
+                messages = payloads.len(),
+                "unpublished local changes carried into the restored database"
+            );
+        }
+        save_clock(&tx, &Clock::resume(clock_high))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO __harmonylite__meta(key, value) VALUES ('node_id', ?1)",
+            [node_id as i64],
+        )
+        .ctx("recording the node id")?;
+        tx.execute(&format!("DELETE FROM {APPLYING}"), [])
+            .ctx("unmuting capture")?;
+        tx.commit().ctx("merging local changes into the snapshot")?;
+
+        if corrupt {
+            let aside = db.with_extension(format!("corrupt-{}", wall_millis()));
+            warn!(db = %db.display(), moved_to = %aside.display(), "corrupted database moved aside");
+            std::fs::rename(db, &aside).map_err(|err| Error::io(db.display(), err))?;
+            remove_db_files(db);
+        }
+        let mut target = Connection::open(db).ctx("opening the database to replace")?;
+        target
+            .busy_timeout(Duration::from_secs(30))
+            .ctx("busy timeout")?;
+        let backup = rusqlite::backup::Backup::new(&fresh, &mut target)
+            .ctx("starting the database replacement")?;
+        // One step copies every page under one lock: readers see all of the old or all of the new file.
+        let started = std::time::Instant::now();
+        loop {
+            match backup.step(-1) {
+                Ok(rusqlite::backup::StepResult::Done) => break,
+                Ok(_) if started.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(other) => {
+                    return Err(Error::Snapshot(format!(
+                        "replacing {} did not finish ({other:?}); is another process holding it?",
+                        db.display()
+                    )))
+                }
+                Err(err) => {
+                    return Err(Error::Snapshot(format!(
+                        "replacing {}: {err}",
+                        db.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    })();
+    remove_db_files(&staged);
+    result
+}
+
+/// Stamps the old database's pending changes and returns its outbox (shard, rows, payload) and clock.
+#[allow(clippy::type_complexity)]
+fn unpublished_changes(
+    db: &Path,
+    config: &Config,
+    node_id: u64,
+) -> Result<Option<(Vec<(i64, i64, Vec<u8>)>, u64)>> {
+    if local_need(db).is_some_and(|reason| !reason.contains("no replicated tables")) {
+        return Ok(None);
+    }
+    let mut conn = crate::db_thread::open_connection(db, Duration::from_secs(30))?;
+    capture::create_library_tables(&conn)?;
+    let schema = Schema::read(&conn, config)?;
+    let last: i64 = conn
+        .query_row(
+            "SELECT value FROM __harmonylite__meta WHERE key = 'hlc'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .ctx("reading the clock")?
+        .unwrap_or(0);
+    let mut clock = Clock::resume(last.max(0) as u64);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("stamping local changes before a restore")?;
+    let settings = StampSettings {
+        node_id,
+        shards: config.replication_log.shards,
+        compress: config.replication_log.compress,
+        max_message_bytes: config.replication_log.max_message_bytes,
+        max_changes: u32::MAX,
+    };
+    stamp_pending(&tx, &schema, &mut clock, &settings)?;
+    let payloads: Vec<(i64, i64, Vec<u8>)> = tx
+        .prepare("SELECT shard, rows, payload FROM __harmonylite__outbox ORDER BY id")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading the outbox")?;
+    tx.commit().ctx("stamping local changes before a restore")?;
+    Ok(Some((payloads, clock.last())))
+}

@@ -38,7 +38,9 @@ impl DirStore {
 
     fn path(&self, key: &str) -> Result<PathBuf> {
         if key.is_empty() || key.contains('/') || key.contains('\\') || key.starts_with('.') {
-            return Err(Error::Snapshot(format!("invalid snapshot object key `{key}`")));
+            return Err(Error::Snapshot(format!(
+                "invalid snapshot object key `{key}`"
+            )));
         }
         Ok(self.root.join(key))
     }
@@ -52,14 +54,18 @@ impl SnapshotStore for DirStore {
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let path = self.path(key)?;
-            let temp = self.root.join(format!(".{key}.{}.partial", std::process::id()));
+            let temp = self
+                .root
+                .join(format!(".{key}.{}.partial", std::process::id()));
             tokio::fs::write(&temp, &bytes)
                 .await
                 .map_err(|err| Error::io(temp.display(), err))?;
             let file = tokio::fs::File::open(&temp)
                 .await
                 .map_err(|err| Error::io(temp.display(), err))?;
-            file.sync_all().await.map_err(|err| Error::io(temp.display(), err))?;
+            file.sync_all()
+                .await
+                .map_err(|err| Error::io(temp.display(), err))?;
             tokio::fs::rename(&temp, &path)
                 .await
                 .map_err(|err| Error::io(path.display(), err))
