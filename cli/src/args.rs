@@ -14,7 +14,7 @@ FLAGS:
     -db <path>              database file to replicate (overrides db_path)
     -node-id <u64>          node id (overrides node_id)
     -cleanup                remove every trigger and table HarmonyLite created, then exit
-    -save-snapshot          save a snapshot now, then exit
+    -save-snapshot          publish pending changes, save a snapshot now, then exit
     -cluster-addr host:port route listen address of the embedded nats-server
     -cluster-peers url,...  routes: nats://host:port or dns://host:port?min=N&interval_ms=M
     -leaf-servers url,...   leaf-node remotes of the embedded nats-server

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use harmonylite::{Config, ConnectionState, ErrorCode, Replica};
 use tracing::{error, info};
 
@@ -50,10 +52,21 @@ fn load_config(args: &args::Args) -> Result<(Config, PathBuf), String> {
             return Err("no database: set db_path in the config file or pass -db <path>".into())
         }
     };
-    if !db.is_file() {
+    // A missing file is fine when snapshots are on: the node rebuilds itself from the newest snapshot.
+    if !db.is_file() && !config.snapshot.enabled {
         return Err(format!(
-            "db_path `{}` does not exist; the sidecar replicates an existing database (create it first)",
+            "db_path `{}` does not exist; create it first, or enable [snapshot] to bootstrap it from a snapshot",
             db.display()
+        ));
+    }
+    if let Some(dir) = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(format!(
+            "db_path `{}`: directory `{}` does not exist",
+            db.display(),
+            dir.display()
         ));
     }
     Ok((config, db))
@@ -138,7 +151,12 @@ async fn start_endpoints(replica: &Replica, config: &Config) -> Result<(), harmo
                     Ok(status) => http::Response {
                         status: 200,
                         content_type: "text/plain; version=0.0.4",
-                        body: metrics::render(&status, &naming, None),
+                        body: {
+                            let age = status.snapshot.saved_at_ms.map(|at| {
+                                harmonylite::clock::wall_millis().saturating_sub(at) as f64 / 1000.0
+                            });
+                            metrics::render(&status, &naming, age)
+                        },
                     },
                     Err(err) => http::Response {
                         status: 503,
@@ -256,6 +274,22 @@ async fn run(db: PathBuf, config: Config) -> Result<(), harmonylite::Error> {
     Ok(())
 }
 
+/// `-save-snapshot`: open, publish what is pending, save a snapshot (if this node gets the lease), close.
+async fn save_snapshot(db: PathBuf, config: Config) -> Result<(), harmonylite::Error> {
+    let replica = harmonylite::open_replicated(&db, config).await?;
+    replica.wait_ready(Duration::from_secs(60)).await?;
+    let saved = replica.save_snapshot().await;
+    replica.close().await?;
+    match saved? {
+        Some(manifest) => println!(
+            "snapshot saved: {} ({} bytes, positions {:?})",
+            manifest.object, manifest.bytes, manifest.positions
+        ),
+        None => println!("snapshot skipped: another node holds the snapshot lease"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
@@ -295,11 +329,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    if args.save_snapshot {
-        eprintln!("harmonylite: -save-snapshot: snapshots are not implemented yet");
-        return ExitCode::from(EXIT_FAILURE);
-    }
-    match harmonylite::runtime().block_on(run(db, config)) {
+    let task = if args.save_snapshot {
+        save_snapshot(db, config).boxed()
+    } else {
+        run(db, config).boxed()
+    };
+    match harmonylite::runtime().block_on(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!(error = %err, "harmonylite stopped with an error");

@@ -165,12 +165,12 @@ pub fn render(status: &Status, naming: &Naming, snapshot_age_seconds: Option<f64
             &[("", (now_ms - last as f64) / 1000.0)],
         );
     }
-    // Absent until a snapshot exists (snapshots are a later feature), so dashboards see "no data", not 0.
+    // Absent until this node saved a snapshot, so dashboards see "no data" rather than a fake 0.
     if let Some(age) = snapshot_age_seconds {
         w.metric(
             "snapshot_age_seconds",
             "gauge",
-            "Age of the newest snapshot.",
+            "Seconds since this node saved its newest snapshot.",
             &[("", age)],
         );
     }

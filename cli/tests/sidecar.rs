@@ -497,3 +497,39 @@ fn a_taken_port_is_named() {
         embedded.log()
     );
 }
+
+#[test]
+fn save_snapshot_flag_and_a_new_node_bootstrapping_from_it() {
+    let server = NatsServer::start();
+    let snaps = tempfile::tempdir().expect("dir");
+    let section = |node: u64| {
+        format!(
+            "urls = [\"{}\"]\n\n[snapshot]\nstore = \"dir\"\n\n[snapshot.dir]\npath = \"{}\"\n\n[tables]\ninclude = []\n# node {node}",
+            server.url(),
+            snaps.path().display()
+        )
+    };
+    let mut a = Sidecar::new(21, &section(21));
+    a.start();
+    a.wait_healthy();
+    a.write("INSERT INTO items VALUES (1, 'a', 1), (2, 'a', 2)");
+    assert_eq!(a.signal("-TERM").code(), Some(0));
+    let (code, text) = run(
+        &["-config", &a.config.display().to_string(), "-save-snapshot"],
+        Some(&nats_server_binary()),
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("snapshot saved: snapshot-"), "{text}");
+
+    // A node whose database file does not exist yet rebuilds it from the snapshot.
+    let mut b = Sidecar::new(22, &section(22));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", b.db.display()));
+    }
+    b.start();
+    b.wait_healthy();
+    wait_until("the snapshot's rows on the new node", || {
+        b.db.exists() && b.rows().len() == 2
+    });
+    assert_eq!(b.signal("-TERM").code(), Some(0));
+}

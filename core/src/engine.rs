@@ -744,12 +744,28 @@ impl Replica {
         if !inner.config.snapshot.enabled {
             return Err(Error::config("snapshot.enabled", "snapshots are disabled"));
         }
-        let commands = self.commands()?;
-        let (reply, answer) = oneshot::channel();
-        commands
-            .send(Command::Flush { reply })
-            .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)??;
+        // Publish what the app committed and apply our own messages first, so the snapshot's positions
+        // cover its data tightly (a looser snapshot is still correct, it only makes restorers replay more).
+        let settle = Duration::from_secs(30);
+        match self.sync_inner(settle).await {
+            Ok(token) if inner.config.replicate => {
+                let mut positions = inner.positions.clone();
+                let wait = async move {
+                    positions
+                        .wait_for(|applied| token.reached_by(applied))
+                        .await
+                        .map(|_| ())
+                };
+                if timed(wait, settle, "own messages to be applied")
+                    .await
+                    .is_err()
+                {
+                    warn!("snapshot taken before this node applied its own latest messages");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => warn!(error = %err, "snapshot taken with local changes not yet published"),
+        }
         inner.snapshots.save(&inner.db_path, inner.node_id).await
     }
 

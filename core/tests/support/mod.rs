@@ -212,6 +212,20 @@ impl Node {
         node
     }
 
+    /// A node whose database file does not exist yet (a new node that bootstraps from a snapshot).
+    pub async fn start_without_database(config: Config) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("app.db");
+        let mut node = Node {
+            dir,
+            db,
+            replica: None,
+            config,
+        };
+        node.open().await;
+        node
+    }
+
     pub async fn open(&mut self) {
         let replica = harmonylite::open_replicated(&self.db, self.config.clone())
             .await
@@ -297,16 +311,26 @@ pub async fn converge(nodes: &[&Node]) {
     }
 }
 
-/// Asserts that every node holds the same rows in each table.
+/// Asserts that every node holds the same rows in each table (reporting the first difference briefly).
 pub fn assert_same(nodes: &[&Node], tables: &[&str]) {
     for table in tables {
         let first = nodes[0].dump(table);
         for (i, node) in nodes.iter().enumerate().skip(1) {
-            assert_eq!(
-                first,
-                node.dump(table),
-                "table {table}: node 0 and node {i} differ"
-            );
+            let other = node.dump(table);
+            if first != other {
+                let at = first.iter().zip(other.iter()).position(|(x, y)| x != y);
+                let show = |rows: &Vec<Vec<String>>, at: usize| {
+                    rows.get(at).map(|r| r.join("|")).unwrap_or_default()
+                };
+                let at = at.unwrap_or(first.len().min(other.len()));
+                panic!(
+                    "table {table}: node 0 has {} rows, node {i} has {}; first difference at row {at}: `{}` vs `{}`",
+                    first.len(),
+                    other.len(),
+                    show(&first, at),
+                    show(&other, at)
+                );
+            }
         }
     }
 }

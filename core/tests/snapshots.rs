@@ -1,0 +1,309 @@
+//! Snapshots: new nodes and nodes behind the stream's retention bootstrap from one, keeping their own
+//! unpublished writes; stores round-trip; one uploader at a time; bad snapshots and bad files are handled.
+
+mod support;
+
+use std::path::Path;
+
+use harmonylite::snapshot::{DirStore, SnapshotStore};
+use harmonylite::Config;
+use support::*;
+
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin INTEGER, body TEXT);";
+
+/// Retention so small that the stream alone cannot bring a new node up to date (live nodes keep up with
+/// the few messages the tests produce while they run; bulk loads happen while the others are away).
+fn small_retention(server: &NatsServer, node_id: u64) -> Config {
+    let mut config = config_for(server, node_id);
+    config.replication_log.max_entries = 10;
+    config.replication_log.max_message_bytes = 64 * 1024;
+    config
+}
+
+fn with_dir_store(mut config: Config, dir: &Path) -> Config {
+    config.snapshot.store = "dir".into();
+    config.snapshot.dir.path = dir.display().to_string();
+    config
+}
+
+fn count(node: &Node) -> i64 {
+    node.conn()
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .expect("count")
+}
+
+fn bulk_insert(db: &Path, from: i64, rows: i64, per_tx: i64, origin: u64) {
+    let mut conn = app_connection(db);
+    let mut id = from;
+    while id < from + rows {
+        let tx = conn.transaction().expect("tx");
+        for _ in 0..per_tx.min(from + rows - id) {
+            tx.execute(
+                "INSERT INTO items VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, origin as i64, format!("row {id}")],
+            )
+            .expect("insert");
+            id += 1;
+        }
+        tx.commit().expect("commit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joins_a_cluster_holding_100k_rows_while_writes_continue() {
+    init_logging();
+    let server = NatsServer::start();
+    let a = Node::start(small_retention(&server, 1), SCHEMA).await;
+    bulk_insert(&a.db, 0, 100_000, 5_000, 1);
+    a.sync().await;
+    let manifest = a
+        .replica()
+        .save_snapshot()
+        .await
+        .expect("save")
+        .expect("A holds the lease");
+    assert!(
+        manifest.positions[&0] > 10,
+        "the stream had more messages than retention keeps"
+    );
+    // B joins first (from the snapshot), making the 2-node cluster that holds 100k rows.
+    let b = Node::start(small_retention(&server, 2), SCHEMA).await;
+    converge(&[&a, &b]).await;
+    assert_eq!(count(&b), 100_000);
+
+    // Writes go on (on A and B) while the new node C bootstraps.
+    let writer = {
+        let db = a.db.clone();
+        std::thread::spawn(move || bulk_insert(&db, 200_000, 1_500, 300, 1))
+    };
+    let c = Node::start(small_retention(&server, 3), SCHEMA).await;
+    b.exec("UPDATE items SET body = 'edited on B' WHERE id = 7");
+    writer.join().expect("writer");
+    converge(&[&a, &b, &c]).await;
+    assert_eq!(count(&c), 101_500);
+    assert_same(&[&a, &b, &c], &["items"]);
+    for node in [&b, &c] {
+        let status = node.replica().status().await.expect("status");
+        assert_eq!(
+            status.snapshot.restored.as_deref(),
+            Some(manifest.object.as_str())
+        );
+        assert!(!status.behind_retention);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_offline_past_retention_catches_up_and_its_offline_writes_reach_the_others() {
+    init_logging();
+    let server = NatsServer::start();
+    let a = Node::start(small_retention(&server, 1), SCHEMA).await;
+    let mut b = Node::start(small_retention(&server, 2), SCHEMA).await;
+    a.exec("INSERT INTO items VALUES (1, 1, 'before')");
+    converge(&[&a, &b]).await;
+    b.close().await;
+    b.exec("INSERT INTO items VALUES (2, 2, 'written on B while offline')");
+    b.exec("UPDATE items SET body = 'B edited offline' WHERE id = 1");
+    for batch in 0..30 {
+        // Far more messages than the stream keeps.
+        bulk_insert(&a.db, 100 + batch * 100, 100, 100, 1);
+        a.sync().await;
+    }
+    a.replica()
+        .save_snapshot()
+        .await
+        .expect("save")
+        .expect("lease");
+    b.open().await;
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["items"]);
+    assert_eq!(count(&a), 3_002);
+    let bodies: Vec<String> = a
+        .dump("items")
+        .into_iter()
+        .take(2)
+        .map(|r| r[2].clone())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["tB edited offline", "twritten on B while offline"]
+    );
+    assert!(b
+        .replica()
+        .status()
+        .await
+        .expect("status")
+        .snapshot
+        .restored
+        .is_some());
+}
+
+async fn round_trip(store: &dyn SnapshotStore) {
+    store
+        .put("snapshot-a.json", b"one".to_vec())
+        .await
+        .expect("put");
+    store
+        .put("snapshot-b.json", vec![7u8; 3_000_000])
+        .await
+        .expect("put large");
+    store.put("other", b"x".to_vec()).await.expect("put");
+    assert_eq!(
+        store.get("snapshot-a.json").await.expect("get"),
+        Some(b"one".to_vec())
+    );
+    assert_eq!(
+        store
+            .get("snapshot-b.json")
+            .await
+            .expect("get")
+            .map(|b| b.len()),
+        Some(3_000_000)
+    );
+    assert_eq!(store.get("missing").await.expect("get"), None);
+    let mut keys = store.list("snapshot-").await.expect("list");
+    keys.sort();
+    assert_eq!(keys, vec!["snapshot-a.json", "snapshot-b.json"]);
+    store
+        .put("snapshot-a.json", b"two".to_vec())
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.get("snapshot-a.json").await.expect("get"),
+        Some(b"two".to_vec())
+    );
+    store.delete("snapshot-a.json").await.expect("delete");
+    store.delete("snapshot-a.json").await.expect("delete twice");
+    assert_eq!(
+        store.list("snapshot-").await.expect("list"),
+        vec!["snapshot-b.json"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_and_nats_object_stores_round_trip() {
+    init_logging();
+    let dir = tempfile::tempdir().expect("dir");
+    round_trip(&DirStore::new(dir.path().join("snaps")).expect("dir store")).await;
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let store = harmonylite::snapshot::NatsObjectStore::open(&js, "round-trip", 1)
+        .await
+        .expect("bucket");
+    round_trip(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_snapshotting_at_once_upload_exactly_one() {
+    init_logging();
+    let server = NatsServer::start();
+    let snaps = tempfile::tempdir().expect("dir");
+    let a = Node::start(with_dir_store(config_for(&server, 1), snaps.path()), SCHEMA).await;
+    let b = Node::start(with_dir_store(config_for(&server, 2), snaps.path()), SCHEMA).await;
+    a.exec("INSERT INTO items VALUES (1, 1, 'x')");
+    converge(&[&a, &b]).await;
+    let (from_a, from_b) = tokio::join!(a.replica().save_snapshot(), b.replica().save_snapshot());
+    let uploads = [from_a.expect("a"), from_b.expect("b")]
+        .into_iter()
+        .flatten()
+        .count();
+    assert_eq!(uploads, 1, "exactly one node uploads");
+    let store = DirStore::new(snaps.path()).expect("store");
+    let manifests: Vec<String> = store
+        .list("snapshot-")
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    assert_eq!(manifests.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_snapshot_is_rejected_and_the_older_one_is_used() {
+    init_logging();
+    let server = NatsServer::start();
+    let snaps = tempfile::tempdir().expect("dir");
+    let config = |id| with_dir_store(config_for(&server, id), snaps.path());
+    let a = Node::start(config(1), SCHEMA).await;
+    a.exec("INSERT INTO items VALUES (1, 1, 'first')");
+    a.sync().await;
+    let older = a
+        .replica()
+        .save_snapshot()
+        .await
+        .expect("save")
+        .expect("lease");
+    a.exec("INSERT INTO items VALUES (2, 1, 'second')");
+    a.sync().await;
+    let newer = a
+        .replica()
+        .save_snapshot()
+        .await
+        .expect("save")
+        .expect("lease");
+    assert_ne!(older.object, newer.object);
+    // Flip bytes in the newest snapshot's data.
+    let path = snaps.path().join(&newer.object);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).expect("corrupt");
+
+    let c = Node::start_without_database(config(3)).await;
+    converge(&[&a, &c]).await;
+    assert_same(&[&a, &c], &["items"]);
+    let status = c.replica().status().await.expect("status");
+    assert_eq!(
+        status.snapshot.restored.as_deref(),
+        Some(older.object.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_corrupted_database_is_rebuilt_on_restart() {
+    init_logging();
+    let server = NatsServer::start();
+    let a = Node::start(small_retention(&server, 1), SCHEMA).await;
+    let mut b = Node::start(small_retention(&server, 2), SCHEMA).await;
+    bulk_insert(&a.db, 0, 2_000, 100, 1);
+    converge(&[&a, &b]).await;
+    a.replica()
+        .save_snapshot()
+        .await
+        .expect("save")
+        .expect("lease");
+
+    // Deleted.
+    b.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", b.db.display()));
+    }
+    b.open().await;
+    a.exec("INSERT INTO items VALUES (99999, 1, 'after the rebuild')");
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["items"]);
+    assert_eq!(b.replica().node_id(), 2);
+
+    // Corrupted: garbage over the middle of the file.
+    b.close().await;
+    {
+        let conn = b.conn();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&b.db).expect("read");
+    let len = bytes.len();
+    for byte in &mut bytes[len / 3..len / 3 + 8192] {
+        *byte = 0x5a;
+    }
+    std::fs::write(&b.db, bytes).expect("corrupt");
+    b.open().await;
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["items"]);
+    let aside = std::fs::read_dir(b.dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt-"));
+    assert!(aside, "the corrupted file is kept aside for inspection");
+}
