@@ -5,7 +5,7 @@
 //! - `endpoint`: empty for AWS (`https://s3.<region>.amazonaws.com`), else `host[:port]` (scheme from
 //!   `use_ssl`) or a full `http(s)://host[:port]` URL. A custom endpoint uses path-style addressing
 //!   (`http://host/bucket/key`); AWS uses virtual-hosted addressing (`https://bucket.s3.../key`) unless
-//!   `force_path_style` is set or the bucket name contains a dot.
+//!   `force_path_style` is set or the bucket name is not a DNS label (a dot, `_` or upper case).
 //! - `path`: a key prefix inside the bucket; keys given to the store are placed under it and `list` returns
 //!   them without it.
 //! - credentials: `access_key`/`secret`/`session_token`, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/
@@ -157,7 +157,11 @@ impl S3Store {
         }
         let (credentials, credential_source) = resolve_credentials(cfg, &env)?;
         let (scheme, authority, custom) = parse_endpoint(&cfg.endpoint, cfg.use_ssl, &region)?;
-        let path_style = cfg.force_path_style || custom || bucket.contains('.');
+        // Virtual-hosted names need a DNS label (and a dot would break the TLS wildcard certificate).
+        let dns_label = bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let path_style = cfg.force_path_style || custom || !dns_label;
         let prefix = normalize_prefix(&cfg.path);
         if options.attempts == 0 {
             return Err(Error::config(
@@ -339,6 +343,8 @@ impl S3Store {
                         || response.status == StatusCode::TOO_MANY_REQUESTS
                         || (response.status == StatusCode::BAD_REQUEST
                             && response.error_code() == "RequestTimeout")
+                        || (response.status == StatusCode::CONFLICT
+                            && response.error_code() == "OperationAborted")
                 }
                 Err(failure) => failure.retryable,
             };
@@ -1512,9 +1518,11 @@ mod tests {
         assert!(store.path_style());
         assert_eq!(store.object_path("k"), "/snapshots/k");
 
-        let mut config = cfg("");
-        config.bucket = "my.dotted.bucket".into();
-        assert!(build(&config, &[])?.path_style());
+        for bucket in ["my.dotted.bucket", "Upper", "under_score"] {
+            let mut config = cfg("");
+            config.bucket = bucket.into();
+            assert!(build(&config, &[])?.path_style(), "{bucket}");
+        }
 
         let store = build(&cfg("minio:9000"), &[])?;
         assert_eq!(store.endpoint_url(), "http://minio:9000");
