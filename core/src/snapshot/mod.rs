@@ -3,6 +3,7 @@
 //! open when a node is new, corrupted or behind the stream's retention — keeping its unpublished changes.
 
 pub mod nats_store;
+pub mod s3;
 pub mod service;
 pub mod store;
 
