@@ -232,7 +232,8 @@ pub(crate) struct Inner {
     urls: Vec<String>,
     embedded: Option<EmbeddedServer>,
     snapshots: Arc<SnapshotService>,
-    events: EventHub,
+    /// Taken on close, so that subscriptions end once the database thread's copy is gone too.
+    events: Mutex<Option<EventHub>>,
     positions: watch::Receiver<BTreeMap<u32, u64>>,
     progress: watch::Receiver<PublishProgress>,
     ready: watch::Receiver<bool>,
@@ -422,7 +423,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             urls,
             embedded,
             snapshots: snapshots.clone(),
-            events,
+            events: Mutex::new(Some(events)),
             positions: positions_rx,
             progress: progress_rx,
             ready: ready_rx,
@@ -551,9 +552,13 @@ impl Replica {
             .ok_or(Error::Closed)
     }
 
-    /// Change events (local and remote) from now on. Dropping the subscription unsubscribes.
+    /// Change events (local and remote) from now on. Dropping the subscription unsubscribes; it ends
+    /// (`recv` gives `None`) when the replica is closed.
     pub fn subscribe(&self) -> Subscription {
-        self.inner.events.subscribe()
+        match self.inner.events.lock().ok().and_then(|hub| hub.clone()) {
+            Some(hub) => hub.subscribe(),
+            None => EventHub::new().subscribe(), // closed: its only sender is dropped right here
+        }
     }
 
     /// Calls `callback` for every change event, on the core runtime, until the listener is dropped.
@@ -827,6 +832,9 @@ impl Replica {
             tokio::task::spawn_blocking(move || stop_db_thread(handle))
                 .await
                 .map_err(|err| Error::Internal(format!("stopping the database thread: {err}")))?;
+        }
+        if let Ok(mut hub) = inner.events.lock() {
+            hub.take();
         }
         let _ = inner.client.flush().await;
         if let Some(server) = &inner.embedded {

@@ -213,3 +213,22 @@ async fn an_app_holding_the_write_lock_delays_apply_without_errors() {
         .expect("applied once the lock is free");
     assert_eq!(b.dump("users").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_end_when_the_replica_closes() {
+    init_logging();
+    let server = NatsServer::start();
+    let mut a = Node::start(config_for(&server, 1), SCHEMA).await;
+    let mut before = a.replica().subscribe();
+    let replica = a.replica().clone();
+    a.close().await;
+    let ended = tokio::time::timeout(WAIT, before.recv())
+        .await
+        .expect("recv returns");
+    assert!(ended.is_none(), "a subscription made before close ends");
+    let mut after = replica.subscribe();
+    assert!(tokio::time::timeout(WAIT, after.recv())
+        .await
+        .expect("recv returns")
+        .is_none());
+}
