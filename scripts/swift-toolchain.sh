@@ -9,7 +9,7 @@
 #                                                   directory, with only PATH, HOME and the given variables
 #
 # Needs root (chroot, mount) and network access to deb.debian.org for the first `ensure`. The host's /etc/apt
-# is never touched: apt runs with a scratch configuration under .tools/swift-apt. The repository (and
+# is never touched: apt runs with a scratch configuration beside the root (.tools/swift-root.apt). The repository (and
 # CARGO_TARGET_DIR when it lives elsewhere) is bind-mounted at the same absolute path inside the root, so paths
 # mean the same thing on both sides. Mounts live in a private mount namespace (unshare), so they vanish when
 # the command ends, even if it is killed; the trap below unmounts explicitly as well.
@@ -17,8 +17,10 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd -P)"
 TOOLS="$REPO/.tools"
-ROOT="$TOOLS/swift-root"
-APT_DIR="$TOOLS/swift-apt"
+# SWIFT_TOOLCHAIN_ROOT lets several checkouts share one unpacked root (it must not be inside a repository
+# that another checkout bind-mounts).
+ROOT="${SWIFT_TOOLCHAIN_ROOT:-$TOOLS/swift-root}"
+APT_DIR="$ROOT.apt"
 SUITE="${SWIFT_TOOLCHAIN_SUITE:-trixie}"
 MIRROR="${SWIFT_TOOLCHAIN_MIRROR:-http://deb.debian.org/debian}"
 # What the root holds; changing this list rebuilds the root.
@@ -81,9 +83,11 @@ ensure_root() {
   echo "$STAMP_TEXT" >"$partial/.harmonylite-toolchain"
   rm -rf "$ROOT"
   mv "$partial" "$ROOT"
+  local version
+  version=$(basename "$(ls "$APT_DIR"/cache/archives/swiftlang_*.deb)" .deb)
   # The .debs are not needed any more (the lists stay, so a rebuild only downloads).
   rm -f "$APT_DIR"/cache/archives/*.deb
-  log "ready: $(chroot "$ROOT" /usr/libexec/swift/bin/swift --version 2>&1 | head -n 1)"
+  log "ready: $version"
 }
 
 # Bind mounts `$1` (a host directory) at the same path inside the root.
@@ -127,16 +131,22 @@ inner() {
   return "$status"
 }
 
+# One build or run at a time per root: runs share it (and SwiftPM's .build folder in the repository).
+lock() {
+  mkdir -p "$(dirname "$ROOT")"
+  exec 9>"$ROOT.lock"
+  flock 9
+}
+
 case "${1:-}" in
   ensure)
+    lock
     ensure_root
     ;;
   run)
     shift
+    lock
     ensure_root
-    # One run at a time per repository: runs share the root and SwiftPM's .build folder.
-    exec 9>"$TOOLS/swift-run.lock"
-    flock 9
     export REPO ROOT
     exec unshare --mount --propagation private "$0" __inner "$(pwd -P)" "$@"
     ;;
