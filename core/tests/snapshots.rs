@@ -307,3 +307,50 @@ async fn a_deleted_or_corrupted_database_is_rebuilt_on_restart() {
         .any(|e| e.file_name().to_string_lossy().contains("corrupt-"));
     assert!(aside, "the corrupted file is kept aside for inspection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_saved_on_an_interval_and_after_the_stream_grows() {
+    init_logging();
+    let server = NatsServer::start();
+    let manifests = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().to_string();
+                        name.starts_with("snapshot-") && name.ends_with(".json")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // On an interval.
+    let timed = tempfile::tempdir().expect("dir");
+    let mut config = with_dir_store(config_for(&server, 1), timed.path());
+    config.snapshot.interval = 300;
+    let a = Node::start(config, SCHEMA).await;
+    a.exec("INSERT INTO items VALUES (1, 1, 'x')");
+    wait_until_async("a snapshot saved by the interval", || {
+        manifests(timed.path()) >= 1
+    })
+    .await;
+
+    // After the stream grew by `after_messages`.
+    let grown = tempfile::tempdir().expect("dir");
+    let mut config = with_dir_store(config_for(&server, 2), grown.path());
+    config.nats.stream_prefix = "grown".into();
+    config.nats.subject_prefix = "grown-log".into();
+    config.snapshot.after_messages = 5;
+    let b = Node::start(config, SCHEMA).await;
+    assert_eq!(manifests(grown.path()), 0);
+    for i in 0..6 {
+        b.exec(&format!("INSERT INTO items VALUES ({i}, 2, 'y')"));
+        b.sync().await;
+    }
+    wait_until_async("a snapshot saved after the stream grew", || {
+        manifests(grown.path()) >= 1
+    })
+    .await;
+    drop(a);
+}

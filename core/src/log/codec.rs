@@ -48,6 +48,22 @@ pub fn encode(batch: &Batch, compress: bool) -> Vec<u8> {
     out
 }
 
+/// zstd-decompresses at most `limit` bytes, growing the buffer as data arrives (a hostile frame cannot make
+/// us allocate its claimed size up front).
+pub fn decompress_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(compressed).map_err(|err| err.to_string())?;
+    let mut body = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|err| err.to_string())?;
+    if body.len() > limit {
+        return Err(format!("decompressed size exceeds {limit} bytes"));
+    }
+    Ok(body)
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     if bytes.len() < 4 {
         return Err(DecodeError::TooShort(bytes.len()));
@@ -64,8 +80,8 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     }
     let payload = &bytes[4..];
     let batch = if flags & FLAG_ZSTD != 0 {
-        let body = zstd::bulk::decompress(payload, MAX_DECODED_BYTES)
-            .map_err(|err| DecodeError::Decompress(err.to_string()))?;
+        let body =
+            decompress_bounded(payload, MAX_DECODED_BYTES).map_err(DecodeError::Decompress)?;
         rmp_serde::from_slice(&body)
     } else {
         rmp_serde::from_slice(payload)

@@ -3,6 +3,7 @@
 //! open when a node is new, corrupted or behind the stream's retention — keeping its unpublished changes.
 
 pub mod nats_store;
+pub mod s3;
 pub mod service;
 pub mod store;
 
@@ -298,8 +299,14 @@ pub async fn fetch_newest_valid(
             rejected.push(format!("{}: checksum mismatch", manifest.object));
             continue;
         }
-        match zstd::bulk::decompress(&bytes, manifest.raw_bytes as usize) {
-            Ok(raw) => return Ok(Some((manifest, raw))),
+        match crate::log::codec::decompress_bounded(&bytes, manifest.raw_bytes as usize) {
+            Ok(raw) if raw.len() as u64 == manifest.raw_bytes => return Ok(Some((manifest, raw))),
+            Ok(raw) => rejected.push(format!(
+                "{}: decompressed to {} bytes, the manifest says {}",
+                manifest.object,
+                raw.len(),
+                manifest.raw_bytes
+            )),
             Err(err) => rejected.push(format!("{}: cannot decompress: {err}", manifest.object)),
         }
     }

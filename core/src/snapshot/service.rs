@@ -67,12 +67,7 @@ impl SnapshotService {
                 let snapshot = &self.config.snapshot;
                 let store: Arc<dyn SnapshotStore> = match snapshot.store.as_str() {
                     "dir" => Arc::new(DirStore::new(&snapshot.dir.path)?),
-                    "s3" => {
-                        return Err(Error::config(
-                            "snapshot.store",
-                            "the s3 store is not available in this build yet",
-                        ))
-                    }
+                    "s3" => Arc::new(super::s3::S3Store::from_config(&snapshot.s3)?),
                     _ => {
                         let bucket = if snapshot.nats.bucket.is_empty() {
                             format!("{}-snapshots", self.names.stream_prefix)
