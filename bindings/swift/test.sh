@@ -30,6 +30,8 @@ case "$(cd "$(dirname "$nats_server")" && pwd -P)/" in
   *) # only the repository is visible inside the chroot
     mkdir -p .tools/bin && cp -f "$nats_server" .tools/bin/nats-server && nats_server="$REPO/.tools/bin/nats-server" ;;
 esac
+command -v pkg-config >/dev/null && pkg-config --exists sqlite3 \
+  || fail "the native library links the system SQLite: install pkg-config and libsqlite3-dev"
 started=$SECONDS
 ./scripts/swift-toolchain.sh ensure || fail "the Swift toolchain could not be prepared"
 echo "   toolchain ready in $((SECONDS - started)) s"
