@@ -1,0 +1,134 @@
+//! Change events and their delivery to Swift: a callback interface that the Swift layer implements by
+//! yielding into an `AsyncStream` (user closures then run on Swift's executors, never on the core runtime).
+
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// One SQLite value; every storage class round-trips exactly.
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<harmonylite::Value> for Value {
+    fn from(value: harmonylite::Value) -> Value {
+        match value {
+            harmonylite::Value::Null => Value::Null,
+            harmonylite::Value::Integer(v) => Value::Integer(v),
+            harmonylite::Value::Real(v) => Value::Real(v),
+            harmonylite::Value::Text(v) => Value::Text(v),
+            harmonylite::Value::Blob(v) => Value::Blob(v),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ChangeOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl From<harmonylite::ChangeOp> for ChangeOp {
+    fn from(op: harmonylite::ChangeOp) -> ChangeOp {
+        match op {
+            harmonylite::ChangeOp::Insert => ChangeOp::Insert,
+            harmonylite::ChangeOp::Update => ChangeOp::Update,
+            harmonylite::ChangeOp::Delete => ChangeOp::Delete,
+        }
+    }
+}
+
+/// A row changed: made on this node (`local`, reported once stamped for publishing) or applied from another.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ChangeEvent {
+    pub table: String,
+    pub op: ChangeOp,
+    /// Primary-key values in key order.
+    pub pk: Vec<Value>,
+    /// The node that made the change.
+    pub origin_node: u64,
+    /// Its hybrid-logical-clock stamp.
+    pub hlc: u64,
+    pub local: bool,
+}
+
+impl From<harmonylite::ChangeEvent> for ChangeEvent {
+    fn from(event: harmonylite::ChangeEvent) -> ChangeEvent {
+        ChangeEvent {
+            table: event.table,
+            op: event.op.into(),
+            pk: event.pk.into_iter().map(Value::from).collect(),
+            origin_node: event.origin_node,
+            hlc: event.hlc,
+            local: event.local,
+        }
+    }
+}
+
+/// Implemented in Swift. Called on a core runtime thread, one event at a time, so it must return quickly.
+#[uniffi::export(callback_interface)]
+pub trait NativeChangeListener: Send + Sync {
+    fn on_change(&self, event: ChangeEvent);
+    /// No more events: the replica was closed or released.
+    fn on_end(&self);
+}
+
+/// A running delivery to one [`NativeChangeListener`]; stops on `cancel()` or when released.
+#[derive(uniffi::Object)]
+pub struct NativeListener {
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl NativeListener {
+    /// Delivers every event of `subscription` until it ends, the replica closes (`closed` turns true or its
+    /// sender goes away), or the listener is cancelled.
+    pub(crate) fn start(
+        mut subscription: harmonylite::Subscription,
+        mut closed: watch::Receiver<bool>,
+        listener: Box<dyn NativeChangeListener>,
+    ) -> NativeListener {
+        let task = harmonylite::runtime().spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    event = subscription.recv() => match event {
+                        Some(event) => listener.on_change(event.into()),
+                        None => break,
+                    },
+                    _ = closed.wait_for(|closed| *closed) => break,
+                }
+            }
+            listener.on_end();
+        });
+        NativeListener {
+            task: Mutex::new(Some(task)),
+        }
+    }
+}
+
+#[uniffi::export]
+impl NativeListener {
+    /// Stops delivery (idempotent). A callback already running finishes; the Swift layer ignores it.
+    pub fn cancel(&self) {
+        let task = match self.task.lock() {
+            Ok(mut task) => task.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for NativeListener {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
