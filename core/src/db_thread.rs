@@ -122,8 +122,7 @@ pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Conne
         context: format!("opening {}", db.display()),
         source,
     })?;
-    conn.busy_timeout(busy_timeout)
-        .ctx("setting busy_timeout")?;
+    set_busy_timeout(&conn, busy_timeout).ctx("setting busy_timeout")?;
     // WAL lets the app read while the library writes; the mode is stored in the file.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
@@ -135,6 +134,12 @@ pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Conne
         .ctx("setting pragmas")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
+}
+
+/// `PRAGMA busy_timeout` rather than rusqlite's `busy_timeout()`, which needs SQLite 3.44
+/// (`sqlite3_set_clientdata`): bindings link the app's system SQLite, which may be older (Debian 12: 3.40).
+pub(crate) fn set_busy_timeout(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!("PRAGMA busy_timeout = {}", timeout.as_millis()))
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {

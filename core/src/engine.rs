@@ -29,8 +29,9 @@ static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 /// The process that started the runtime: after `fork()` the child inherits the handle but not its threads.
 static RUNTIME_PID: OnceLock<u32> = OnceLock::new();
 
-/// Refuses to touch the runtime from a forked child, where it would hang forever.
-fn check_not_forked() -> Result<()> {
+/// Refuses to touch the runtime from a forked child, where it would hang forever. Bindings call it before
+/// anything that could block.
+pub fn check_not_forked() -> Result<()> {
     match RUNTIME_PID.get() {
         Some(pid) if *pid != std::process::id() => Err(Error::UsedAfterFork { parent_pid: *pid }),
         _ => Ok(()),
@@ -242,6 +243,8 @@ pub(crate) struct Inner {
     consumers: Mutex<Vec<JoinHandle<()>>>,
     publisher: Mutex<Option<JoinHandle<()>>>,
     setup: Mutex<Option<JoinHandle<()>>>,
+    /// Set when `close()` starts (the NATS disconnection that follows is expected, not a warning).
+    closing: Arc<AtomicBool>,
     closed: AtomicBool,
     started: Instant,
 }
@@ -288,7 +291,8 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     } else {
         (None, config.nats.urls.clone())
     };
-    let client = transport::connect(&config, &urls, node_id).await?;
+    let closing = Arc::new(AtomicBool::new(false));
+    let client = transport::connect(&config, &urls, node_id, closing.clone()).await?;
     let js = transport::jetstream_context(client.clone());
     let names = Names::new(&config);
     let replicas = match config.replication_log.replicas {
@@ -432,6 +436,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             consumers: Mutex::new(consumers),
             publisher: Mutex::new(publisher),
             setup: Mutex::new(Some(setup)),
+            closing,
             closed: AtomicBool::new(false),
             started: Instant::now(),
         }),
@@ -525,6 +530,11 @@ impl fmt::Debug for Replica {
 impl Replica {
     pub fn node_id(&self) -> u64 {
         self.inner.node_id
+    }
+
+    /// True once `close()` (or `cleanup()`) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     pub fn config(&self) -> &Config {
@@ -800,6 +810,7 @@ impl Replica {
         if inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        inner.closing.store(true, Ordering::Relaxed);
         let _ = inner.shutdown.send(true);
         let take = |m: &Mutex<Option<JoinHandle<()>>>| m.lock().ok().and_then(|mut g| g.take());
         if let Some(setup) = take(&inner.setup) {

@@ -114,8 +114,8 @@ pub enum Error {
 
     /// A replica (or the runtime) was used in a child process after `fork()`.
     #[error(
-        "harmonylite was started in process {parent_pid} and cannot be used after fork(); \
-         open a new replica in the child (or fork before opening)"
+        "harmonylite was started in process {parent_pid} and cannot be used in a process forked from it; \
+         fork before the first harmonylite call, or start a fresh process (exec) for the child"
     )]
     UsedAfterFork { parent_pid: u32 },
 

@@ -128,9 +128,7 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
     let result = (|| {
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .ctx("opening the database for a snapshot")?;
-        source
-            .busy_timeout(Duration::from_secs(30))
-            .ctx("busy timeout")?;
+        crate::db_thread::set_busy_timeout(&source, Duration::from_secs(30)).ctx("busy timeout")?;
         source
             .execute("VACUUM INTO ?1", [copy.display().to_string()])
             .ctx("copying the database (VACUUM INTO)")?;
@@ -327,7 +325,7 @@ pub fn local_need(db: &Path) -> Option<String> {
         Ok(conn) => conn,
         Err(err) => return Some(format!("the database cannot be opened: {err}")),
     };
-    let _ = conn.busy_timeout(Duration::from_secs(10));
+    let _ = crate::db_thread::set_busy_timeout(&conn, Duration::from_secs(10));
     match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
         Ok(result) if result == "ok" => {}
         Ok(result) => return Some(format!("the database failed its integrity check: {result}")),
@@ -447,9 +445,7 @@ pub fn install(
             remove_db_files(db);
         }
         let mut target = Connection::open(db).ctx("opening the database to replace")?;
-        target
-            .busy_timeout(Duration::from_secs(30))
-            .ctx("busy timeout")?;
+        crate::db_thread::set_busy_timeout(&target, Duration::from_secs(30)).ctx("busy timeout")?;
         let backup = rusqlite::backup::Backup::new(&fresh, &mut target)
             .ctx("starting the database replacement")?;
         // One step copies every page under one lock: readers see all of the old or all of the new file.

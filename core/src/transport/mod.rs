@@ -46,7 +46,13 @@ impl Names {
 
 /// Connects to NATS. Never fails because the server is down: the client keeps trying in the background
 /// (offline-first), and everything waits for it.
-pub async fn connect(config: &Config, urls: &[String], node_id: u64) -> Result<async_nats::Client> {
+/// `closing` is set by `close()`: the disconnection that follows is expected and not worth a warning.
+pub async fn connect(
+    config: &Config,
+    urls: &[String],
+    node_id: u64,
+    closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<async_nats::Client> {
     let nats = &config.nats;
     let max_wait = Duration::from_secs(nats.reconnect_wait_seconds.max(1));
     let mut options = async_nats::ConnectOptions::new()
@@ -59,13 +65,20 @@ pub async fn connect(config: &Config, urls: &[String], node_id: u64) -> Result<a
             let millis = 50u64.saturating_mul(1 << attempts.min(10));
             Duration::from_millis(millis).min(max_wait)
         })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => info!("connected to NATS"),
-                async_nats::Event::Disconnected => {
-                    warn!("disconnected from NATS; changes are kept and will be sent on reconnect")
+        .event_callback(move |event| {
+            let closing = closing.clone();
+            async move {
+                let expected = closing.load(std::sync::atomic::Ordering::Relaxed);
+                match event {
+                    async_nats::Event::Connected => info!("connected to NATS"),
+                    async_nats::Event::Disconnected if expected => {
+                        tracing::debug!("disconnected from NATS while closing")
+                    }
+                    async_nats::Event::Disconnected => warn!(
+                        "disconnected from NATS; changes are kept and will be sent on reconnect"
+                    ),
+                    other => tracing::debug!(event = %other, "NATS event"),
                 }
-                other => tracing::debug!(event = %other, "NATS event"),
             }
         });
     if !nats.user_name.is_empty() {
