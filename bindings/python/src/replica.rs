@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Once;
 use std::time::Duration;
 
@@ -15,14 +16,44 @@ use crate::errors::{bad_argument, to_py_err, Answer};
 use crate::events::{EventStream, Listener};
 use crate::fork;
 
-/// Runs a core future to completion with the GIL released.
+/// How often a blocking call wakes (with the GIL) to let Python handle signals such as Ctrl-C.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// Runs a core future to completion on the core runtime with the GIL released. The main thread wakes every
+/// `SIGNAL_CHECK` to run Python's signal handlers: a `KeyboardInterrupt` cancels the wait and is raised.
 fn blocking<T: Send + 'static>(
     py: Python<'_>,
     future: impl Future<Output = harmonylite::Result<T>> + Send + 'static,
 ) -> PyResult<T> {
     fork::check()?;
-    py.detach(move || harmonylite::block_on(future))
-        .map_err(|err| to_py_err(py, err))
+    fork::mark_started();
+    let (done, mut outcome) = std::sync::mpsc::sync_channel(1);
+    let task = harmonylite::runtime().spawn(async move {
+        let _ = done.send(future.await);
+    });
+    loop {
+        // The receiver moves in and out: it is Send but not Sync.
+        let (receiver, received) = py.detach(move || {
+            let received = outcome.recv_timeout(SIGNAL_CHECK);
+            (outcome, received)
+        });
+        outcome = receiver;
+        match received {
+            Ok(result) => return result.map_err(|err| to_py_err(py, err)),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(interrupted) = py.check_signals() {
+                    task.abort();
+                    return Err(interrupted);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(to_py_err(
+                    py,
+                    harmonylite::Error::Internal("a harmonylite task failed".into()),
+                ))
+            }
+        }
+    }
 }
 
 /// Turns a core future into a Python awaitable running on the core's runtime.
@@ -298,7 +329,6 @@ async fn status_text(core: harmonylite::Replica) -> harmonylite::Result<String> 
 #[pyfunction]
 pub fn open_replicated(py: Python<'_>, path: PathBuf, config: &Config) -> PyResult<Replica> {
     fork::check()?;
-    fork::mark_started();
     let config = config.inner.clone();
     blocking(py, async move {
         harmonylite::open_replicated(path, config).await

@@ -234,3 +234,42 @@ def test_fork_child_gets_a_clear_error(nats: NatsServer, replicas: List[Any], tm
     assert outcome.startswith("CLOSED: ") and "fork" in outcome, outcome
     # The parent's replica is unaffected.
     assert replica.status()["connection"] == "connected"
+
+
+INTERRUPT_SCRIPT = r"""
+import sys, harmonylite
+replica = harmonylite.open_replicated(sys.argv[1], {"node_id": 1, "nats": {"urls": [sys.argv[2]]}})
+try:
+    print("waiting", flush=True)
+    replica.wait_for("0:999999", timeout=120)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+replica.close()
+"""
+
+
+def test_ctrl_c_interrupts_a_blocking_wait(nats: NatsServer, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    create_db(tmp_path / "a.db").close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPT_SCRIPT, str(tmp_path / "a.db"), nats.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "waiting"
+        started = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        assert "interrupted" in out, err
+        assert time.monotonic() - started < 30
+        assert child.returncode == 0, err
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

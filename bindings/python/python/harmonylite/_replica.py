@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
@@ -287,15 +288,17 @@ class ChangeStream:
 # Replica
 # ---------------------------------------------------------------------------------------------------------------
 
-_open_replicas: "weakref.WeakSet[_ReplicaBase]" = weakref.WeakSet()
+_open_replicas: "weakref.WeakValueDictionary[int, _ReplicaBase]" = weakref.WeakValueDictionary()
+_open_order = itertools.count()
 _open_lock = threading.Lock()
 
 
 @atexit.register
 def _close_at_exit() -> None:
-    """Closes what the app left open, so its last writes go out and embedded servers stop."""
+    """Closes what the app left open, newest first (a node may use an older one's embedded server), so its
+    last writes go out and embedded servers stop."""
     with _open_lock:
-        replicas = list(_open_replicas)
+        replicas = [replica for _, replica in sorted(_open_replicas.items(), reverse=True)]
     for replica in replicas:
         try:
             replica._native.close()
@@ -311,7 +314,7 @@ class _ReplicaBase:
     def __init__(self, native: _native.Replica) -> None:
         self._native = native
         with _open_lock:
-            _open_replicas.add(self)
+            _open_replicas[next(_open_order)] = self
 
     @property
     def node_id(self) -> int:
