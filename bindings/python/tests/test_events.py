@@ -150,3 +150,31 @@ def test_changes_end_when_the_replica_closes(nats: NatsServer, replicas: List[An
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == 0
     wait_until("b to be closed", lambda: b.closed)
+
+
+def test_callback_may_close_its_replica(nats: NatsServer, replicas: List[Any], tmp_path: Path) -> None:
+    a, b, conn_a = _pair(nats, replicas, tmp_path)
+    seen: List[Any] = []
+
+    def close_on_first(event: harmonylite.ChangeEvent) -> None:
+        seen.append(event)
+        b.close()  # from the dispatcher thread: must neither deadlock nor raise
+
+    subscription = b.on_change(close_on_first)
+    conn_a.execute("INSERT INTO items (id, name) VALUES (1, 'x')")
+    conn_a.commit()
+    a.sync()
+    wait_until("the callback to close b", lambda: b.closed and not subscription.active)
+    assert len(seen) == 1
+
+
+def test_coroutine_callbacks_are_refused(nats: NatsServer, replicas: List[Any], tmp_path: Path) -> None:
+    a, b, _ = _pair(nats, replicas, tmp_path)
+
+    async def handler(event: harmonylite.ChangeEvent) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="changes"):
+        b.on_change(handler)
+    with pytest.raises(TypeError):
+        b.on_change("not callable")  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import itertools
 import json
 import logging
@@ -352,6 +353,8 @@ class _ReplicaBase:
         """
         if not callable(callback):
             raise TypeError("callback must be callable")
+        if inspect.iscoroutinefunction(callback):
+            raise TypeError("on_change takes a plain function; iterate `async for event in replica.changes()` instead")
         return Subscription(self._native.on_change(_safe(callback)))
 
     def changes(self) -> ChangeStream:
