@@ -38,8 +38,14 @@ for spec in sys.argv[1:]:
 PYCHECK
   "$PY" -m pip install --quiet --disable-pip-version-check packaging "${want[@]}" || fail "pip install of the tools failed"
 fi
-command -v pkg-config >/dev/null && pkg-config --exists sqlite3 \
-  || fail "the binding links the system SQLite: install pkg-config and libsqlite3-dev (apt-get install pkg-config libsqlite3-dev)"
+if ! { command -v pkg-config >/dev/null && pkg-config --exists sqlite3; }; then
+  # The binding links the system SQLite (see below); CI runs as root on Debian.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libsqlite3-dev; } >/dev/null
+  fi
+  command -v pkg-config >/dev/null && pkg-config --exists sqlite3 \
+    || fail "the binding links the system SQLite: install pkg-config and libsqlite3-dev"
+fi
 
 # The native module links the system libsqlite3 (the library Python's sqlite3 uses; see
 # bindings/python/.cargo/config.toml), not the core's bundled copy. That is a different build of
