@@ -57,8 +57,9 @@ export PYO3_PYTHON="$PY"
 export MATURIN_PEP517_ARGS="--profile dev"
 status=0
 
-step "cargo fmt --check (harmonylite-python)"
+step "cargo fmt --check and clippy (harmonylite-python, system SQLite build)"
 cargo fmt -p harmonylite-python -- --check || status=1
+cargo clippy --quiet -p harmonylite-python --all-targets -- -D warnings || status=1
 
 step "pip install ./bindings/python (source build through maturin)"
 started=$SECONDS
