@@ -1,0 +1,84 @@
+"""HarmonyLite: leaderless SQLite replication over NATS JetStream, in-process.
+
+Keep your ``sqlite3`` code and add two lines::
+
+    import harmonylite
+    replica = harmonylite.open_replicated(conn, {"node_id": 1})   # or a path, a Config, a TOML file
+    ...
+    replica.close()
+
+See :func:`open_replicated`, :class:`Replica`, :class:`Config`, :mod:`harmonylite.aio` and
+:mod:`harmonylite.errors`. Core log records go to the ``harmonylite`` logger (``harmonylite.engine``, ...).
+"""
+
+from __future__ import annotations
+
+import sqlite3  # noqa: F401  (first: the native module must bind to the SQLite library this Python's sqlite3 uses)
+from typing import Tuple
+
+from . import _native
+from ._config import Config, ConfigLike
+from ._replica import (
+    DEFAULT_TIMEOUT,
+    ChangeEvent,
+    ChangeStream,
+    PausedTable,
+    Replica,
+    ShardStatus,
+    Status,
+    Subscription,
+    Token,
+    open_replicated,
+)
+from .errors import (
+    ClosedError,
+    ConfigError,
+    DatabaseBusyError,
+    HarmonyLiteError,
+    InternalError,
+    IoError,
+    NatsServerNotFoundError,
+    NoPrimaryKeyError,
+    SchemaMismatchError,
+    SnapshotError,
+    SqliteError,
+    TimeoutError,
+    TransportError,
+    error_class,
+)
+
+__version__: str = _native.__version__
+
+ERROR_CODES: Tuple[str, ...] = tuple(_native.ERROR_CODES)
+"""Every error code the core can report (each maps to a class through :func:`error_class`)."""
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ERROR_CODES",
+    "ChangeEvent",
+    "ChangeStream",
+    "ClosedError",
+    "Config",
+    "ConfigError",
+    "ConfigLike",
+    "DatabaseBusyError",
+    "HarmonyLiteError",
+    "InternalError",
+    "IoError",
+    "NatsServerNotFoundError",
+    "NoPrimaryKeyError",
+    "PausedTable",
+    "Replica",
+    "SchemaMismatchError",
+    "ShardStatus",
+    "SnapshotError",
+    "SqliteError",
+    "Status",
+    "Subscription",
+    "TimeoutError",
+    "Token",
+    "TransportError",
+    "__version__",
+    "error_class",
+    "open_replicated",
+]

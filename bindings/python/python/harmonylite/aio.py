@@ -1,0 +1,94 @@
+"""The asyncio API: the same as :mod:`harmonylite`, with coroutines::
+
+    import harmonylite.aio as aio
+
+    async with await aio.open_replicated("app.db", {"node_id": 1}) as replica:
+        token = await replica.sync()
+        async for event in replica.changes():
+            ...
+
+The awaits run on HarmonyLite's own runtime and never block the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Optional, Type, Union
+
+from . import _native
+from ._config import ConfigLike
+from ._replica import (
+    ChangeEvent,
+    ChangeStream,
+    DbLike,
+    Status,
+    Subscription,
+    Token,
+    _config,
+    _db_path,
+    _check_one_sqlite,
+    _ReplicaBase,
+    _sync_log_level,
+    _timeout,
+    _token,
+)
+
+__all__ = ["ChangeEvent", "ChangeStream", "Replica", "Subscription", "Token", "open_replicated"]
+
+
+class Replica(_ReplicaBase):
+    """A replicated database, with coroutine methods; ``async with`` closes it on exit.
+
+    ``on_change`` callbacks run on their own thread, not on the event loop: to touch loop objects from one,
+    use ``loop.call_soon_threadsafe``, or iterate :meth:`changes` instead.
+    """
+
+    __slots__ = ()
+
+    async def status(self) -> Status:
+        """Connection state, stream positions, pending and unsent changes, paused tables, counters."""
+        result: Status = json.loads(await self._native.status_json_async())
+        return result
+
+    async def sync(self, timeout: Optional[float] = None) -> Token:
+        """Publishes every change committed before this call and waits until JetStream acknowledged it;
+        returns the token for other nodes' :meth:`wait_for`."""
+        return await self._native.sync_async(_timeout(timeout))
+
+    async def wait_for(self, token: Union[Token, str], timeout: Optional[float] = None) -> None:
+        """Waits until this node has applied everything up to ``token``."""
+        await self._native.wait_for_async(_token(token), _timeout(timeout))
+
+    async def wait_ready(self, timeout: Optional[float] = None) -> None:
+        """Waits until NATS is connected and the streams exist."""
+        await self._native.wait_ready_async(_timeout(timeout))
+
+    async def cleanup(self) -> int:
+        """Closes the replica and removes capture from the database; returns how many objects were removed."""
+        return await self._native.cleanup_async()
+
+    async def close(self) -> None:
+        """Stops replication (idempotent)."""
+        await self._native.close_async()
+
+    async def __aenter__(self) -> Replica:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        await self.close()
+
+
+async def open_replicated(db: DbLike, cfg: ConfigLike = None) -> Replica:
+    """Starts replicating a SQLite database; the coroutine form of :func:`harmonylite.open_replicated`."""
+    path = _db_path(db)
+    config = _config(cfg)
+    _check_one_sqlite()
+    _sync_log_level()
+    native: _native.Replica = await _native.open_replicated_async(path, config._native)
+    return Replica(native)

