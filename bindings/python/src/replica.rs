@@ -210,6 +210,20 @@ impl Replica {
         awaitable(py, async move { Answer(status_text(core).await) })
     }
 
+    /// Saves a snapshot (blocking); the manifest as JSON, or `None` when another node holds the lease.
+    fn save_snapshot_json(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let core = self.core()?;
+        blocking(py, async move { manifest_text(core.save_snapshot().await?) })
+    }
+
+    /// Awaitable `save_snapshot_json`.
+    fn save_snapshot_json_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        awaitable(py, async move {
+            Answer(async { manifest_text(core.save_snapshot().await?) }.await)
+        })
+    }
+
     /// Publishes everything committed so far and waits for JetStream's acknowledgement (blocking).
     fn sync(&self, py: Python<'_>, timeout: f64) -> PyResult<Token> {
         let core = self.core()?;
@@ -317,6 +331,18 @@ impl Drop for Replica {
             std::mem::forget(self.core.take());
         }
     }
+}
+
+fn manifest_text(
+    manifest: Option<harmonylite::snapshot::Manifest>,
+) -> harmonylite::Result<Option<String>> {
+    manifest
+        .map(|m| {
+            serde_json::to_string(&m).map_err(|err| {
+                harmonylite::Error::Internal(format!("manifest does not serialize: {err}"))
+            })
+        })
+        .transpose()
 }
 
 async fn status_text(core: harmonylite::Replica) -> harmonylite::Result<String> {

@@ -137,9 +137,18 @@ def test_errors_reached_through_the_api(nats: NatsServer, replicas: List[Any], t
     with pytest.raises(harmonylite.TimeoutError) as timeout:
         replica.wait_for("0:1000000", timeout=0.2)
     assert timeout.value.code == "TIMEOUT"
+    manifest = replica.save_snapshot()
+    assert manifest is not None and manifest["object"].startswith("snapshot-")
+    # A store that cannot be opened: SNAPSHOT, naming the bucket.
+    bad_store = tmp_path / "bad-store.db"
+    create_db(bad_store).close()
+    broken = harmonylite.open_replicated(
+        bad_store, config_for(nats, 2, snapshot={"nats": {"bucket": "not a bucket name!"}})
+    )
+    replicas.append(broken)
     with pytest.raises(harmonylite.SnapshotError) as snapshot:
-        replica.save_snapshot()
-    assert snapshot.value.code == "SNAPSHOT" and "not implemented" in str(snapshot.value)
+        broken.save_snapshot()
+    assert snapshot.value.code == "SNAPSHOT" and "not a bucket name!" in str(snapshot.value)
     with pytest.raises(harmonylite.ConfigError) as bad_timeout:
         replica.sync(timeout=-1)
     assert bad_timeout.value.key == "timeout"

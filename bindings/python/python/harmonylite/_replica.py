@@ -15,11 +15,11 @@ import weakref
 from collections.abc import Mapping
 from importlib import metadata
 from types import TracebackType
-from typing import Any, Callable, List, Literal, Optional, Type, TypedDict, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Type, TypedDict, Union, cast
 
 from . import _native
 from ._config import Config, ConfigLike
-from .errors import ConfigError, HarmonyLiteError, SnapshotError, SqliteError
+from .errors import ConfigError, HarmonyLiteError, SqliteError
 
 
 __all__ = [
@@ -365,13 +365,6 @@ class _ReplicaBase:
         """
         return ChangeStream(self._native.subscribe())
 
-    def save_snapshot(self) -> Any:
-        """Saves a snapshot of the database to the snapshot store.
-
-        Not implemented yet (the core has no snapshots yet): raises :class:`harmonylite.SnapshotError`.
-        """
-        raise SnapshotError("save_snapshot() is not implemented yet: the core has no snapshot support yet")
-
     def __repr__(self) -> str:
         try:
             state = "closed" if self.closed else "open"
@@ -403,6 +396,16 @@ class Replica(_ReplicaBase):
         """Connection state, stream positions, pending and unsent changes, paused tables, counters."""
         result: Status = json.loads(self._native.status_json())
         return result
+
+    def save_snapshot(self) -> Optional[Dict[str, Any]]:
+        """Publishes what was committed, then saves a snapshot of the database to the snapshot store.
+
+        Returns the snapshot's manifest (``object``, ``hlc``, ``positions``, ``bytes``, ``sha256``, ...), or
+        ``None`` when another node holds the upload lease and this one skipped. Raises
+        :class:`harmonylite.SnapshotError` when the store fails.
+        """
+        text = self._native.save_snapshot_json()
+        return None if text is None else cast(Dict[str, Any], json.loads(text))
 
     def sync(self, timeout: Optional[float] = None) -> Token:
         """Publishes every change committed before this call and waits until JetStream acknowledged it.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
-from typing import Optional, Type, Union
+from typing import Any, Dict, Optional, Type, Union, cast
 
 from . import _native
 from ._config import ConfigLike
@@ -50,6 +50,12 @@ class Replica(_ReplicaBase):
         """Connection state, stream positions, pending and unsent changes, paused tables, counters."""
         result: Status = json.loads(await self._native.status_json_async())
         return result
+
+    async def save_snapshot(self) -> Optional[Dict[str, Any]]:
+        """Publishes what was committed, then saves a snapshot; the manifest, or ``None`` when another node
+        holds the upload lease."""
+        text = await self._native.save_snapshot_json_async()
+        return None if text is None else cast(Dict[str, Any], json.loads(text))
 
     async def sync(self, timeout: Optional[float] = None) -> Token:
         """Publishes every change committed before this call and waits until JetStream acknowledged it;
