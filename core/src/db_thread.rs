@@ -124,9 +124,11 @@ pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Conne
     })?;
     set_busy_timeout(&conn, busy_timeout).ctx("setting busy_timeout")?;
     // WAL lets the app read while the library writes; the mode is stored in the file.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .ctx("enabling WAL")?;
+    // Switching to WAL needs a moment without other writers; the app may be mid-transaction.
+    let mode: String = with_busy_retry(busy_timeout.max(Duration::from_secs(1)), || {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .ctx("enabling WAL")
+    })?;
     if !mode.eq_ignore_ascii_case("wal") {
         warn!(db = %db.display(), mode = %mode, "database is not in WAL mode; the app may see SQLITE_BUSY more often");
     }

@@ -402,6 +402,9 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
                 max_batch_messages: config.apply.max_batch_rows,
                 max_batch_time: Duration::from_millis(config.apply.max_batch_ms),
                 counters: counters.clone(),
+                pull_bytes: std::sync::atomic::AtomicUsize::new(
+                    crate::apply::consumer::MAX_PULL_BYTES,
+                ),
             };
             consumers.push(tokio::spawn(
                 consumer.run(ready_rx.clone(), shutdown_rx.clone()),
@@ -847,7 +850,8 @@ impl Replica {
         if let Ok(mut hub) = inner.events.lock() {
             hub.take();
         }
-        let _ = inner.client.flush().await;
+        // Bounded: with NATS unreachable a flush would wait forever, and nothing unsent is lost anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(2), inner.client.flush()).await;
         if let Some(server) = &inner.embedded {
             server.stop().await;
         }

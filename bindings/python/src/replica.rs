@@ -213,7 +213,10 @@ impl Replica {
     /// Saves a snapshot (blocking); the manifest as JSON, or `None` when another node holds the lease.
     fn save_snapshot_json(&self, py: Python<'_>) -> PyResult<Option<String>> {
         let core = self.core()?;
-        blocking(py, async move { manifest_text(core.save_snapshot().await?) })
+        blocking(
+            py,
+            async move { manifest_text(core.save_snapshot().await?) },
+        )
     }
 
     /// Awaitable `save_snapshot_json`.

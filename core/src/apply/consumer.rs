@@ -19,6 +19,9 @@ use crate::transport::Names;
 
 /// Most payload bytes gathered into one apply transaction.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes one pull asks for: far below nats-server's default 64 MB pending limit per client.
+pub(crate) const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
+const MIN_PULL_BYTES: usize = 256 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) struct ShardConsumer {
@@ -30,6 +33,8 @@ pub(crate) struct ShardConsumer {
     pub max_batch_messages: usize,
     pub max_batch_time: Duration,
     pub counters: Arc<Counters>,
+    /// Bytes per pull; halved after a gap (the connection was cut), down to `MIN_PULL_BYTES`.
+    pub pull_bytes: std::sync::atomic::AtomicUsize,
 }
 
 async fn ask<T>(
@@ -70,7 +75,8 @@ impl ShardConsumer {
         }
     }
 
-    async fn open_messages(&self) -> Result<consumer::pull::Stream> {
+    /// Opens the pull stream from the stored position; returns it with that position.
+    async fn open_messages(&self) -> Result<(consumer::pull::Stream, u64)> {
         let shard = self.shard;
         let position = ask(&self.db, |reply| Command::Position { shard, reply }).await?;
         let stream_name = self.names.stream(shard);
@@ -116,19 +122,62 @@ impl ShardConsumer {
         info!(shard, from = position + 1, "consuming");
         pull.stream()
             .max_messages_per_batch(self.max_batch_messages.clamp(16, 1000))
+            // Bounded in bytes too: a pull larger than the server's per-client pending limit gets this
+            // connection cut as a slow consumer, and messages in flight are lost to it.
+            .max_bytes_per_batch(self.pull_bytes.load(std::sync::atomic::Ordering::Relaxed))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await
+            .map(|messages| (messages, position))
             .map_err(|err| Error::transport(format!("reading stream {stream_name}"), err))
     }
 
+    /// Halves the pull size (a dropped connection usually means the server cut a slow consumer).
+    fn shrink_pulls(&self) -> usize {
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        let smaller = (self.pull_bytes.load(ordering) / 2).max(MIN_PULL_BYTES);
+        self.pull_bytes.store(smaller, ordering);
+        smaller
+    }
+
+    /// True when no sequence in `from..to` is in the stream any more (deleted), so skipping them loses nothing.
+    /// Checks at most a few thousand; a larger hole is treated as lost in transit (the consumer restarts).
+    async fn absent_from_stream(&self, from: u64, to: u64) -> bool {
+        if to.saturating_sub(from) > 4096 {
+            return false;
+        }
+        let Ok(stream) = self.js.get_stream(self.names.stream(self.shard)).await else {
+            return false;
+        };
+        for seq in from..to {
+            match stream.get_raw_message(seq).await {
+                Err(err)
+                    if err.kind()
+                        == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The stream's first sequence (what retention has kept), if NATS answers.
+    async fn first_sequence(&self) -> Option<u64> {
+        let stream = self
+            .js
+            .get_stream(self.names.stream(self.shard))
+            .await
+            .ok()?;
+        Some(stream.cached_info().state.first_sequence)
+    }
+
     async fn consume(&self, shutdown: &mut watch::Receiver<bool>) -> Exit {
-        let mut messages = match self.open_messages().await {
-            Ok(messages) => messages,
+        let (mut messages, position) = match self.open_messages().await {
+            Ok(opened) => opened,
             Err(Error::Closed) => return Exit::Shutdown,
             Err(err) => return Exit::Restart(err.to_string()),
         };
+        let mut next_expected = position + 1;
         loop {
             let first = tokio::select! {
                 next = messages.next() => next,
@@ -159,27 +208,81 @@ impl ShardConsumer {
                     _ => break,
                 }
             }
-            let incoming: Vec<Incoming> = batch
-                .iter()
-                .filter_map(|message| {
-                    let info = message.info().ok()?;
-                    Some(Incoming {
-                        shard: self.shard,
-                        seq: info.stream_sequence,
-                        payload: message.payload.clone(),
-                    })
-                })
-                .collect();
+            // Sequences must be contiguous: a message missing in the middle (lost with a dropped
+            // connection) must never be acknowledged past. Apply up to the gap, then start over from the
+            // stored position; only retention may explain a gap.
+            let mut incoming: Vec<Incoming> = Vec::with_capacity(batch.len());
+            let mut gap = None;
+            for message in &batch {
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                if seq > next_expected {
+                    let trimmed = self
+                        .first_sequence()
+                        .await
+                        .is_some_and(|first| first >= seq);
+                    if !trimmed {
+                        if self.absent_from_stream(next_expected, seq).await {
+                            // Deleted from the stream on purpose (not retention, not lost in transit).
+                            warn!(
+                                shard = self.shard,
+                                from = next_expected,
+                                to = seq,
+                                "messages deleted from the stream were skipped"
+                            );
+                            next_expected = seq;
+                        } else {
+                            gap = Some((next_expected, seq));
+                            break;
+                        }
+                    }
+                }
+                if seq > next_expected {
+                    self.counters
+                        .behind_retention
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(
+                        shard = self.shard,
+                        missing_from = next_expected,
+                        resumes_at = seq,
+                        "messages expired from the stream before this node applied them: rows changed in the \
+                         gap stay stale until they change again; restart the node to restore a snapshot"
+                    );
+                }
+                next_expected = next_expected.max(seq + 1);
+                incoming.push(Incoming {
+                    shard: self.shard,
+                    seq,
+                    payload: message.payload.clone(),
+                });
+            }
+            let last_applied = incoming.last().map(|m| m.seq);
+            if incoming.is_empty() {
+                if let Some((expected, got)) = gap {
+                    self.shrink_pulls();
+                    return Exit::Restart(format!("sequence gap: expected {expected}, got {got}"));
+                }
+                continue;
+            }
             let outcome = match self.apply_with_retry(incoming.clone(), shutdown).await {
                 Some(outcome) => outcome,
                 None => return Exit::Shutdown,
             };
             self.park(&outcome, &incoming).await;
-            if let Some(last) = batch.last() {
+            // Acknowledge (AckPolicy::All) only what was applied: never past a gap.
+            if let Some(last) = batch
+                .iter()
+                .find(|m| m.info().ok().map(|i| i.stream_sequence) == last_applied)
+            {
                 // A lost ack only means a redelivery, which the stored position makes harmless.
                 if let Err(err) = last.ack().await {
                     debug!(error = %err, "ack failed");
                 }
+            }
+            if let Some((expected, got)) = gap {
+                let bytes = self.shrink_pulls();
+                warn!(shard = self.shard, expected, got, pull_bytes = bytes, "gap in the stream's sequence (lost in transit); restarting from the stored position with smaller pulls");
+                return Exit::Restart(format!("sequence gap: expected {expected}, got {got}"));
             }
         }
     }
