@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod promise;
 mod replica;
+mod sqlite_locks;
 
 use napi::bindgen_prelude::{Function, JsObjectValue, Object, Unknown};
 use napi::{Env, ValueType};
@@ -20,12 +21,14 @@ pub use error::ErrorCode;
 pub use events::{ChangeEvent, ChangeStream, Subscription};
 pub use replica::{open_replicated, PausedTable, Replica, ShardStatus, Status};
 
-/// Adds the symbol-keyed methods napi-rs cannot declare: `ChangeStream.prototype[Symbol.asyncIterator]`
-/// and `Replica.prototype[Symbol.asyncDispose]` (for `await using`). Their types are in the `.d.ts`
-/// header.
+/// Module load: logging, the SQLite lock shim (before any database opens), and the symbol-keyed
+/// methods napi-rs cannot declare: `ChangeStream.prototype[Symbol.asyncIterator]` and
+/// `Replica.prototype[Symbol.asyncDispose]` (for `await using`), whose types are in the `.d.ts` header.
 #[napi(module_exports)]
-pub fn install_symbol_methods(exports: Object, env: Env) -> napi::Result<()> {
+pub fn init(exports: Object, env: Env) -> napi::Result<()> {
     init_logging();
+    sqlite_locks::use_ofd_locks()
+        .map_err(|reason| napi::Error::new(napi::Status::GenericFailure, reason))?;
     let symbol: Function = env.get_global()?.get_named_property("Symbol")?;
 
     let async_iterator: Unknown = symbol.get_named_property("asyncIterator")?;
