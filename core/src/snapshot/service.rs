@@ -239,6 +239,8 @@ impl SnapshotService {
 
     /// Saves a snapshot if this node holds (or takes) the upload lease; `None` when another node holds it.
     pub async fn save(&self, db: &Path, node_id: u64) -> Result<Option<Manifest>> {
+        // The store first: a misconfigured store is an error on every node, lease or not.
+        let store = self.store().await?;
         if !self.lease().await?.acquire(node_id).await? {
             info!("another node holds the snapshot lease; skipping");
             return Ok(None);
@@ -255,7 +257,6 @@ impl SnapshotService {
                 return Err(err);
             }
         };
-        let store = self.store().await?;
         let result = upload(
             store.as_ref(),
             bytes,

@@ -1,0 +1,74 @@
+//! Node binding of HarmonyLite (napi-rs): `await openReplicated(db, cfg)` next to the app's own SQLite
+//! handle.
+//!
+//! Rules of this crate: it converts types, maps errors (on `ErrorCode`, in `error.rs`) and plumbs
+//! callbacks; replication behaviour lives in `core/`. Every asynchronous method runs on the core's
+//! tokio runtime and settles a JavaScript promise from there (`promise.rs`), so no call blocks the
+//! event loop and napi starts no runtime of its own.
+
+mod config;
+mod error;
+mod events;
+mod promise;
+mod replica;
+mod sqlite_locks;
+
+use napi::bindgen_prelude::{Function, JsObjectValue, Object, Unknown};
+use napi::{Env, ValueType};
+use napi_derive::napi;
+
+pub use error::ErrorCode;
+pub use events::{ChangeEvent, ChangeStream, Subscription};
+pub use replica::{open_replicated, PausedTable, Replica, ShardStatus, Status};
+
+/// Module load: logging, the SQLite lock shim (before any database opens), and the symbol-keyed
+/// methods napi-rs cannot declare: `ChangeStream.prototype[Symbol.asyncIterator]` and
+/// `Replica.prototype[Symbol.asyncDispose]` (for `await using`), whose types are in the `.d.ts` header.
+#[napi(module_exports)]
+pub fn init(exports: Object, env: Env) -> napi::Result<()> {
+    init_logging();
+    sqlite_locks::use_ofd_locks()
+        .map_err(|reason| napi::Error::new(napi::Status::GenericFailure, reason))?;
+    let symbol: Function = env.get_global()?.get_named_property("Symbol")?;
+
+    let async_iterator: Unknown = symbol.get_named_property("asyncIterator")?;
+    let mut stream_prototype = prototype(&exports, "ChangeStream")?;
+    let returns_this = env
+        .create_function_from_closure::<(), Unknown, _>("[Symbol.asyncIterator]", |context| {
+            context.this::<Unknown>()
+        })?;
+    stream_prototype.set_property(async_iterator, returns_this)?;
+
+    // Node 20 defines Symbol.asyncDispose; older runtimes simply do not get the method.
+    let async_dispose: Unknown = symbol.get_named_property("asyncDispose")?;
+    if async_dispose.get_type()? == ValueType::Symbol {
+        let mut replica_prototype = prototype(&exports, "Replica")?;
+        let closes = env.create_function_from_closure::<(), Unknown, _>(
+            "[Symbol.asyncDispose]",
+            |context| {
+                let this: Object = context.this()?;
+                let close: Function<(), Unknown> = this.get_named_property("close")?;
+                close.apply(this, ())
+            },
+        )?;
+        replica_prototype.set_property(async_dispose, closes)?;
+    }
+    Ok(())
+}
+
+fn prototype<'env>(exports: &Object<'env>, class: &str) -> napi::Result<Object<'env>> {
+    let constructor: Function = exports.get_named_property(class)?;
+    constructor.get_named_property("prototype")
+}
+
+/// The engine logs through `tracing`; `HARMONYLITE_LOG=info` (or `debug`, or a filter such as
+/// `harmonylite=debug`) prints it on stderr. Nothing is printed when it is unset.
+fn init_logging() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG") else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,61 @@
+// Type-checked (never run) by test/types.test.js: the public API as a TypeScript app uses it.
+import Database from 'better-sqlite3'
+import {
+  openReplicated,
+  type ChangeEvent,
+  type Config,
+  type ErrorCode,
+  type HarmonyLiteError,
+  type Replica,
+  type Status,
+} from '../..'
+
+async function app(): Promise<void> {
+  const db = new Database('app.db')
+  const cfg: Config = { nodeId: 1, replicationLog: { shards: 2, maxAge: '24h' }, nats: { urls: ['nats://127.0.0.1:4222'] } }
+  await using replica = await openReplicated(db, cfg)
+  const fromPath: Replica = await openReplicated('other.db', 'harmonylite.toml')
+  const withDefaults: Replica = await openReplicated('third.db')
+
+  const id: bigint = replica.nodeId
+  const token: string = await replica.sync(5_000)
+  await fromPath.waitFor([token, withDefaults.applied()], 10_000)
+  await replica.waitReady()
+
+  const status: Status = await replica.status()
+  const applied: bigint = status.shards[0].appliedSeq
+  const connected: boolean = status.connection === 'connected'
+
+  const subscription = replica.onChange((event: ChangeEvent) => {
+    const key: null | bigint | number | string | Buffer = event.pk[0]
+    const op: 'insert' | 'update' | 'delete' = event.op
+    const hlc: bigint = event.hlc
+    void [key, op, hlc]
+  })
+  replica.onChange(async () => {})
+  subscription.unsubscribe()
+
+  for await (const event of replica.changes()) {
+    const from: bigint = event.originNode
+    if (event.local) break
+    void from
+  }
+
+  try {
+    await replica.saveSnapshot()
+  } catch (err) {
+    const code: ErrorCode = (err as HarmonyLiteError).code
+    if (code === 'CONFIG') console.log((err as HarmonyLiteError).field)
+    // @ts-expect-error: not a code
+    if (code === 'NOT_A_CODE') console.log('never')
+  }
+
+  // @ts-expect-error: unknown config keys are type errors too
+  await openReplicated('x.db', { nats: { urlz: [] } })
+
+  await fromPath.close()
+  await withDefaults.cleanup()
+  void [id, applied, connected]
+}
+
+void app
