@@ -52,6 +52,7 @@ pub fn serve(args: &[String]) -> Res<()> {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .try_init();
 
     let started = mono_ns();
@@ -124,10 +125,12 @@ impl NodeState {
                 let (lo, hi) = (int(request, "from")?, int(request, "to")?);
                 let received = Arc::new(Mutex::new(Vec::with_capacity((hi - lo).max(0) as usize)));
                 self.received = received.clone();
-                // Remote changes of the benchmark table only, stamped the moment the event arrives.
+                // Remote changes of the benchmark table (or, with `local`, this node's own changes once
+                // stamped for publishing), timed the moment the event arrives.
+                let local = request["local"].as_bool().unwrap_or(false);
                 self.listener = Some(self.replica.on_change(move |event| {
                     let now = mono_ns();
-                    if event.local || event.table != workload::TABLE {
+                    if event.local != local || event.table != workload::TABLE {
                         return;
                     }
                     if let Some(SqlValue::Integer(id)) = event.pk.first() {
@@ -344,17 +347,39 @@ impl Drop for NodeProc {
     }
 }
 
-/// A node's configuration, for the JSON the child parses with `Config::from_json_str`.
-pub fn node_config(node_id: u64, urls: &[String], prefix: &str, replicas: u32) -> Value {
-    json!({
+/// A node's configuration, for the JSON the child parses with `Config::from_json_str`: the defaults,
+/// except the NATS URLs, per-scenario stream names, the replica count, and `apply` settings if given.
+pub fn node_config(node_id: u64, urls: &[String], prefix: &str, setup: &Setup) -> Value {
+    let mut config = json!({
         "node_id": node_id,
         "nats": {
             "urls": urls,
             "stream_prefix": format!("{prefix}-changes"),
             "subject_prefix": format!("{prefix}-change-log"),
         },
-        "replication_log": {"replicas": replicas},
-    })
+        "replication_log": {"replicas": setup.replicas},
+    });
+    if let Some(apply) = &setup.apply {
+        config["apply"] = apply.clone();
+    }
+    config
+}
+
+/// What differs between the scenarios' nodes.
+#[derive(Clone)]
+pub struct Setup {
+    pub replicas: u32,
+    /// An `[apply]` section to use instead of the defaults (W4's workaround variant).
+    pub apply: Option<Value>,
+}
+
+impl Setup {
+    pub fn replicas(replicas: u32) -> Setup {
+        Setup {
+            replicas,
+            apply: None,
+        }
+    }
 }
 
 /// Three nodes A, B, C with fresh databases holding the benchmark table.
@@ -362,7 +387,7 @@ pub fn start_three(
     root: &Path,
     urls: &[Vec<String>; 3],
     prefix: &str,
-    replicas: u32,
+    setup: &Setup,
 ) -> Res<Vec<NodeProc>> {
     let mut nodes = Vec::new();
     for (i, name) in ["A", "B", "C"].iter().enumerate() {
@@ -372,7 +397,7 @@ pub fn start_three(
         workload::app_connection(&db)?
             .execute_batch(workload::SCHEMA)
             .ctx("creating the benchmark table")?;
-        let config = node_config(i as u64 + 1, &urls[i], prefix, replicas);
+        let config = node_config(i as u64 + 1, &urls[i], prefix, setup);
         nodes.push(NodeProc::start(name, &db, &config, &dir.join("node.log"))?);
     }
     Ok(nodes)

@@ -214,14 +214,20 @@ pub fn latency(link: &Link<'_>, rate: u64, count: usize, tag: &str) -> Res<Laten
             let mut seen = 0usize;
             let mut errors = Vec::new();
             while seen < count {
-                let message = match messages.next().await {
-                    Some(Ok(message)) => message,
+                // Ten quiet seconds mean the rest is not coming (a publish that failed, for one).
+                let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+                let message = match next {
+                    Ok(Some(Ok(message))) => message,
                     // Transient (a missed heartbeat, a pull that expired): the stream goes on.
-                    Some(Err(err)) if errors.len() < 100 => {
+                    Ok(Some(Err(err))) if errors.len() < 100 => {
                         errors.push(err.to_string());
                         continue;
                     }
-                    _ => break,
+                    Ok(_) => break,
+                    Err(_) => {
+                        errors.push(format!("nothing received for 10 s after {seen} messages"));
+                        break;
+                    }
                 };
                 let now = mono_ns();
                 let mut index = [0u8; 8];
@@ -244,15 +250,21 @@ pub fn latency(link: &Link<'_>, rate: u64, count: usize, tag: &str) -> Res<Laten
     let acker = rt.spawn(async move {
         let mut inflight = FuturesUnordered::new();
         let mut open = true;
+        let mut failed = Vec::new();
         while open || !inflight.is_empty() {
             tokio::select! {
                 ack = acks_rx.recv(), if open => match ack {
                     Some(ack) => inflight.push(std::future::IntoFuture::into_future(ack)),
                     None => open = false,
                 },
-                Some(_) = inflight.next(), if !inflight.is_empty() => {}
+                Some(result) = inflight.next(), if !inflight.is_empty() => {
+                    if let Err(err) = result {
+                        failed.push(err.to_string());
+                    }
+                }
             }
         }
+        failed
     });
     // Paced on this thread (sleep is finer than the runtime's 1 ms timer); each publish only hands the
     // message to the client, the acks are awaited concurrently.
@@ -271,14 +283,20 @@ pub fn latency(link: &Link<'_>, rate: u64, count: usize, tag: &str) -> Res<Laten
         let _ = acks_tx.send(ack);
     }
     drop(acks_tx);
-    let outcome = rt.block_on(async {
-        let _ = tokio::time::timeout(Duration::from_secs(30), acker).await;
-        tokio::time::timeout(Duration::from_secs(30), receiver).await
+    let (failed_publishes, outcome) = rt.block_on(async {
+        let failed = match tokio::time::timeout(Duration::from_secs(60), acker).await {
+            Ok(Ok(failed)) => failed,
+            _ => vec!["the publish acknowledgements did not finish within 60 s".to_string()],
+        };
+        (
+            failed,
+            tokio::time::timeout(Duration::from_secs(60), receiver).await,
+        )
     });
     let errors = match outcome {
         Ok(Ok(errors)) => errors,
         Ok(Err(err)) => return Err(format!("baseline consumer task: {err}")),
-        Err(_) => return Err("baseline consumer did not receive every message within 30 s".into()),
+        Err(_) => return Err("baseline consumer did not finish within 60 s".into()),
     };
     let _ = rt.block_on(publisher.delete_stream(&name));
     let slots = received.lock().map(|s| s.clone()).unwrap_or_default();
@@ -289,9 +307,13 @@ pub fn latency(link: &Link<'_>, rate: u64, count: usize, tag: &str) -> Res<Laten
         .map(|(r, s)| r.saturating_sub(*s) as f64 / 1e6)
         .collect();
     if samples.len() != count {
+        let mut failed = failed_publishes.clone();
+        failed.dedup();
         return Err(format!(
-            "baseline consumer received {} of {count} messages (consumer errors: {})",
+            "baseline {tag}: received {} of {count} messages; {} publishes failed ({}); consumer: {}",
             samples.len(),
+            failed_publishes.len(),
+            failed.join("; "),
             errors.join("; ")
         ));
     }

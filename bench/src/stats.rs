@@ -27,8 +27,10 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Non-finite values (a run that produced no figure) are left out.
     pub fn of(values: &[f64]) -> Summary {
-        let ordered = sorted(values.to_vec());
+        let values: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        let ordered = sorted(values.clone());
         let n = ordered.len();
         let median = match n {
             0 => f64::NAN,
@@ -39,7 +41,7 @@ impl Summary {
             median,
             min: ordered.first().copied().unwrap_or(f64::NAN),
             max: ordered.last().copied().unwrap_or(f64::NAN),
-            runs: values.to_vec(),
+            runs: values,
         }
     }
 

@@ -122,39 +122,57 @@ pub fn measured_single_row_ops(conn: &Connection, op: &str, rows: usize) -> Res<
     Ok(())
 }
 
-/// Seconds per row of each phase: single-row insert/update/delete, then one bulk transaction of each.
-fn one_run(db: &Path, mode: Mode, params: &Params) -> Res<Vec<(String, f64)>> {
+/// This thread's CPU time (user + system) in seconds: what the app's own thread spent, unlike wall time
+/// not inflated when other processes on a busy machine take the core away.
+fn thread_cpu_s() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// One phase's cost per row: wall-clock seconds and thread CPU seconds.
+struct Cost {
+    phase: String,
+    wall: f64,
+    cpu: f64,
+}
+
+fn timed(phase: String, rows: usize, work: impl FnOnce() -> Res<()>) -> Res<Cost> {
+    let (wall, cpu) = (Instant::now(), thread_cpu_s());
+    work()?;
+    Ok(Cost {
+        phase,
+        wall: wall.elapsed().as_secs_f64() / rows as f64,
+        cpu: (thread_cpu_s() - cpu) / rows as f64,
+    })
+}
+
+/// Each phase: single-row insert/update/delete, then one bulk transaction of each.
+fn one_run(db: &Path, mode: Mode, params: &Params) -> Res<Vec<Cost>> {
     let mut conn = prepare(db, mode)?;
     let mut out = Vec::new();
     for op in OPS {
-        let started = Instant::now();
-        measured_single_row_ops(&conn, op, params.single_rows)?;
-        out.push((
-            format!("single/{op}"),
-            started.elapsed().as_secs_f64() / params.single_rows as f64,
-        ));
+        out.push(timed(format!("single/{op}"), params.single_rows, || {
+            measured_single_row_ops(&conn, op, params.single_rows)
+        })?);
         clear_log(&conn, mode)?;
     }
     for op in OPS {
-        let started = Instant::now();
-        let tx = conn.transaction().ctx("begin")?;
-        for id in 0..params.bulk_rows as i64 {
-            run_op(&tx, op, id)?;
-        }
-        tx.commit().ctx("commit")?;
-        out.push((
-            format!("bulk/{op}"),
-            started.elapsed().as_secs_f64() / params.bulk_rows as f64,
-        ));
+        out.push(timed(format!("bulk/{op}"), params.bulk_rows, || {
+            let tx = conn.transaction().ctx("begin")?;
+            for id in 0..params.bulk_rows as i64 {
+                run_op(&tx, op, id)?;
+            }
+            tx.commit().ctx("commit")
+        })?);
         clear_log(&conn, mode)?;
     }
     Ok(out)
 }
 
 pub fn run(root: &Path, params: &Params) -> Res<Value> {
-    // seconds-per-row samples per (phase, mode), and ratio samples per (phase, mode != plain)
-    let mut samples: std::collections::BTreeMap<(String, &'static str), Vec<f64>> =
-        Default::default();
+    // Samples per (phase, what): "<mode>_<metric>" costs and "ratio_<mode>_<metric>" ratios to plain,
+    // taken within each repetition.
+    let mut samples: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
     for rep in 0..params.reps {
         let mut per_mode = Vec::new();
         for k in 0..Mode::ALL.len() {
@@ -165,23 +183,29 @@ pub fn run(root: &Path, params: &Params) -> Res<Value> {
                 let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
             }
         }
-        let plain: Vec<(String, f64)> = per_mode
-            .iter()
-            .find(|(m, _)| *m == Mode::Plain)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default();
-        for (mode, results) in &per_mode {
-            for (phase, secs) in results {
-                samples
-                    .entry((phase.clone(), mode.name()))
-                    .or_default()
-                    .push(*secs);
-                if *mode != Mode::Plain {
-                    if let Some((_, base)) = plain.iter().find(|(p, _)| p == phase) {
+        let Some((_, plain)) = per_mode.iter().find(|(m, _)| *m == Mode::Plain) else {
+            return Err("no plain run".into());
+        };
+        for (mode, costs) in &per_mode {
+            for cost in costs {
+                let Some(base) = plain.iter().find(|p| p.phase == cost.phase) else {
+                    continue;
+                };
+                for (metric, value, base_value) in
+                    [("wall", cost.wall, base.wall), ("cpu", cost.cpu, base.cpu)]
+                {
+                    let mut push = |key: String, v: f64| {
                         samples
-                            .entry((phase.clone(), ratio_key(*mode)))
+                            .entry((cost.phase.clone(), key))
                             .or_default()
-                            .push(secs / base);
+                            .push(v)
+                    };
+                    push(format!("{}_{metric}", mode.name()), value);
+                    if *mode != Mode::Plain {
+                        push(
+                            format!("ratio_{}_{metric}", mode.name()),
+                            value / base_value,
+                        );
                     }
                 }
             }
@@ -191,26 +215,38 @@ pub fn run(root: &Path, params: &Params) -> Res<Value> {
     for shape in ["single", "bulk"] {
         for op in OPS {
             let phase = format!("{shape}/{op}");
-            let get = |key: &'static str| {
-                samples
-                    .get(&(phase.clone(), key))
-                    .map(|v| Summary::of(v))
-                    .unwrap_or_else(|| Summary::of(&[]))
+            let get = |key: &str| {
+                Summary::of(
+                    samples
+                        .get(&(phase.clone(), key.to_string()))
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                )
             };
-            let us = |s: Summary| {
-                Summary::of(&s.runs.iter().map(|v| v * 1e6).collect::<Vec<_>>()).json()
+            let us = |key: &str| {
+                Summary::of(&get(key).runs.iter().map(|v| v * 1e6).collect::<Vec<_>>()).json()
             };
-            let plain = get("plain");
-            let plain_rate = Summary::of(&plain.runs.iter().map(|v| 1.0 / v).collect::<Vec<_>>());
+            let plain_rate = Summary::of(
+                &get("plain_wall")
+                    .runs
+                    .iter()
+                    .map(|v| 1.0 / v)
+                    .collect::<Vec<_>>(),
+            );
             phases.insert(
                 phase.clone(),
                 json!({
-                    "plain_us_per_row": us(plain),
-                    "floor_us_per_row": us(get("floor")),
-                    "capture_us_per_row": us(get("capture")),
+                    "plain_us_per_row": us("plain_wall"),
+                    "floor_us_per_row": us("floor_wall"),
+                    "capture_us_per_row": us("capture_wall"),
+                    "plain_cpu_us_per_row": us("plain_cpu"),
+                    "floor_cpu_us_per_row": us("floor_cpu"),
+                    "capture_cpu_us_per_row": us("capture_cpu"),
                     "plain_rows_per_s": plain_rate.json(),
-                    "ratio_floor": get(ratio_key(Mode::Floor)).json(),
-                    "ratio_capture": get(ratio_key(Mode::Capture)).json(),
+                    "ratio_capture": get("ratio_capture_cpu").json(),
+                    "ratio_floor": get("ratio_floor_cpu").json(),
+                    "ratio_capture_wall": get("ratio_capture_wall").json(),
+                    "ratio_floor_wall": get("ratio_floor_wall").json(),
                 }),
             );
         }
@@ -220,15 +256,9 @@ pub fn run(root: &Path, params: &Params) -> Res<Value> {
         "single_row_transactions": params.single_rows,
         "bulk_transaction_rows": params.bulk_rows,
         "repetitions": params.reps,
+        "ratio_metric": "ratio_* are thread CPU time (user + system) per row, capture ÷ plain within each repetition; ratio_*_wall are wall-clock",
         "phases": phases,
     }))
-}
-
-fn ratio_key(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Floor => "ratio_floor",
-        _ => "ratio_capture",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------

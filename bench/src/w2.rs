@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
 use crate::nats::NatsServer;
-use crate::node::{start_three, NodeProc};
+use crate::node::{start_three, NodeProc, Setup};
 use crate::raw;
 use crate::stats::{percentile, round, sorted, Latency, Summary};
 use crate::sys::{Ctx, Res};
@@ -35,19 +35,38 @@ const BOUNDED_TAIL_P50_MS: f64 = 100.0;
 struct Run {
     latency: Latency,
     per_node: Vec<(String, Latency)>,
+    /// Commit on A → A's own change event (the change noticed, stamped into the outbox).
+    stamped: Latency,
+    /// A's stamp → the event on B or C (publish, JetStream, consume, apply).
+    after_stamp: Latency,
     achieved_rate: f64,
     tail_p50: f64,
     bounded: bool,
 }
 
+/// The first arrival time of each id a node reported since `listen`.
+fn collect(node: &mut NodeProc) -> Res<HashMap<i64, u64>> {
+    let got = node.request(json!({"cmd": "collect"}), Duration::from_secs(30))?;
+    let ids = got["ids"].as_array().cloned().unwrap_or_default();
+    let times = got["t"].as_array().cloned().unwrap_or_default();
+    let mut first: HashMap<i64, u64> = HashMap::new();
+    for (id, t) in ids.iter().zip(&times) {
+        if let (Some(id), Some(t)) = (id.as_i64(), t.as_u64()) {
+            first.entry(id).or_insert(t);
+        }
+    }
+    Ok(first)
+}
+
 fn hl_run(nodes: &mut [NodeProc], start: i64, rate: u64, count: usize) -> Res<Run> {
     let (a, receivers) = nodes.split_first_mut().ok_or("no nodes")?;
-    let range = json!({"from": start, "to": start + count as i64});
+    let range = json!({"cmd": "listen", "from": start, "to": start + count as i64});
     for node in receivers.iter_mut() {
-        let mut request = range.clone();
-        request["cmd"] = json!("listen");
-        node.request(request, Duration::from_secs(30))?;
+        node.request(range.clone(), Duration::from_secs(30))?;
     }
+    let mut local = range.clone();
+    local["local"] = json!(true);
+    a.request(local, Duration::from_secs(30))?;
     let write_time = Duration::from_secs_f64(count as f64 / rate as f64) + Duration::from_secs(120);
     let written = a.request(
         json!({"cmd": "write_open_loop", "start": start, "count": count, "rate": rate}),
@@ -79,27 +98,30 @@ fn hl_run(nodes: &mut [NodeProc], start: i64, rate: u64, count: usize) -> Res<Ru
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    let stamped_at = collect(a)?;
+    let commit_of = |id: i64| commits[(id - start) as usize];
+    let stamped = Latency::of_ms(
+        stamped_at
+            .iter()
+            .map(|(id, t)| t.saturating_sub(commit_of(*id)) as f64 / 1e6)
+            .collect(),
+    );
     let mut all = Vec::with_capacity(count * receivers.len());
+    let mut after_stamp = Vec::with_capacity(count * receivers.len());
     let mut tail = Vec::new();
     let mut per_node = Vec::new();
     let tail_from = start + (count as i64 * 4) / 5;
     for node in receivers.iter_mut() {
-        let got = node.request(json!({"cmd": "collect"}), Duration::from_secs(30))?;
-        let ids = got["ids"].as_array().cloned().unwrap_or_default();
-        let times = got["t"].as_array().cloned().unwrap_or_default();
-        let mut first: HashMap<i64, u64> = HashMap::new();
-        for (id, t) in ids.iter().zip(&times) {
-            if let (Some(id), Some(t)) = (id.as_i64(), t.as_u64()) {
-                first.entry(id).or_insert(t);
-            }
-        }
+        let first = collect(node)?;
         let mut lags = Vec::with_capacity(first.len());
         for (id, t) in first {
-            let commit = commits[(id - start) as usize];
-            let lag = t.saturating_sub(commit) as f64 / 1e6;
+            let lag = t.saturating_sub(commit_of(id)) as f64 / 1e6;
             lags.push(lag);
             if id >= tail_from {
                 tail.push(lag);
+            }
+            if let Some(s) = stamped_at.get(&id) {
+                after_stamp.push(t.saturating_sub(*s) as f64 / 1e6);
             }
         }
         all.extend_from_slice(&lags);
@@ -115,6 +137,8 @@ fn hl_run(nodes: &mut [NodeProc], start: i64, rate: u64, count: usize) -> Res<Ru
     Ok(Run {
         latency,
         per_node,
+        stamped,
+        after_stamp: Latency::of_ms(after_stamp),
         achieved_rate,
         tail_p50,
         bounded,
@@ -142,7 +166,7 @@ fn topology(root: &Path, rt: &Runtime, params: &Params, cluster: bool, probe: bo
     let urls = [vec![url(0)], vec![url(1)], vec![url(2)]];
     let replicas = if cluster { 3 } else { 1 };
     let prefix = format!("w2-{kind}");
-    let mut nodes = start_three(root, &urls, &prefix, replicas)?;
+    let mut nodes = start_three(root, &urls, &prefix, &Setup::replicas(replicas))?;
     // Warm-up (not counted): connections, consumers and statement caches are all live before measuring.
     let mut next_id: i64 = 1;
     hl_run(&mut nodes, next_id, 500, 250)?;
@@ -175,14 +199,27 @@ fn topology(root: &Path, rt: &Runtime, params: &Params, cluster: bool, probe: bo
         let mut bounded = true;
         let mut achieved = Vec::new();
         let mut tails = Vec::new();
+        let mut stamped = Vec::new();
+        let mut after_stamp = Vec::new();
+        let mut baseline_errors: Vec<String> = Vec::new();
         for rep in 0..reps {
             let tag = format!("raw-{kind}-{rate}-{rep}");
-            baseline.push(raw::latency(&link, rate, count, &tag)?);
-            let run = hl_run(&mut nodes, next_id, rate, count)?;
+            // A failed baseline is recorded and leaves a gap; it does not stop the measurement.
+            match raw::latency(&link, rate, count, &tag) {
+                Ok(latency) => baseline.push(latency),
+                Err(err) => {
+                    baseline.push(Latency::of_ms(Vec::new()));
+                    baseline_errors.push(err);
+                }
+            }
+            let run = hl_run(&mut nodes, next_id, rate, count)
+                .map_err(|err| format!("{kind}, {rate} rows/s, run {}: {err}", rep + 1))?;
             next_id += count as i64;
             bounded &= run.bounded;
             achieved.push(run.achieved_rate);
             tails.push(run.tail_p50);
+            stamped.push(run.stamped.clone());
+            after_stamp.push(run.after_stamp.clone());
             per_node.push(
                 run.per_node
                     .iter()
@@ -212,6 +249,11 @@ fn topology(root: &Path, rt: &Runtime, params: &Params, cluster: bool, probe: bo
             "repetitions": reps,
             "harmonylite": latency_summary(&hl),
             "raw_jetstream": latency_summary(&baseline),
+            "raw_jetstream_errors": baseline_errors,
+            "breakdown": {
+                "commit_to_stamped_on_a": latency_summary(&stamped),
+                "stamped_on_a_to_event_on_b_c": latency_summary(&after_stamp),
+            },
             "ratio_p50": ratio(|l| l.p50),
             "ratio_p99": ratio(|l| l.p99),
             "achieved_rate": Summary::of(&achieved).json(),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
 use crate::nats::NatsServer;
-use crate::node::{start_three, NodeProc};
+use crate::node::{start_three, NodeProc, Setup};
 use crate::raw;
 use crate::stats::{round, Summary};
 use crate::sys::{Ctx, Res};
@@ -84,7 +84,7 @@ pub fn run(root: &Path, rt: &Runtime, params: &Params) -> Res<Value> {
     let server = NatsServer::single(&root.join("w3-nats"))?;
     let url = server.url();
     let urls = [vec![url.clone()], vec![url.clone()], vec![url.clone()]];
-    let mut nodes = start_three(root, &urls, "w3", 1)?;
+    let mut nodes = start_three(root, &urls, "w3", &Setup::replicas(1))?;
     let mut next_id: i64 = 1;
     let mut by_size = Vec::new();
     for &tx_rows in &params.tx_sizes {
