@@ -101,6 +101,12 @@ while IFS= read -r line; do
     *) echo "    $line" ;;
   esac
 done <"$out/checks"
+# The README's commands stay real: every script its "Run it" block names exists and is executable.
+readme_ok=1
+while read -r script; do
+  [ -x "$script" ] || { echo "    bench/README.md names $script, which is not an executable script"; readme_ok=0; }
+done < <(sed -n '/^## Run it/,/^## /p' bench/README.md | grep -oE '^(scripts|bench)/[a-z_.]+\.sh' | sort -u)
+if [ "$readme_ok" -eq 1 ]; then pass "bench/README.md commands exist"; else fail "bench/README.md commands exist"; fi
 if grep -q '^| Scenario | Figure |' "$out/quick.md" 2>/dev/null; then
   pass "quick.md holds the markdown table"
 else

@@ -126,8 +126,10 @@ fn plan(quick: bool) -> Plan {
             },
             w2: w2::Params {
                 rates: vec![100, 1_000, 5_000],
-                seconds: 5.0,
-                reps: 3,
+                // Five shorter runs rather than three longer ones: a median of five shrugs off a
+                // neighbour's build on this shared machine better.
+                seconds: 3.0,
+                reps: 5,
                 probe_rates: vec![10_000, 20_000],
                 payload,
             },
@@ -198,6 +200,15 @@ fn memory_section(results: &Value) -> Value {
         "w4_b_peak_rss_mb": w4["b_peak_rss_mb"],
         "w4_catching_up_node_peak_rss_mb": w4["c_catching_up_peak_rss_mb"],
         "w4_nats_server_peak_rss_mb": w4["nats_server_peak_rss_mb"],
+        "w4_catching_up_by_config": results["w4"]["variants"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|v| format!("{}: {} MB", v["config"].as_str().unwrap_or("?"),
+                stats::fmt(v["runs"][0]["c_catching_up_peak_rss_mb"].as_f64().unwrap_or(f64::NAN))))
+            .collect::<Vec<_>>()
+            .join(", "),
         "w2": {"single": results["w2"]["single"]["memory"], "cluster": results["w2"]["cluster"]["memory"]},
     })
 }
