@@ -74,7 +74,11 @@ pub fn machine(nats_server: &Path) -> Value {
         "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "memory_gb": mem_kb.map(|kb| (kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
-        "os": first_line("/etc/os-release", "PRETTY_NAME").map(|s| s.trim_matches('"').to_string()),
+        "os": std::fs::read_to_string("/etc/os-release").ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("PRETTY_NAME="))
+                .map(|name| name.trim_matches('"').to_string())
+        }),
         "sqlite": rusqlite::version(),
         "nats_server": command_line(nats_server, &["--version"]),
         "rustc": command_line("rustc", &["--version"]),
