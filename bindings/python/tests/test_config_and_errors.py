@@ -118,8 +118,12 @@ def test_errors_reached_through_the_api(nats: NatsServer, replicas: List[Any], t
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database" * 100)
     with pytest.raises(harmonylite.SqliteError) as not_db:
-        harmonylite.open_replicated(garbage, config_for(nats, 1))
+        harmonylite.open_replicated(garbage, config_for(nats, 1, snapshot={"enabled": False}))
     assert not_db.value.code in ("SQLITE", "SQLITE_BUSY")
+    # With snapshots on (the default), a corrupt file would be rebuilt from one; with none stored, SNAPSHOT.
+    with pytest.raises(harmonylite.SnapshotError) as no_snapshot:
+        harmonylite.open_replicated(garbage, config_for(nats, 1))
+    assert "no snapshot exists" in str(no_snapshot.value)
 
     # NO_PRIMARY_KEY names the table.
     db = tmp_path / "nopk.db"
