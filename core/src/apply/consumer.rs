@@ -21,7 +21,12 @@ use crate::transport::Names;
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Most bytes one pull asks for: far below nats-server's default 64 MB pending limit per client.
 pub(crate) const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
-const MIN_PULL_BYTES: usize = 256 * 1024;
+/// Smallest pull: the server's max payload plus headroom, so one message always fits in a pull.
+fn min_pull_bytes(max_payload: usize) -> usize {
+    max_payload.max(64 * 1024) + 64 * 1024
+}
+/// Successful batches after which a shrunken pull size doubles again.
+const GROW_AFTER_BATCHES: u32 = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) struct ShardConsumer {
@@ -33,7 +38,7 @@ pub(crate) struct ShardConsumer {
     pub max_batch_messages: usize,
     pub max_batch_time: Duration,
     pub counters: Arc<Counters>,
-    /// Bytes per pull; halved after a gap (the connection was cut), down to `MIN_PULL_BYTES`.
+    /// Bytes per pull; halved at each restart (usually a cut connection), grown back after healthy batches.
     pub pull_bytes: std::sync::atomic::AtomicUsize,
 }
 
@@ -64,6 +69,9 @@ impl ShardConsumer {
             match self.consume(&mut shutdown).await {
                 Exit::Shutdown => return,
                 Exit::Restart(reason) => {
+                    // Most restarts follow a dropped connection; the server may have cut us as a slow
+                    // consumer, so ask for less at a time.
+                    self.shrink_pulls();
                     debug!(shard = self.shard, reason = %reason, "consumer restarting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -136,9 +144,22 @@ impl ShardConsumer {
     /// Halves the pull size (a dropped connection usually means the server cut a slow consumer).
     fn shrink_pulls(&self) -> usize {
         let ordering = std::sync::atomic::Ordering::Relaxed;
-        let smaller = (self.pull_bytes.load(ordering) / 2).max(MIN_PULL_BYTES);
+        let floor = min_pull_bytes(self.js.client().server_info().max_payload);
+        let smaller = (self.pull_bytes.load(ordering) / 2).max(floor);
         self.pull_bytes.store(smaller, ordering);
         smaller
+    }
+
+    /// After enough healthy batches, a shrunken pull size grows back toward the maximum.
+    fn grow_pulls(&self, healthy_batches: &mut u32) {
+        *healthy_batches += 1;
+        if *healthy_batches < GROW_AFTER_BATCHES {
+            return;
+        }
+        *healthy_batches = 0;
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        let bigger = (self.pull_bytes.load(ordering) * 2).min(MAX_PULL_BYTES);
+        self.pull_bytes.store(bigger, ordering);
     }
 
     /// True when no sequence in `from..to` is in the stream any more (deleted), so skipping them loses nothing.
@@ -178,6 +199,7 @@ impl ShardConsumer {
             Err(err) => return Exit::Restart(err.to_string()),
         };
         let mut next_expected = position + 1;
+        let mut healthy_batches = 0u32;
         loop {
             let first = tokio::select! {
                 next = messages.next() => next,
@@ -259,7 +281,6 @@ impl ShardConsumer {
             let last_applied = incoming.last().map(|m| m.seq);
             if incoming.is_empty() {
                 if let Some((expected, got)) = gap {
-                    self.shrink_pulls();
                     return Exit::Restart(format!("sequence gap: expected {expected}, got {got}"));
                 }
                 continue;
@@ -269,6 +290,9 @@ impl ShardConsumer {
                 None => return Exit::Shutdown,
             };
             self.park(&outcome, &incoming).await;
+            if gap.is_none() {
+                self.grow_pulls(&mut healthy_batches);
+            }
             // Acknowledge (AckPolicy::All) only what was applied: never past a gap.
             if let Some(last) = batch
                 .iter()
@@ -280,8 +304,7 @@ impl ShardConsumer {
                 }
             }
             if let Some((expected, got)) = gap {
-                let bytes = self.shrink_pulls();
-                warn!(shard = self.shard, expected, got, pull_bytes = bytes, "gap in the stream's sequence (lost in transit); restarting from the stored position with smaller pulls");
+                warn!(shard = self.shard, expected, got, "gap in the stream's sequence (lost in transit); restarting from the stored position with smaller pulls");
                 return Exit::Restart(format!("sequence gap: expected {expected}, got {got}"));
             }
         }
