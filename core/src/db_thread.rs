@@ -73,7 +73,6 @@ pub(crate) struct DbOutputs {
     pub outbox: mpsc::UnboundedSender<OutboxEntry>,
     pub events: EventHub,
     pub positions: watch::Sender<BTreeMap<u32, u64>>,
-    pub last_outbox_id: watch::Sender<i64>,
     pub counters: std::sync::Arc<crate::engine::Counters>,
 }
 
@@ -144,7 +143,7 @@ pub(crate) fn set_busy_timeout(conn: &Connection, timeout: Duration) -> rusqlite
     conn.execute_batch(&format!("PRAGMA busy_timeout = {}", timeout.as_millis()))
 }
 
-fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
+pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
     conn.query_row(
         "SELECT value FROM __harmonylite__meta WHERE key = ?1",
         [key],
@@ -223,9 +222,8 @@ impl DbWorker {
             .query_row("PRAGMA data_version", [], |row| row.get(0))
             .ctx("reading data_version")?;
         let pending_outbox = load_outbox(&conn, node_id)?;
-        let positions = load_positions(&conn)?;
+        let positions = applier::read_positions(&conn)?;
         let last_outbox_id = pending_outbox.last().map(|e| e.id).unwrap_or(0);
-        outputs.last_outbox_id.send_replace(last_outbox_id);
         outputs.positions.send_replace(positions);
         info!(
             db = %db.display(),
@@ -312,16 +310,7 @@ impl DbWorker {
             }
             Command::Reject { entry, reason } => self.reject(entry, &reason),
             Command::Position { shard, reply } => {
-                let result = self
-                    .conn
-                    .query_row(
-                        "SELECT seq FROM __harmonylite__positions WHERE shard = ?1",
-                        [shard],
-                        |row| row.get::<_, i64>(0),
-                    )
-                    .optional()
-                    .ctx("reading the stream position")
-                    .map(|seq| seq.unwrap_or(0).max(0) as u64);
+                let result = applier::stored_position(&self.conn, shard);
                 let _ = reply.send(result);
             }
             Command::Status { reply } => {
@@ -418,7 +407,6 @@ impl DbWorker {
     fn after_stamp(&mut self, outbox: Vec<OutboxEntry>, events: Vec<crate::events::ChangeEvent>) {
         if let Some(last) = outbox.last() {
             self.last_outbox_id = last.id;
-            self.outputs.last_outbox_id.send_replace(last.id);
         }
         for entry in outbox {
             // The publisher is gone only while closing; the entry stays in the outbox for next time.
@@ -585,7 +573,7 @@ impl DbWorker {
             paused_tables,
             rejected_local: count("SELECT count(*) FROM __harmonylite__rejected")?,
             dead_lettered: count("SELECT count(*) FROM __harmonylite__dead_letters")?,
-            positions: load_positions(&self.conn)?,
+            positions: applier::read_positions(&self.conn)?,
             replicated_tables: self.schema.tables.keys().cloned().collect(),
         })
     }
@@ -616,20 +604,6 @@ fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
             }
         })
         .collect())
-}
-
-fn load_positions(conn: &Connection) -> Result<BTreeMap<u32, u64>> {
-    conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)? as u32,
-                    row.get::<_, i64>(1)?.max(0) as u64,
-                ))
-            })?
-            .collect::<rusqlite::Result<BTreeMap<_, _>>>()
-        })
-        .ctx("reading stream positions")
 }
 
 /// Removes capture from a database file (HarmonyLite's `-cleanup`).

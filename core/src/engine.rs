@@ -317,14 +317,12 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let events = EventHub::new();
     let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
-    let (last_outbox_tx, _last_outbox_rx) = watch::channel(0i64);
     let counters = Arc::new(Counters::default());
     let outputs = DbOutputs {
         counters: counters.clone(),
         outbox: outbox_tx,
         events: events.clone(),
         positions: positions_tx,
-        last_outbox_id: last_outbox_tx,
     };
     let db_for_thread = db.clone();
     let config_for_thread = config.clone();

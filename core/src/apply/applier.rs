@@ -41,8 +41,23 @@ enum RowResult {
     Deferred(String),
 }
 
-pub fn stored_position(tx: &Transaction<'_>, shard: u32) -> Result<u64> {
-    let seq: Option<i64> = tx
+/// Every shard's applied stream position.
+pub fn read_positions(conn: &rusqlite::Connection) -> Result<std::collections::BTreeMap<u32, u64>> {
+    conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u32,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()
+        })
+        .ctx("reading stream positions")
+}
+
+pub fn stored_position(conn: &rusqlite::Connection, shard: u32) -> Result<u64> {
+    let seq: Option<i64> = conn
         .prepare_cached("SELECT seq FROM __harmonylite__positions WHERE shard = ?1")
         .and_then(|mut stmt| stmt.query_row([shard], |row| row.get(0)).optional())
         .ctx("reading the stream position")?;

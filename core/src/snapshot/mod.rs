@@ -12,15 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::apply::applier::apply_batch_any_origin;
+use crate::apply::applier::{apply_batch_any_origin, read_positions};
 use crate::capture::{self, Schema, APPLYING};
 use crate::clock::{wall_millis, Clock};
 use crate::config::Config;
+use crate::db_thread::meta_get;
 use crate::error::{Error, Result, SqlContext};
 use crate::log::decode;
 use crate::publish::stamp::{save_clock, stamp_pending, StampSettings};
@@ -143,15 +144,7 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
         )
         .ctx("stripping node state from the snapshot")?;
         let positions = read_positions(&conn)?;
-        let hlc: i64 = conn
-            .query_row(
-                "SELECT value FROM __harmonylite__meta WHERE key = 'hlc'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .ctx("reading the clock")?
-            .unwrap_or(0);
+        let hlc: i64 = meta_get(&conn, "hlc")?.unwrap_or(0);
         let schema_hash = schema_hash(&conn)?;
         conn.execute_batch("PRAGMA journal_mode = DELETE; VACUUM;")
             .ctx("compacting the snapshot")?;
@@ -177,20 +170,6 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
     })();
     remove_db_files(&copy);
     result
-}
-
-pub fn read_positions(conn: &Connection) -> Result<BTreeMap<u32, u64>> {
-    conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)? as u32,
-                    row.get::<_, i64>(1)?.max(0) as u64,
-                ))
-            })?
-            .collect::<rusqlite::Result<BTreeMap<_, _>>>()
-        })
-        .ctx("reading stream positions")
 }
 
 /// Uploads a built snapshot: data object, then manifest, then the `latest` pointer (a crash in between leaves
@@ -401,16 +380,7 @@ pub fn install(
             .ctx("merging local changes into the snapshot")?;
         tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
             .ctx("muting capture")?;
-        let mut clock_high = tx
-            .query_row(
-                "SELECT value FROM __harmonylite__meta WHERE key = 'hlc'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .ctx("reading the clock")?
-            .unwrap_or(0)
-            .max(0) as u64;
+        let mut clock_high = meta_get(&tx, "hlc")?.unwrap_or(0).max(0) as u64;
         if let Some((payloads, old_clock)) = &carried {
             clock_high = clock_high.max(*old_clock);
             for (shard, rows, payload) in payloads {
@@ -489,15 +459,7 @@ fn unpublished_changes(
     let mut conn = crate::db_thread::open_connection(db, Duration::from_secs(30))?;
     capture::create_library_tables(&conn)?;
     let schema = Schema::read(&conn, config)?;
-    let last: i64 = conn
-        .query_row(
-            "SELECT value FROM __harmonylite__meta WHERE key = 'hlc'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .ctx("reading the clock")?
-        .unwrap_or(0);
+    let last: i64 = meta_get(&conn, "hlc")?.unwrap_or(0);
     let mut clock = Clock::resume(last.max(0) as u64);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
