@@ -292,7 +292,15 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
         (None, config.nats.urls.clone())
     };
     let closing = Arc::new(AtomicBool::new(false));
-    let client = transport::connect(&config, &urls, node_id, closing.clone()).await?;
+    let (disconnects_tx, disconnects_rx) = watch::channel(0u64);
+    let client = transport::connect(
+        &config,
+        &urls,
+        node_id,
+        closing.clone(),
+        Arc::new(disconnects_tx),
+    )
+    .await?;
     let js = transport::jetstream_context(client.clone());
     let names = Names::new(&config);
     let replicas = match config.replication_log.replicas {
@@ -400,6 +408,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
                 max_batch_messages: config.apply.max_batch_rows,
                 max_batch_time: Duration::from_millis(config.apply.max_batch_ms),
                 counters: counters.clone(),
+                disconnects: disconnects_rx.clone(),
                 pull_bytes: std::sync::atomic::AtomicUsize::new(
                     crate::apply::consumer::MAX_PULL_BYTES,
                 ),

@@ -38,6 +38,8 @@ pub(crate) struct ShardConsumer {
     pub max_batch_messages: usize,
     pub max_batch_time: Duration,
     pub counters: Arc<Counters>,
+    /// Counts NATS disconnections: pulls in flight die with a connection, so the consumer restarts.
+    pub disconnects: watch::Receiver<u64>,
     /// Bytes per pull; halved at each restart (usually a cut connection), grown back after healthy batches.
     pub pull_bytes: std::sync::atomic::AtomicUsize,
 }
@@ -198,12 +200,16 @@ impl ShardConsumer {
             Err(Error::Closed) => return Exit::Shutdown,
             Err(err) => return Exit::Restart(err.to_string()),
         };
+        let mut disconnects = self.disconnects.clone();
+        disconnects.mark_unchanged();
         let mut next_expected = position + 1;
         let mut healthy_batches = 0u32;
         loop {
             let first = tokio::select! {
                 next = messages.next() => next,
                 _ = shutdown.changed() => return Exit::Shutdown,
+                // A dropped connection (perhaps cut as a slow consumer): restart with smaller pulls.
+                Ok(()) = disconnects.changed() => return Exit::Restart("NATS connection dropped".into()),
             };
             let first = match first {
                 Some(Ok(message)) => message,

@@ -52,6 +52,7 @@ pub async fn connect(
     urls: &[String],
     node_id: u64,
     closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    disconnects: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 ) -> Result<async_nats::Client> {
     let nats = &config.nats;
     let max_wait = Duration::from_secs(nats.reconnect_wait_seconds.max(1));
@@ -67,8 +68,13 @@ pub async fn connect(
         })
         .event_callback(move |event| {
             let closing = closing.clone();
+            let disconnects = disconnects.clone();
             async move {
                 let expected = closing.load(std::sync::atomic::Ordering::Relaxed);
+                if matches!(event, async_nats::Event::Disconnected) {
+                    // Consumers restart on it: pulls in flight died with the connection.
+                    disconnects.send_modify(|count| *count += 1);
+                }
                 match event {
                     async_nats::Event::Connected => info!("connected to NATS"),
                     async_nats::Event::Disconnected if expected => {
