@@ -4,7 +4,7 @@
 # bench/results/latest.json, bench/results/latest.md and the table in BENCHMARKS.md.
 #   scripts/bench.sh              the full suite
 #   scripts/bench.sh --quick      scaled down (about 1 minute; bench/results/quick.*): a smoke run, not figures
-#   scripts/bench.sh --only w1,w2 some scenarios (w1, w1_callgrind, w2, w3, w4, memory); --keep DIR keeps files
+#   scripts/bench.sh --only w1,w2 some scenarios (w1, w1_callgrind, w2, w3, w4, w5, memory); --keep DIR keeps files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null

@@ -4,8 +4,8 @@
 //! harmonylite-bench [--quick] [--out DIR] [--only w1,w2,...] [--keep DIR] [--update-md BENCHMARKS.md]
 //! ```
 //! Scenarios: W1 write-path overhead (plain SQLite vs capture, optional callgrind), W2 propagation latency
-//! (1 server and a 3-server cluster), W3 throughput, W4 catch-up, W5 bootstrap (not available until
-//! snapshots exist), memory (peak RSS per node process). Results: `<out>/latest.json` and `latest.md`
+//! (1 server and a 3-server cluster), W3 throughput, W4 catch-up, W5 bootstrap (restore a snapshot of a
+//! large database and catch up), memory (peak RSS per node process). Results: `<out>/latest.json` and `latest.md`
 //! (`quick.json` / `quick.md` with `--quick`). Internal subcommands: `node` (one replicated node, driven
 //! over stdin/stdout) and `w1-instructions` (the callgrind child).
 
@@ -19,6 +19,7 @@ mod w1;
 mod w2;
 mod w3;
 mod w4;
+mod w5;
 mod workload;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ struct Options {
 }
 
 fn usage() -> &'static str {
-    "usage: harmonylite-bench [--quick] [--out DIR] [--only w1,w1_callgrind,w2,w3,w4] [--keep DIR] [--update-md FILE]"
+    "usage: harmonylite-bench [--quick] [--out DIR] [--only w1,w1_callgrind,w2,w3,w4,w5,memory] [--keep DIR] [--update-md FILE]"
 }
 
 fn parse_options(args: &[String]) -> Res<Options> {
@@ -81,6 +82,7 @@ struct Plan {
     w2: w2::Params,
     w3: w3::Params,
     w4: w4::Params,
+    w5: w5::Params,
 }
 
 fn plan(quick: bool) -> Plan {
@@ -114,6 +116,12 @@ fn plan(quick: bool) -> Plan {
                 tx_rows: 1_000,
                 reps: 1,
             },
+            w5: w5::Params {
+                rows: 20_000,
+                tail_rows: 5_000,
+                body_len: 1_000,
+                reps: 1,
+            },
         }
     } else {
         Plan {
@@ -144,6 +152,13 @@ fn plan(quick: bool) -> Plan {
             w4: w4::Params {
                 changes: 1_000_000,
                 tx_rows: 1_000,
+                reps: 1,
+            },
+            // About 1 GB of rows of ~1 KB (the target's size), then 100,000 more after the snapshot.
+            w5: w5::Params {
+                rows: 900_000,
+                tail_rows: 100_000,
+                body_len: 1_000,
                 reps: 1,
             },
         }
@@ -185,8 +200,8 @@ fn memory_section(results: &Value) -> Value {
             )
         })
         .collect();
-    if w3_nodes.is_empty() && results["w4"]["runs"].is_null() {
-        return json!({"status": "skipped", "reason": "needs W3 or W4"});
+    if w3_nodes.is_empty() && results["w4"]["runs"].is_null() && results["w5"]["runs"].is_null() {
+        return json!({"status": "skipped", "reason": "needs W3, W4 or W5"});
     }
     let w4 = &results["w4"]["runs"][0];
     let w3_max = w3_nodes.iter().map(|n| n.1).fold(f64::NAN, f64::max);
@@ -210,6 +225,9 @@ fn memory_section(results: &Value) -> Value {
             .collect::<Vec<_>>()
             .join(", "),
         "w2": {"single": results["w2"]["single"]["memory"], "cluster": results["w2"]["cluster"]["memory"]},
+        "w5_restoring_node_peak_rss_mb": results["w5"]["runs"][0]["d_peak_rss_mb"],
+        "w5_saving_node_peak_rss_mb": results["w5"]["runs"][0]["a_peak_rss_mb"],
+        "w5_db_gb": results["w5"]["db_gb"]["median"],
     })
 }
 
@@ -257,10 +275,7 @@ fn run_suite(options: &Options) -> Res<bool> {
     results["w2"] = scenario("w2", selected("w2"), || w2::run(&root, &rt, &plan.w2));
     results["w3"] = scenario("w3", selected("w3"), || w3::run(&root, &rt, &plan.w3));
     results["w4"] = scenario("w4", selected("w4"), || w4::run(&root, &plan.w4));
-    results["w5"] = json!({
-        "status": "not_available",
-        "reason": "not measured yet: snapshots landed after this harness; the restore-and-catch-up scenario is still to be written",
-    });
+    results["w5"] = scenario("w5", selected("w5"), || w5::run(&root, &plan.w5));
     results["memory"] = if selected("memory") {
         memory_section(&results)
     } else {
@@ -273,6 +288,7 @@ fn run_suite(options: &Options) -> Res<bool> {
         "w2": {"rates": plan.w2.rates, "seconds": plan.w2.seconds, "reps": plan.w2.reps, "probe_rates": plan.w2.probe_rates, "payload_bytes": plan.w2.payload},
         "w3": {"rows": plan.w3.rows, "tx_sizes": plan.w3.tx_sizes, "reps": plan.w3.reps, "raw_count": plan.w3.raw_count, "raw_sequential": plan.w3.raw_sequential},
         "w4": {"changes": plan.w4.changes, "tx_rows": plan.w4.tx_rows, "reps": plan.w4.reps},
+        "w5": {"rows": plan.w5.rows, "tail_rows": plan.w5.tail_rows, "body_len": plan.w5.body_len, "reps": plan.w5.reps},
     });
     let failed: Vec<&str> = SCENARIOS
         .iter()

@@ -49,7 +49,8 @@ pub fn serve(args: &[String]) -> Res<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // Snapshot steps log their durations at info: W5 reads them from the node's log.
+                .unwrap_or_else(|_| "warn,harmonylite::snapshot=info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -180,9 +181,12 @@ impl NodeState {
                 let start = int(request, "start")?;
                 let count = int(request, "count")?.max(0) as usize;
                 let tx_rows = int(request, "tx_rows")?.max(1) as usize;
+                let body_len = request["body_len"]
+                    .as_u64()
+                    .map_or(workload::BODY_LEN, |n| n as usize);
                 let conn = self.app()?;
                 let begun = mono_ns();
-                workload::insert_rows(conn, start, count, tx_rows)?;
+                workload::insert_rows(conn, start, count, tx_rows, body_len)?;
                 Ok(json!({"start_ns": begun, "end_ns": mono_ns()}))
             }
             "sync" => {
@@ -210,6 +214,20 @@ impl NodeState {
                 let (lo, hi) = (int(request, "from")?, int(request, "to")?);
                 let (count, hash) = workload::checksum(self.app()?, lo, hi)?;
                 Ok(json!({"count": count, "hash": hash}))
+            }
+            "save_snapshot" => {
+                let replica = self.replica.clone();
+                let begun = mono_ns();
+                let manifest = harmonylite::block_on(async move { replica.save_snapshot().await })
+                    .map_err(|err| format!("save_snapshot: {err}"))?
+                    .ok_or("save_snapshot: another node holds the snapshot lease")?;
+                Ok(json!({
+                    "start_ns": begun,
+                    "done_ns": mono_ns(),
+                    "bytes": manifest.bytes,
+                    "raw_bytes": manifest.raw_bytes,
+                    "positions": manifest.positions,
+                }))
             }
             "status" => {
                 let replica = self.replica.clone();

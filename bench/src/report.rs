@@ -348,6 +348,57 @@ fn w4_rows(w4: &Value, rows: &mut Vec<Row>) {
     }
 }
 
+fn w5_rows(w5: &Value, rows: &mut Vec<Row>) {
+    const TARGET: &str = "1 GB restored and live ≤ 30 s";
+    if let Some(row) = status_row("W5 bootstrap", w5) {
+        rows.push(Row {
+            target: TARGET.into(),
+            ..row
+        });
+        return;
+    }
+    let run = &w5["runs"][0];
+    let gb = median(&w5["db_gb"]);
+    let steps = run["d_steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} s",
+                        s["step"].as_str().unwrap_or("?"),
+                        fmt(num(&s["s"]))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let live_per_gb = median(&w5["live_s_per_gb"]);
+    rows.push(Row {
+        scenario: "W5 bootstrap".into(),
+        figure: format!(
+            "new node, {} GB database ({} rows of ~1 KB; snapshot {} MB): spawn → live (restored + {} rows replayed), per GB",
+            fmt(gb),
+            fmt(num(&w5["rows"])),
+            fmt(num(&run["snapshot_bytes"]) / 1e6),
+            fmt(num(&w5["tail_rows"]))
+        ),
+        result: format!("{} s/GB", fmt(live_per_gb)),
+        range: range(&w5["live_s_per_gb"], " s/GB"),
+        baseline: format!(
+            "live {} s; restore (open returned) {} s: {steps}; tail replay {} s; A: save {} s",
+            fmt(median(&w5["live_s"])),
+            fmt(median(&w5["restore_s"])),
+            fmt(num(&run["tail_replay_s"])),
+            fmt(num(&run["save_s"]))
+        ),
+        target: TARGET.into(),
+        met: at_most(live_per_gb, 30.0, " s/GB"),
+    });
+}
+
 fn memory_rows(memory: &Value, rows: &mut Vec<Row>) {
     if let Some(row) = status_row("Memory", memory) {
         rows.push(row);
@@ -383,6 +434,22 @@ fn memory_rows(memory: &Value, rows: &mut Vec<Row>) {
         target: String::new(),
         met: "–".into(),
     });
+    let w5 = num(&memory["w5_restoring_node_peak_rss_mb"]);
+    if w5.is_finite() {
+        rows.push(Row {
+            scenario: "Memory".into(),
+            figure: "W5: peak RSS of the node restoring a snapshot".into(),
+            result: format!("{} MB", fmt(w5)),
+            range: String::new(),
+            baseline: format!(
+                "A while saving: {} MB; database {} GB",
+                fmt(num(&memory["w5_saving_node_peak_rss_mb"])),
+                fmt(num(&memory["w5_db_gb"]))
+            ),
+            target: String::new(),
+            met: "–".into(),
+        });
+    }
 }
 
 pub fn markdown(results: &Value) -> String {
@@ -392,12 +459,7 @@ pub fn markdown(results: &Value) -> String {
     w2_rows(&results["w2"], &mut rows);
     w3_rows(&results["w3"], &results["w1"], &mut rows);
     w4_rows(&results["w4"], &mut rows);
-    if let Some(row) = status_row("W5 bootstrap", &results["w5"]) {
-        rows.push(Row {
-            target: "1 GB restored and live ≤ 30 s".into(),
-            ..row
-        });
-    }
+    w5_rows(&results["w5"], &mut rows);
     memory_rows(&results["memory"], &mut rows);
 
     let machine = &results["machine"];

@@ -26,12 +26,17 @@ pub const DELETE: &str = "DELETE FROM items WHERE id = ?1";
 /// Pseudo-random text (so zstd does not make the payload unrealistically small), the same for an id
 /// on every run.
 pub fn body(id: i64, salt: u64) -> String {
+    body_sized(id, salt, BODY_LEN)
+}
+
+/// `body` of any length (W5 fills a large database with rows of about 1 KB).
+pub fn body_sized(id: i64, salt: u64, len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ";
     let mut state = (id as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(salt.wrapping_mul(0xBF58_476D_1CE4_E5B9))
         | 1;
-    (0..BODY_LEN)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -60,24 +65,37 @@ pub fn app_connection(db: &Path) -> Res<Connection> {
 }
 
 pub fn insert_row(conn: &Connection, id: i64) -> Res<()> {
+    insert_sized_row(conn, id, BODY_LEN)
+}
+
+fn insert_sized_row(conn: &Connection, id: i64, body_len: usize) -> Res<()> {
     conn.prepare_cached(INSERT)
-        .and_then(|mut stmt| stmt.execute(params![id, id % 97, name(id), body(id, 0)]))
+        .and_then(|mut stmt| {
+            stmt.execute(params![id, id % 97, name(id), body_sized(id, 0, body_len)])
+        })
         .ctx("insert")?;
     Ok(())
 }
 
-/// Inserts `count` rows from `start` in transactions of `tx_rows` (1 = autocommit, one row each).
-pub fn insert_rows(conn: &mut Connection, start: i64, count: usize, tx_rows: usize) -> Res<()> {
+/// Inserts `count` rows from `start` in transactions of `tx_rows` (1 = autocommit, one row each), each
+/// with a `body_len`-byte body.
+pub fn insert_rows(
+    conn: &mut Connection,
+    start: i64,
+    count: usize,
+    tx_rows: usize,
+    body_len: usize,
+) -> Res<()> {
     let mut id = start;
     let end = start + count as i64;
     while id < end {
         let upto = (id + tx_rows.max(1) as i64).min(end);
         if tx_rows <= 1 {
-            insert_row(conn, id)?;
+            insert_sized_row(conn, id, body_len)?;
         } else {
             let tx = conn.transaction().ctx("begin")?;
             for row in id..upto {
-                insert_row(&tx, row)?;
+                insert_sized_row(&tx, row, body_len)?;
             }
             tx.commit().ctx("commit")?;
         }

@@ -10,7 +10,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,17 @@ fn set_phase(progress: &ProgressHandle, phase: &str, done: u64, total: u64) {
     );
 }
 
+/// One line per finished step with its duration: operators see where a restore spends its time, and the
+/// benchmark (W5) reads the same lines.
+fn log_step(step: &str, started: Instant, bytes: u64) {
+    info!(
+        step,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        bytes,
+        "snapshot step done"
+    );
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -127,6 +138,7 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
     std::fs::create_dir_all(work_dir).map_err(|err| Error::io(work_dir.display(), err))?;
     let copy = temp_path(work_dir, "snapshot");
     let result = (|| {
+        let started = Instant::now();
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .ctx("opening the database for a snapshot")?;
         crate::db_thread::set_busy_timeout(&source, Duration::from_secs(30)).ctx("busy timeout")?;
@@ -150,8 +162,11 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
             .ctx("compacting the snapshot")?;
         drop(conn);
         let raw = std::fs::read(&copy).map_err(|err| Error::io(copy.display(), err))?;
+        log_step("copy", started, raw.len() as u64);
+        let started = Instant::now();
         let packed = zstd::bulk::compress(&raw, 3)
             .map_err(|err| Error::Snapshot(format!("compressing: {err}")))?;
+        log_step("compress", started, packed.len() as u64);
         let hlc = hlc.max(0) as u64;
         let object = format!("{PREFIX}{hlc:020}-{node_id}.db.zst");
         let manifest = Manifest {
@@ -183,7 +198,9 @@ pub async fn upload(
 ) -> Result<()> {
     let total = bytes.len() as u64;
     set_phase(progress, "uploading", 0, total);
+    let started = Instant::now();
     store.put(&manifest.object, bytes).await?;
+    log_step("upload", started, total);
     let json =
         serde_json::to_vec_pretty(manifest).map_err(|err| Error::Internal(err.to_string()))?;
     store.put(&manifest.key(), json.clone()).await?;
@@ -266,18 +283,24 @@ pub async fn fetch_newest_valid(
             continue;
         }
         set_phase(progress, "downloading", 0, manifest.bytes);
+        let started = Instant::now();
         let Some(bytes) = store.get(&manifest.object).await? else {
             rejected.push(format!("{}: object missing", manifest.object));
             continue;
         };
+        log_step("download", started, bytes.len() as u64);
         set_phase(progress, "verifying", bytes.len() as u64, manifest.bytes);
+        let started = Instant::now();
         if bytes.len() as u64 != manifest.bytes || sha256_hex(&bytes) != manifest.sha256 {
             warn!(object = %manifest.object, "snapshot rejected: checksum mismatch; trying an older one");
             rejected.push(format!("{}: checksum mismatch", manifest.object));
             continue;
         }
         match crate::log::codec::decompress_bounded(&bytes, manifest.raw_bytes as usize) {
-            Ok(raw) if raw.len() as u64 == manifest.raw_bytes => return Ok(Some((manifest, raw))),
+            Ok(raw) if raw.len() as u64 == manifest.raw_bytes => {
+                log_step("verify", started, raw.len() as u64);
+                return Ok(Some((manifest, raw)));
+            }
             Ok(raw) => rejected.push(format!(
                 "{}: decompressed to {} bytes, the manifest says {}",
                 manifest.object,
@@ -357,8 +380,11 @@ pub fn install(
 ) -> Result<()> {
     std::fs::create_dir_all(work_dir).map_err(|err| Error::io(work_dir.display(), err))?;
     let staged = temp_path(work_dir, "restore");
+    let started = Instant::now();
     std::fs::write(&staged, raw).map_err(|err| Error::io(staged.display(), err))?;
+    log_step("stage", started, raw.len() as u64);
     let result = (|| {
+        let started = Instant::now();
         let mut fresh = Connection::open(&staged).ctx("opening the downloaded snapshot")?;
         let check: String = fresh
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -368,6 +394,8 @@ pub fn install(
                 "the downloaded snapshot fails its integrity check: {check}"
             )));
         }
+        log_step("integrity_check", started, raw.len() as u64);
+        let started = Instant::now();
         capture::create_library_tables(&fresh)?;
         let carried = if corrupt {
             None
@@ -407,6 +435,7 @@ pub fn install(
         tx.execute(&format!("DELETE FROM {APPLYING}"), [])
             .ctx("unmuting capture")?;
         tx.commit().ctx("merging local changes into the snapshot")?;
+        log_step("merge", started, 0);
 
         if corrupt {
             let aside = db.with_extension(format!("corrupt-{}", wall_millis()));
@@ -419,10 +448,13 @@ pub fn install(
         let backup = rusqlite::backup::Backup::new(&fresh, &mut target)
             .ctx("starting the database replacement")?;
         // One step copies every page under one lock: readers see all of the old or all of the new file.
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         loop {
             match backup.step(-1) {
-                Ok(rusqlite::backup::StepResult::Done) => break,
+                Ok(rusqlite::backup::StepResult::Done) => {
+                    log_step("replace", started, raw.len() as u64);
+                    break;
+                }
                 Ok(_) if started.elapsed() < Duration::from_secs(60) => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
