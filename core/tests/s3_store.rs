@@ -495,6 +495,94 @@ async fn signatures_are_verified_by_the_server() -> harmonylite::Result<()> {
     Ok(())
 }
 
+/// Files go up streamed (one part in memory: a single PUT when small, a multipart upload when larger) and
+/// come down streamed into a file, with every request's signature verified by the server.
+#[tokio::test]
+async fn files_upload_in_parts_and_download_to_files() -> harmonylite::Result<()> {
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+    let (access_key, secret) = moto.create_iam_key().await;
+    let mut cfg = config(&moto.endpoint(), "hl-files");
+    cfg.access_key = access_key;
+    cfg.secret = secret;
+    let options = S3Options {
+        multipart_part_size: 5 << 20,
+        ..S3Options::default()
+    };
+    let store = store_with(&cfg, options);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let small = dir.path().join("small");
+    let large = dir.path().join("large");
+    let small_data = pattern(100_000, 5);
+    let large_data = pattern((11 << 20) + 3, 6); // three parts: 5 MiB, 5 MiB, 1 MiB + 3
+    std::fs::write(&small, &small_data).expect("write");
+    std::fs::write(&large, &large_data).expect("write");
+
+    // The first upload is multipart and creates the bucket.
+    store.put_file("snap 1.db.zst", &large).await?;
+    store.put_file("snap-2.db.zst", &small).await?;
+    let dest = dir.path().join("dest");
+    assert!(store.get_file("snap 1.db.zst", &dest).await?);
+    assert!(std::fs::read(&dest).expect("read") == large_data);
+    assert!(store.get_file("snap-2.db.zst", &dest).await?);
+    assert!(std::fs::read(&dest).expect("read") == small_data);
+    assert_eq!(store.get("snap-2.db.zst").await?, Some(small_data.clone()));
+
+    // Replacing a small object with a multipart one.
+    store.put_file("snap-2.db.zst", &large).await?;
+    assert!(store.get_file("snap-2.db.zst", &dest).await?);
+    assert!(std::fs::read(&dest).expect("read") == large_data);
+
+    let untouched = dir.path().join("untouched");
+    assert!(!store.get_file("missing", &untouched).await?);
+    assert!(!untouched.exists());
+    assert_eq!(
+        sorted(store.list("").await?),
+        vec!["snap 1.db.zst", "snap-2.db.zst"]
+    );
+
+    // A missing local file is an error naming it and the target, and stores nothing.
+    let err = store
+        .put_file("snap-3.db.zst", &dir.path().join("no such file"))
+        .await
+        .expect_err("a missing file cannot be uploaded");
+    let text = err.to_string();
+    assert!(
+        text.contains("no such file") && text.contains("s3://hl-files/snap-3.db.zst"),
+        "{text}"
+    );
+    assert_eq!(store.list("snap-3").await?, Vec::<String>::new());
+    Ok(())
+}
+
+/// A download into a file has the same silence limit as one into memory, and names the endpoint.
+#[tokio::test]
+async fn file_downloads_survive_slow_bodies_and_fail_on_stalls() -> harmonylite::Result<()> {
+    let options = S3Options {
+        request_timeout: Duration::from_millis(400),
+        attempts: 1,
+        ..S3Options::default()
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let dest = dir.path().join("dest");
+    let data = pattern(100_000, 4);
+    let (endpoint, stop) = scripted_server(1024, data.clone(), 8, Duration::from_millis(150));
+    let store = store_with(&config(&endpoint, "hl-slow"), options.clone());
+    assert!(store.get_file("big", &dest).await?);
+    assert!(std::fs::read(&dest).expect("read") == data);
+    stop.store(true, Ordering::Relaxed);
+
+    let (endpoint, stop) = scripted_server(1024, data, 2, Duration::from_millis(1000));
+    let store = store_with(&config(&endpoint, "hl-nowhere"), options);
+    let result = store.get_file("big", &dest).await;
+    if let Err(err) = &result {
+        eprintln!("{err}");
+        assert!(err.to_string().contains("no data for"), "{err}");
+    }
+    assert_names_endpoint(result, &endpoint);
+    stop.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Credentials from the environment, checked in child processes of this test binary so that no test
 /// changes its own process environment.
 #[tokio::test]

@@ -5,7 +5,11 @@ mod support;
 
 use std::path::Path;
 
-use harmonylite::snapshot::{DirStore, SnapshotStore};
+use std::sync::{Arc, Mutex};
+
+use harmonylite::snapshot::{
+    build, fetch_newest_valid, upload, DirStore, SnapshotProgress, SnapshotStore,
+};
 use harmonylite::Config;
 use support::*;
 
@@ -177,6 +181,58 @@ async fn round_trip(store: &dyn SnapshotStore) {
         store.list("snapshot-").await.expect("list"),
         vec!["snapshot-b.json"]
     );
+
+    // Files: streamed up and down, replacing, and a missing object leaves the destination alone.
+    let files = tempfile::tempdir().expect("dir");
+    let source = files.path().join("source");
+    let data: Vec<u8> = (0..3_000_017u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &data).expect("write");
+    store
+        .put_file("snapshot-c.db.zst", &source)
+        .await
+        .expect("put_file");
+    let dest = files.path().join("dest");
+    assert!(store
+        .get_file("snapshot-c.db.zst", &dest)
+        .await
+        .expect("get_file"));
+    assert!(std::fs::read(&dest).expect("read") == data);
+    assert_eq!(
+        store
+            .get("snapshot-c.db.zst")
+            .await
+            .expect("get")
+            .map(|b| b.len()),
+        Some(data.len())
+    );
+    std::fs::write(&source, b"smaller").expect("write");
+    store
+        .put_file("snapshot-c.db.zst", &source)
+        .await
+        .expect("put_file replaces");
+    assert!(store
+        .get_file("snapshot-c.db.zst", &dest)
+        .await
+        .expect("get_file"));
+    assert_eq!(std::fs::read(&dest).expect("read"), b"smaller");
+    let untouched = files.path().join("untouched");
+    assert!(!store
+        .get_file("missing", &untouched)
+        .await
+        .expect("get_file missing"));
+    assert!(!untouched.exists());
+    let mut keys = store.list("snapshot-").await.expect("list");
+    keys.sort();
+    assert_eq!(keys, vec!["snapshot-b.json", "snapshot-c.db.zst"]);
+    assert!(store
+        .put_file("snapshot-d", &files.path().join("no such file"))
+        .await
+        .is_err());
+    assert!(!store
+        .list("snapshot-")
+        .await
+        .expect("list")
+        .contains(&"snapshot-d".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +409,107 @@ async fn snapshots_are_saved_on_an_interval_and_after_the_stream_grows() {
     })
     .await;
     drop(a);
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The file-based pipeline on its own: a truncated object, one that decompresses larger than its manifest
+/// says, and a corrupted one are each rejected for the next older snapshot, and no temporary file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_snapshot_objects_are_rejected_and_leave_no_temporary_files() {
+    init_logging();
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("app.db");
+    let work = dir.path().join("work");
+    let store = DirStore::new(dir.path().join("store")).expect("store");
+    let progress = Arc::new(Mutex::new(SnapshotProgress::default()));
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut manifests = Vec::new();
+    for round in 0..4i64 {
+        conn.execute(
+            "INSERT INTO items VALUES (?1, 1, ?2)",
+            rusqlite::params![round, "x".repeat(20_000)],
+        )
+        .expect("insert");
+        // The object name comes from the stored clock: a newer one per round.
+        harmonylite::capture::create_library_tables(&conn).expect("library tables");
+        conn.execute(
+            "INSERT OR REPLACE INTO __harmonylite__meta(key, value) VALUES ('hlc', ?1)",
+            [1000 + round],
+        )
+        .expect("clock");
+        let (packed, manifest) = build(&db, &work, 1).expect("build");
+        assert!(packed.path().exists());
+        upload(&store, packed, &manifest, 10, &progress)
+            .await
+            .expect("upload");
+        assert!(entries(&work).is_empty(), "{:?}", entries(&work));
+        manifests.push(manifest);
+    }
+    let object = |i: usize| dir.path().join("store").join(&manifests[i].object);
+    // Newest: truncated.
+    let bytes = std::fs::read(object(3)).expect("read");
+    std::fs::write(object(3), &bytes[..bytes.len() / 2]).expect("truncate");
+    // Next: a manifest claiming fewer raw bytes than the object holds (checksum still right).
+    let mut lying = manifests[2].clone();
+    lying.raw_bytes -= 1;
+    let json = serde_json::to_vec(&lying).expect("json");
+    let manifest_key = manifests[2].object.trim_end_matches(".db.zst").to_string() + ".json";
+    store.put(&manifest_key, json).await.expect("put");
+    // Next: a flipped byte.
+    let mut bytes = std::fs::read(object(1)).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(object(1), bytes).expect("corrupt");
+    // `latest` still points at the truncated newest one.
+
+    let (manifest, staged) = fetch_newest_valid(&store, &work, &progress)
+        .await
+        .expect("fetch")
+        .expect("the oldest snapshot is good");
+    assert_eq!(manifest.object, manifests[0].object);
+    assert_eq!(
+        entries(&work).len(),
+        1,
+        "only the staged database: {:?}",
+        entries(&work)
+    );
+    let restored = rusqlite::Connection::open(staged.path()).expect("open staged");
+    let rows: i64 = restored
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 1);
+    drop(restored);
+    drop(staged);
+    assert!(entries(&work).is_empty(), "{:?}", entries(&work));
+
+    // All bad: the error names the store and every object with its reason.
+    std::fs::remove_file(object(0)).expect("remove");
+    let err = fetch_newest_valid(&store, &work, &progress)
+        .await
+        .expect_err("no valid snapshot");
+    let text = err.to_string();
+    for part in [
+        store.describe(),
+        format!("{}: checksum mismatch", manifests[3].object),
+        format!(
+            "{}: cannot decompress: decompressed size exceeds",
+            manifests[2].object
+        ),
+        format!("{}: checksum mismatch", manifests[1].object),
+        format!("{}: object missing", manifests[0].object),
+    ] {
+        assert!(text.contains(&part), "`{part}` missing from: {text}");
+    }
+    assert!(entries(&work).is_empty(), "{:?}", entries(&work));
 }

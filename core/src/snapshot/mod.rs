@@ -8,6 +8,7 @@ pub mod service;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,8 +101,7 @@ fn log_step(step: &str, started: Instant, bytes: u64) {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// Hash of the user schema (tables, indexes, columns), so a restore can say which schema it brings.
@@ -117,11 +117,119 @@ fn schema_hash(conn: &Connection) -> Result<String> {
 }
 
 fn temp_path(work_dir: &Path, name: &str) -> PathBuf {
+    temp_path_with(work_dir, name, "db")
+}
+
+fn temp_path_with(work_dir: &Path, name: &str, extension: &str) -> PathBuf {
     work_dir.join(format!(
-        "{name}-{}-{}.db",
+        "{name}-{}-{}.{extension}",
         std::process::id(),
         rand::random::<u32>()
     ))
+}
+
+/// A file in the work directory that is deleted (with any SQLite journal beside it) when dropped, so that
+/// every path out of a save or a restore — success, error, rejection, a cancelled task — cleans up.
+#[derive(Debug)]
+pub struct WorkFile {
+    path: PathBuf,
+}
+
+impl WorkFile {
+    fn new(path: PathBuf) -> WorkFile {
+        WorkFile { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkFile {
+    fn drop(&mut self) {
+        remove_db_files(&self.path);
+    }
+}
+
+/// Passes writes through and keeps the SHA-256 and count of the bytes written, so a file's checksum comes
+/// with writing it instead of a second read.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    fn finish(self) -> (W, String, u64) {
+        (self.inner, hex(&self.hasher.finalize()), self.written)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Size and SHA-256 (hex) of a file, read in blocks.
+fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut writer = HashingWriter::new(std::io::sink());
+    let mut file = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    std::io::copy(&mut file, &mut writer)?;
+    let (_, sha, len) = writer.finish();
+    Ok((len, sha))
+}
+
+/// Decompresses `packed` into a new file `out`, refusing to write more than `limit` bytes (a bad or
+/// hostile object cannot fill the disk); returns the decompressed size.
+fn decompress_file(packed: &Path, out: &Path, limit: u64) -> std::result::Result<u64, String> {
+    let input =
+        std::fs::File::open(packed).map_err(|err| format!("{}: {err}", packed.display()))?;
+    let decoder = zstd::stream::read::Decoder::new(input).map_err(|err| err.to_string())?;
+    let file = std::fs::File::create(out).map_err(|err| format!("{}: {err}", out.display()))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let copied = std::io::copy(&mut decoder.take(limit.saturating_add(1)), &mut writer)
+        .map_err(|err| err.to_string())?;
+    writer
+        .flush()
+        .map_err(|err| format!("{}: {err}", out.display()))?;
+    if copied > limit {
+        return Err(format!("decompressed size exceeds {limit} bytes"));
+    }
+    Ok(copied)
+}
+
+/// Compresses `raw` into a new file `out` (zstd level 3, streamed); returns the compressed size and SHA-256.
+fn compress_file(raw: &Path, out: &Path) -> std::io::Result<(u64, String)> {
+    let mut input = BufReader::with_capacity(1 << 20, std::fs::File::open(raw)?);
+    let file = std::fs::File::create(out)?;
+    let mut encoder = zstd::stream::Encoder::new(
+        HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+        3,
+    )?;
+    std::io::copy(&mut input, &mut encoder)?;
+    let (writer, sha, len) = encoder.finish()?.finish();
+    writer.into_inner().map_err(|err| err.into_error())?;
+    Ok((len, sha))
 }
 
 fn remove_db_files(path: &Path) {
@@ -132,11 +240,15 @@ fn remove_db_files(path: &Path) {
     }
 }
 
-/// Blocking: a consistent, stripped, compressed copy of `db`. `VACUUM INTO` reads in one read transaction,
-/// so the app keeps writing meanwhile (WAL); node identity and per-node queues are removed from the copy.
-pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manifest)> {
+/// Blocking: a consistent, stripped, compressed copy of `db`, as a file in `work_dir` (deleted when the
+/// returned [`WorkFile`] is dropped). `VACUUM INTO` reads in one read transaction, so the app keeps writing
+/// meanwhile (WAL); node identity and per-node queues are removed from the copy. Every step streams
+/// between files: memory does not grow with the database.
+pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Manifest)> {
     std::fs::create_dir_all(work_dir).map_err(|err| Error::io(work_dir.display(), err))?;
     let copy = temp_path(work_dir, "snapshot");
+    let compact = temp_path(work_dir, "snapshot-compact");
+    let packed = WorkFile::new(temp_path_with(work_dir, "snapshot", "db.zst"));
     let result = (|| {
         let started = Instant::now();
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -158,15 +270,26 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
         let positions = read_positions(&conn)?;
         let hlc: i64 = meta_get(&conn, "hlc")?.unwrap_or(0);
         let schema_hash = schema_hash(&conn)?;
-        conn.execute_batch("PRAGMA journal_mode = DELETE; VACUUM;")
+        // Compacted into a second file rather than by a plain VACUUM: that one rebuilds the database in a
+        // temporary database, which the bundled SQLite keeps in memory (SQLITE_TEMP_STORE=2) — as large as
+        // the database.
+        conn.execute("VACUUM INTO ?1", [compact.display().to_string()])
             .ctx("compacting the snapshot")?;
         drop(conn);
-        let raw = std::fs::read(&copy).map_err(|err| Error::io(copy.display(), err))?;
-        log_step("copy", started, raw.len() as u64);
+        remove_db_files(&copy);
+        let raw_bytes = std::fs::metadata(&compact)
+            .map_err(|err| Error::io(compact.display(), err))?
+            .len();
+        log_step("copy", started, raw_bytes);
         let started = Instant::now();
-        let packed = zstd::bulk::compress(&raw, 3)
-            .map_err(|err| Error::Snapshot(format!("compressing: {err}")))?;
-        log_step("compress", started, packed.len() as u64);
+        let (bytes, sha256) = compress_file(&compact, packed.path()).map_err(|err| {
+            Error::Snapshot(format!(
+                "compressing {} into {}: {err}",
+                compact.display(),
+                packed.path().display()
+            ))
+        })?;
+        log_step("compress", started, bytes);
         let hlc = hlc.max(0) as u64;
         let object = format!("{PREFIX}{hlc:020}-{node_id}.db.zst");
         let manifest = Manifest {
@@ -177,29 +300,33 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(Vec<u8>, Manif
             hlc,
             positions,
             schema_hash,
-            bytes: packed.len() as u64,
-            sha256: sha256_hex(&packed),
-            raw_bytes: raw.len() as u64,
+            bytes,
+            sha256,
+            raw_bytes,
         };
-        Ok((packed, manifest))
+        Ok(manifest)
     })();
     remove_db_files(&copy);
-    result
+    remove_db_files(&compact);
+    result.map(|manifest| (packed, manifest))
 }
 
 /// Uploads a built snapshot: data object, then manifest, then the `latest` pointer (a crash in between leaves
 /// the previous snapshot usable), then deletes all but the newest `keep`.
+///
+/// The data is streamed from `packed`, which is deleted when this returns (success or not).
 pub async fn upload(
     store: &dyn SnapshotStore,
-    bytes: Vec<u8>,
+    packed: WorkFile,
     manifest: &Manifest,
     keep: u32,
     progress: &ProgressHandle,
 ) -> Result<()> {
-    let total = bytes.len() as u64;
+    let total = manifest.bytes;
     set_phase(progress, "uploading", 0, total);
     let started = Instant::now();
-    store.put(&manifest.object, bytes).await?;
+    store.put_file(&manifest.object, packed.path()).await?;
+    drop(packed);
     log_step("upload", started, total);
     let json =
         serde_json::to_vec_pretty(manifest).map_err(|err| Error::Internal(err.to_string()))?;
@@ -264,11 +391,14 @@ pub async fn list_manifests(store: &dyn SnapshotStore) -> Result<Vec<Manifest>> 
     Ok(manifests)
 }
 
-/// Downloads the newest snapshot whose checksum matches, trying older ones after a bad one.
+/// Downloads the newest snapshot whose checksum matches, trying older ones after a bad one, and returns
+/// it decompressed into a database file in `work_dir` (deleted when the [`WorkFile`] is dropped). Data
+/// streams store → file → file: memory does not grow with the snapshot.
 pub async fn fetch_newest_valid(
     store: &dyn SnapshotStore,
+    work_dir: &Path,
     progress: &ProgressHandle,
-) -> Result<Option<(Manifest, Vec<u8>)>> {
+) -> Result<Option<(Manifest, WorkFile)>> {
     let manifests = list_manifests(store).await?;
     if manifests.is_empty() {
         return Ok(None);
@@ -283,29 +413,50 @@ pub async fn fetch_newest_valid(
             continue;
         }
         set_phase(progress, "downloading", 0, manifest.bytes);
+        tokio::fs::create_dir_all(work_dir)
+            .await
+            .map_err(|err| Error::io(work_dir.display(), err))?;
         let started = Instant::now();
-        let Some(bytes) = store.get(&manifest.object).await? else {
+        let packed = WorkFile::new(temp_path_with(work_dir, "download", "db.zst"));
+        if !store.get_file(&manifest.object, packed.path()).await? {
             rejected.push(format!("{}: object missing", manifest.object));
             continue;
-        };
-        log_step("download", started, bytes.len() as u64);
-        set_phase(progress, "verifying", bytes.len() as u64, manifest.bytes);
+        }
+        let downloaded = std::fs::metadata(packed.path()).map_or(0, |m| m.len());
+        log_step("download", started, downloaded);
+        set_phase(progress, "verifying", downloaded, manifest.bytes);
         let started = Instant::now();
-        if bytes.len() as u64 != manifest.bytes || sha256_hex(&bytes) != manifest.sha256 {
+        let path = packed.path().to_path_buf();
+        let hashed = tokio::task::spawn_blocking(move || file_sha256(&path))
+            .await
+            .map_err(|err| Error::Internal(err.to_string()))?
+            .map_err(|err| Error::io(packed.path().display(), err))?;
+        if hashed != (manifest.bytes, manifest.sha256.clone()) {
             warn!(object = %manifest.object, "snapshot rejected: checksum mismatch; trying an older one");
             rejected.push(format!("{}: checksum mismatch", manifest.object));
             continue;
         }
-        match crate::log::codec::decompress_bounded(&bytes, manifest.raw_bytes as usize) {
-            Ok(raw) if raw.len() as u64 == manifest.raw_bytes => {
-                log_step("verify", started, raw.len() as u64);
-                return Ok(Some((manifest, raw)));
+        log_step("verify", started, downloaded);
+        let started = Instant::now();
+        let staged = WorkFile::new(temp_path(work_dir, "restore"));
+        let (from, to, limit) = (
+            packed.path().to_path_buf(),
+            staged.path().to_path_buf(),
+            manifest.raw_bytes,
+        );
+        let unpacked = tokio::task::spawn_blocking(move || decompress_file(&from, &to, limit))
+            .await
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        drop(packed);
+        match unpacked {
+            Ok(size) if size == manifest.raw_bytes => {
+                log_step("stage", started, size);
+                set_phase(progress, "verifying", manifest.bytes, manifest.bytes);
+                return Ok(Some((manifest, staged)));
             }
-            Ok(raw) => rejected.push(format!(
-                "{}: decompressed to {} bytes, the manifest says {}",
-                manifest.object,
-                raw.len(),
-                manifest.raw_bytes
+            Ok(size) => rejected.push(format!(
+                "{}: decompressed to {size} bytes, the manifest says {}",
+                manifest.object, manifest.raw_bytes
             )),
             Err(err) => rejected.push(format!("{}: cannot decompress: {err}", manifest.object)),
         }
@@ -370,22 +521,22 @@ pub fn peek_identity(db: &Path) -> (Option<u64>, BTreeMap<u32, u64>) {
 /// messages are queued in the snapshot's outbox, so they are published after the restore. The file is then
 /// replaced through SQLite's backup API in one step: other connections see the old or the new database, never
 /// a half-written one.
+///
+/// `staged` is the downloaded, verified database file (from [`fetch_newest_valid`]); it is modified (the
+/// merge) and deleted when this returns.
 pub fn install(
     db: &Path,
-    work_dir: &Path,
-    raw: &[u8],
+    staged: &Path,
     node_id: u64,
     config: &Config,
     corrupt: bool,
 ) -> Result<()> {
-    std::fs::create_dir_all(work_dir).map_err(|err| Error::io(work_dir.display(), err))?;
-    let staged = temp_path(work_dir, "restore");
-    let started = Instant::now();
-    std::fs::write(&staged, raw).map_err(|err| Error::io(staged.display(), err))?;
-    log_step("stage", started, raw.len() as u64);
+    let raw_bytes = std::fs::metadata(staged)
+        .map_err(|err| Error::io(staged.display(), err))?
+        .len();
     let result = (|| {
         let started = Instant::now();
-        let mut fresh = Connection::open(&staged).ctx("opening the downloaded snapshot")?;
+        let mut fresh = Connection::open(staged).ctx("opening the downloaded snapshot")?;
         let check: String = fresh
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .ctx("checking the downloaded snapshot")?;
@@ -394,7 +545,7 @@ pub fn install(
                 "the downloaded snapshot fails its integrity check: {check}"
             )));
         }
-        log_step("integrity_check", started, raw.len() as u64);
+        log_step("integrity_check", started, raw_bytes);
         let started = Instant::now();
         capture::create_library_tables(&fresh)?;
         let carried = if corrupt {
@@ -452,7 +603,7 @@ pub fn install(
         loop {
             match backup.step(-1) {
                 Ok(rusqlite::backup::StepResult::Done) => {
-                    log_step("replace", started, raw.len() as u64);
+                    log_step("replace", started, raw_bytes);
                     break;
                 }
                 Ok(_) if started.elapsed() < Duration::from_secs(60) => {
@@ -474,7 +625,7 @@ pub fn install(
         }
         Ok(())
     })();
-    remove_db_files(&staged);
+    remove_db_files(staged);
     result
 }
 

@@ -1,5 +1,6 @@
-//! An S3-compatible snapshot store (AWS S3, MinIO, Ceph, moto, ...): single-request PUT, GET, ListObjectsV2
-//! and DELETE over HTTP(S), signed with AWS Signature Version 4 (see [`sigv4`]).
+//! An S3-compatible snapshot store (AWS S3, MinIO, Ceph, moto, ...): PUT (single-request, or multipart for
+//! files larger than one part), GET, ListObjectsV2 and DELETE over HTTP(S), signed with AWS Signature
+//! Version 4 (see [`sigv4`]).
 //!
 //! Configuration comes from `[snapshot.s3]` ([`SnapshotS3Config`]):
 //! - `endpoint`: empty for AWS (`https://s3.<region>.amazonaws.com`), else `host[:port]` (scheme from
@@ -16,10 +17,12 @@
 //! or a 5xx/429 status are retried with exponential backoff.
 
 use std::fmt;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::store::{SnapshotStore, StoreFuture};
 use crate::config::SnapshotS3Config;
@@ -41,6 +44,9 @@ pub struct S3Options {
     pub retry_backoff: Duration,
     /// `max-keys` for ListObjectsV2 pages; `None` uses the server's default (1000 on AWS).
     pub list_page_size: Option<u32>,
+    /// Files larger than this are uploaded in parts of this size (raised when a file would need more than
+    /// 10,000 parts); one part is in memory at a time. S3 requires at least 5 MiB for all but the last part.
+    pub multipart_part_size: u64,
 }
 
 impl Default for S3Options {
@@ -52,9 +58,15 @@ impl Default for S3Options {
             attempts: 4,
             retry_backoff: Duration::from_millis(200),
             list_page_size: None,
+            multipart_part_size: 8 << 20,
         }
     }
 }
+
+/// S3's limit on the parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+/// S3's minimum size of every part but the last.
+const MIN_PART_SIZE: u64 = 5 << 20;
 
 /// A snapshot store in an S3 bucket, under an optional key prefix.
 pub struct S3Store {
@@ -86,10 +98,11 @@ impl fmt::Debug for S3Store {
     }
 }
 
-/// A finished HTTP exchange: the status and the whole body.
+/// A finished HTTP exchange: the status and the whole body (empty when a successful body went to a file).
 struct Response {
     status: StatusCode,
     body: Vec<u8>,
+    etag: Option<String>,
 }
 
 impl Response {
@@ -118,6 +131,8 @@ struct Request<'a> {
     payload_hash: String,
     /// `s3://bucket/key` for messages.
     target: &'a str,
+    /// Where a successful response's body goes (created or truncated on every attempt) instead of memory.
+    sink: Option<&'a Path>,
 }
 
 impl S3Store {
@@ -430,7 +445,7 @@ impl S3Store {
             builder = builder.header("authorization", authorization);
         }
         let idle = self.options.request_timeout;
-        let headers_deadline = if request.method == Method::PUT {
+        let headers_deadline = if request.method == Method::PUT || request.method == Method::POST {
             let upload = Duration::from_secs(
                 request.body.len() as u64 / self.options.min_upload_bytes_per_sec.max(1),
             );
@@ -457,6 +472,19 @@ impl S3Store {
             }
         };
         let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        if let (Some(dest), true) = (request.sink, status.is_success()) {
+            self.body_to_file(response, dest).await?;
+            return Ok(Response {
+                status,
+                body: Vec::new(),
+                etag,
+            });
+        }
         let capacity = response
             .content_length()
             .unwrap_or(0)
@@ -491,7 +519,55 @@ impl S3Store {
                 }
             }
         }
-        Ok(Response { status, body })
+        Ok(Response { status, body, etag })
+    }
+
+    /// Writes a response body to `dest` as it arrives, with the same silence limit as in memory.
+    async fn body_to_file(
+        &self,
+        mut response: reqwest::Response,
+        dest: &Path,
+    ) -> Result<(), Failure> {
+        let status = response.status().as_u16();
+        let idle = self.options.request_timeout;
+        let local = |err: std::io::Error| Failure {
+            retryable: false,
+            message: format!(
+                "HTTP {status} but writing the body to {} failed: {err}",
+                dest.display()
+            ),
+        };
+        let file = tokio::fs::File::create(dest).await.map_err(local)?;
+        // Network chunks are small; a tokio file write is a blocking-pool round trip, so batch them.
+        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut received: u64 = 0;
+        loop {
+            match tokio::time::timeout(idle, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    writer.write_all(&chunk).await.map_err(local)?;
+                    received += chunk.len() as u64;
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(err)) => {
+                    return Err(Failure {
+                        retryable: true,
+                        message: format!(
+                            "HTTP {status} but reading the body failed after {received} bytes: {}",
+                            error_chain(&err)
+                        ),
+                    })
+                }
+                Err(_) => {
+                    return Err(Failure {
+                        retryable: true,
+                        message: format!(
+                            "HTTP {status} but the body timed out: no data for {idle:?} after {received} bytes"
+                        ),
+                    })
+                }
+            }
+        }
+        writer.flush().await.map_err(local)
     }
 
     /// Creates the bucket; succeeds if this account already owns it.
@@ -513,6 +589,7 @@ impl S3Store {
             payload_hash: sigv4::hex_sha256(&body),
             body,
             target: &target,
+            sink: None,
         };
         let response = self.send(&request).await?;
         if response.status.is_success()
@@ -544,6 +621,7 @@ impl S3Store {
             body,
             payload_hash,
             target: &target,
+            sink: None,
         };
         let mut response = self.send(&request).await?;
         if response.status == StatusCode::NOT_FOUND && response.error_code() == "NoSuchBucket" {
@@ -567,6 +645,7 @@ impl S3Store {
             body: Bytes::new(),
             payload_hash: sigv4::EMPTY_SHA256.to_string(),
             target: &target,
+            sink: None,
         };
         let response = self.send(&request).await?;
         match response.status {
@@ -579,6 +658,216 @@ impl S3Store {
                 Ok(None)
             }
             _ => Err(self.failure(&request.method, &target, &response)),
+        }
+    }
+
+    async fn get_object_to_file(&self, key: &str, dest: &Path) -> Result<bool> {
+        let full = self.full_key(key)?;
+        let target = self.target(&full);
+        let request = Request {
+            method: Method::GET,
+            path: self.object_path(&full),
+            query: Vec::new(),
+            body: Bytes::new(),
+            payload_hash: sigv4::EMPTY_SHA256.to_string(),
+            target: &target,
+            sink: Some(dest),
+        };
+        let response = self.send(&request).await?;
+        match response.status {
+            status if status.is_success() => Ok(true),
+            StatusCode::NOT_FOUND
+                if response.body.is_empty()
+                    || matches!(response.error_code().as_str(), "NoSuchKey" | "NoSuchBucket") =>
+            {
+                Ok(false)
+            }
+            _ => Err(self.failure(&request.method, &target, &response)),
+        }
+    }
+
+    /// Uploads a file with one part in memory at a time: a single PUT when it fits in one part, else a
+    /// multipart upload, whose object appears only when the upload completes (and is aborted on failure),
+    /// so a partial object is never visible under `key`.
+    async fn put_file_object(&self, key: &str, path: &Path) -> Result<()> {
+        let full = self.full_key(key)?;
+        let target = self.target(&full);
+        let io = |err: std::io::Error| {
+            Error::Snapshot(format!(
+                "uploading {} to {target} at {}: {err}",
+                path.display(),
+                self.endpoint_url()
+            ))
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        let part_size = self
+            .options
+            .multipart_part_size
+            .max(MIN_PART_SIZE)
+            .max(len.div_ceil(MAX_PARTS));
+        if len <= part_size {
+            let mut bytes = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut bytes).await.map_err(io)?;
+            return self.put_object(key, bytes).await;
+        }
+        let upload_id = self.create_multipart(&full, &target).await?;
+        let uploaded = self
+            .upload_parts(&full, &target, &upload_id, &mut file, len, part_size)
+            .await;
+        let result = match uploaded {
+            Ok(parts) => {
+                self.complete_multipart(&full, &target, &upload_id, &parts)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &result {
+            // Otherwise the stored parts linger (and are billed) until a lifecycle rule removes them.
+            if let Err(abort) = self.abort_multipart(&full, &target, &upload_id).await {
+                tracing::warn!(error = %abort, upload_failure = %err, "cannot abort the S3 multipart upload");
+            }
+        }
+        result.map_err(|err| match err {
+            Error::Snapshot(text) if !text.contains(&target) => {
+                Error::Snapshot(format!("uploading {} to {target}: {text}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    async fn create_multipart(&self, full: &str, target: &str) -> Result<String> {
+        let request = Request {
+            method: Method::POST,
+            path: self.object_path(full),
+            query: vec![("uploads".to_string(), String::new())],
+            body: Bytes::new(),
+            payload_hash: sigv4::EMPTY_SHA256.to_string(),
+            target,
+            sink: None,
+        };
+        let mut response = self.send(&request).await?;
+        if response.status == StatusCode::NOT_FOUND && response.error_code() == "NoSuchBucket" {
+            self.create_bucket().await?;
+            response = self.send(&request).await?;
+        }
+        if !response.status.is_success() {
+            return Err(self.failure(&request.method, target, &response));
+        }
+        match xml_elements(&response.body, "UploadId").pop() {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => Err(Error::Snapshot(format!(
+                "S3 POST {target}?uploads at {} answered without an UploadId",
+                self.endpoint_url()
+            ))),
+        }
+    }
+
+    /// Sends the parts in order and returns their numbers and ETags.
+    async fn upload_parts(
+        &self,
+        full: &str,
+        target: &str,
+        upload_id: &str,
+        file: &mut tokio::fs::File,
+        len: u64,
+        part_size: u64,
+    ) -> Result<Vec<(u64, String)>> {
+        let mut parts = Vec::new();
+        let mut sent: u64 = 0;
+        while sent < len {
+            let number = parts.len() as u64 + 1;
+            let size = part_size.min(len - sent);
+            let mut bytes = vec![0u8; size as usize];
+            file.read_exact(&mut bytes).await.map_err(|err| {
+                Error::Snapshot(format!(
+                    "reading part {number} ({size} bytes at offset {sent}) for {target}: {err}"
+                ))
+            })?;
+            let body = Bytes::from(bytes);
+            let hashed = body.clone();
+            let payload_hash = tokio::task::spawn_blocking(move || sigv4::hex_sha256(&hashed))
+                .await
+                .map_err(|err| Error::Internal(format!("hashing a snapshot part: {err}")))?;
+            let request = Request {
+                method: Method::PUT,
+                path: self.object_path(full),
+                query: vec![
+                    ("partNumber".to_string(), number.to_string()),
+                    ("uploadId".to_string(), upload_id.to_string()),
+                ],
+                body,
+                payload_hash,
+                target,
+                sink: None,
+            };
+            let response = self.send(&request).await?;
+            if !response.status.is_success() {
+                return Err(self.failure(&request.method, target, &response));
+            }
+            let Some(etag) = response.etag else {
+                return Err(Error::Snapshot(format!(
+                    "S3 PUT {target} part {number} at {} answered without an ETag",
+                    self.endpoint_url()
+                )));
+            };
+            parts.push((number, etag));
+            sent += size;
+        }
+        Ok(parts)
+    }
+
+    async fn complete_multipart(
+        &self,
+        full: &str,
+        target: &str,
+        upload_id: &str,
+        parts: &[(u64, String)],
+    ) -> Result<()> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (number, etag) in parts {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+                xml_escape(etag)
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let body = Bytes::from(xml);
+        let request = Request {
+            method: Method::POST,
+            path: self.object_path(full),
+            query: vec![("uploadId".to_string(), upload_id.to_string())],
+            payload_hash: sigv4::hex_sha256(&body),
+            body,
+            target,
+            sink: None,
+        };
+        let response = self.send(&request).await?;
+        // S3 may answer 200 and still fail: the error is then the body (the status line went out before
+        // the parts were assembled).
+        let failed_late = String::from_utf8_lossy(&response.body).contains("<Error>");
+        if response.status.is_success() && !failed_late {
+            Ok(())
+        } else {
+            Err(self.failure(&request.method, target, &response))
+        }
+    }
+
+    async fn abort_multipart(&self, full: &str, target: &str, upload_id: &str) -> Result<()> {
+        let request = Request {
+            method: Method::DELETE,
+            path: self.object_path(full),
+            query: vec![("uploadId".to_string(), upload_id.to_string())],
+            body: Bytes::new(),
+            payload_hash: sigv4::EMPTY_SHA256.to_string(),
+            target,
+            sink: None,
+        };
+        let response = self.send(&request).await?;
+        if response.status.is_success() || response.status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(self.failure(&request.method, target, &response))
         }
     }
 
@@ -605,6 +894,7 @@ impl S3Store {
                 body: Bytes::new(),
                 payload_hash: sigv4::EMPTY_SHA256.to_string(),
                 target: &target,
+                sink: None,
             };
             let response = self.send(&request).await?;
             if response.status == StatusCode::NOT_FOUND && response.error_code() == "NoSuchBucket" {
@@ -655,6 +945,7 @@ impl S3Store {
             body: Bytes::new(),
             payload_hash: sigv4::EMPTY_SHA256.to_string(),
             target: &target,
+            sink: None,
         };
         let response = self.send(&request).await?;
         if response.status.is_success() || response.status == StatusCode::NOT_FOUND {
@@ -681,6 +972,14 @@ impl SnapshotStore for S3Store {
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
         Box::pin(self.get_object(key))
+    }
+
+    fn put_file<'a>(&'a self, key: &'a str, path: &'a Path) -> StoreFuture<'a, ()> {
+        Box::pin(self.put_file_object(key, path))
+    }
+
+    fn get_file<'a>(&'a self, key: &'a str, dest: &'a Path) -> StoreFuture<'a, bool> {
+        Box::pin(self.get_object_to_file(key, dest))
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
@@ -862,6 +1161,13 @@ fn xml_elements(xml: &[u8], name: &str) -> Vec<String> {
         rest = &rest[end + close.len()..];
     }
     found
+}
+
+/// Escapes text for an XML element.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Decodes the five predefined XML entities, numeric character references and CDATA sections.

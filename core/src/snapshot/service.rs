@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{
     build, fetch_newest_valid, install, local_need, peek_identity, upload, Lease, Manifest,
-    NatsObjectStore,
+    NatsObjectStore, WorkFile,
 };
 use super::{DirStore, ProgressHandle, SnapshotProgress, SnapshotStore};
 use crate::config::Config;
@@ -175,7 +175,7 @@ impl SnapshotService {
         };
         info!(reason = %reason, "this node needs a snapshot");
         let fetched = self.fetch_with_retry().await;
-        let (manifest, raw) = match fetched {
+        let (manifest, staged) = match fetched {
             Ok(Some(found)) => found,
             Ok(None) => {
                 info!("no snapshot in the store yet: starting from the stream");
@@ -191,16 +191,12 @@ impl SnapshotService {
             }
             Err(err) => return Err(err),
         };
-        let total = raw.len() as u64;
+        let total = manifest.raw_bytes;
         super::set_phase(&self.progress, "installing", 0, total);
-        let (db_owned, work, cfg, object) = (
-            db.to_path_buf(),
-            self.work_dir.clone(),
-            config.clone(),
-            manifest.object.clone(),
-        );
+        let (db_owned, cfg, object) = (db.to_path_buf(), config.clone(), manifest.object.clone());
+        // The staged file moves into the task, so it is deleted there whatever happens.
         tokio::task::spawn_blocking(move || {
-            install(&db_owned, &work, &raw, node_id, &cfg, corrupt)
+            install(&db_owned, staged.path(), node_id, &cfg, corrupt)
         })
         .await
         .map_err(|err| Error::Internal(err.to_string()))??;
@@ -213,14 +209,14 @@ impl SnapshotService {
     }
 
     /// JetStream may still be electing a leader right after start: retry the store for a while.
-    async fn fetch_with_retry(&self) -> Result<Option<(Manifest, Vec<u8>)>> {
+    async fn fetch_with_retry(&self) -> Result<Option<(Manifest, WorkFile)>> {
         let started = Instant::now();
         let limit = Duration::from_millis(self.config.snapshot.restore_timeout);
         let mut pause = Duration::from_millis(100);
         loop {
             let attempt = async {
                 let store = self.store().await?;
-                fetch_newest_valid(store.as_ref(), &self.progress).await
+                fetch_newest_valid(store.as_ref(), &self.work_dir, &self.progress).await
             };
             match attempt.await {
                 Ok(found) => return Ok(found),
@@ -250,7 +246,7 @@ impl SnapshotService {
         let built = tokio::task::spawn_blocking(move || build(&db_owned, &work, node_id))
             .await
             .map_err(|err| Error::Internal(err.to_string()));
-        let (bytes, manifest) = match built.and_then(|r| r) {
+        let (packed, manifest) = match built.and_then(|r| r) {
             Ok(built) => built,
             Err(err) => {
                 super::set_phase(&self.progress, "idle", 0, 0);
@@ -259,7 +255,7 @@ impl SnapshotService {
         };
         let result = upload(
             store.as_ref(),
-            bytes,
+            packed,
             &manifest,
             self.config.snapshot.keep,
             &self.progress,

@@ -2,7 +2,7 @@
 //! atomic (object first, then its manifest, then the `latest` pointer) and keeps the last N.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use crate::error::{Error, Result};
@@ -18,6 +18,13 @@ pub trait SnapshotStore: Send + Sync {
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()>;
     /// The object under `key`, or `None` if there is none.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// Stores the contents of the local file `path` under `key`, like [`SnapshotStore::put`] (same
+    /// atomicity), but streamed: a snapshot can be larger than the memory of the node that saves it.
+    fn put_file<'a>(&'a self, key: &'a str, path: &'a Path) -> StoreFuture<'a, ()>;
+    /// Downloads the object under `key` into `dest` (created or truncated), streamed; `false` (and `dest`
+    /// untouched) when there is no such object. After an error `dest` may hold part of the object: the
+    /// caller owns `dest` and deletes it.
+    fn get_file<'a>(&'a self, key: &'a str, dest: &'a Path) -> StoreFuture<'a, bool>;
     /// Keys that start with `prefix`, in any order.
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
     /// Removes `key`; removing a missing key is not an error.
@@ -36,6 +43,16 @@ impl DirStore {
         Ok(DirStore { root })
     }
 
+    /// A temporary name in the store directory: a rename from it into place is atomic, and the leading dot
+    /// keeps it out of listings.
+    fn partial(&self, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".{key}.{}-{}.partial",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf> {
         if key.is_empty() || key.contains('/') || key.contains('\\') || key.starts_with('.') {
             return Err(Error::Snapshot(format!(
@@ -43,6 +60,22 @@ impl DirStore {
             )));
         }
         Ok(self.root.join(key))
+    }
+}
+
+impl DirStore {
+    /// Makes a fully written temporary file durable, then renames it to `path`: readers see the old object
+    /// or the whole new one.
+    async fn commit(&self, temp: &Path, path: &Path) -> Result<()> {
+        let file = tokio::fs::File::open(temp)
+            .await
+            .map_err(|err| Error::io(temp.display(), err))?;
+        file.sync_all()
+            .await
+            .map_err(|err| Error::io(temp.display(), err))?;
+        tokio::fs::rename(temp, path)
+            .await
+            .map_err(|err| Error::io(path.display(), err))
     }
 }
 
@@ -54,21 +87,67 @@ impl SnapshotStore for DirStore {
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let path = self.path(key)?;
-            let temp = self
-                .root
-                .join(format!(".{key}.{}.partial", std::process::id()));
-            tokio::fs::write(&temp, &bytes)
-                .await
-                .map_err(|err| Error::io(temp.display(), err))?;
-            let file = tokio::fs::File::open(&temp)
-                .await
-                .map_err(|err| Error::io(temp.display(), err))?;
-            file.sync_all()
-                .await
-                .map_err(|err| Error::io(temp.display(), err))?;
-            tokio::fs::rename(&temp, &path)
-                .await
-                .map_err(|err| Error::io(path.display(), err))
+            let temp = self.partial(key);
+            let written = async {
+                tokio::fs::write(&temp, &bytes)
+                    .await
+                    .map_err(|err| Error::io(temp.display(), err))?;
+                self.commit(&temp, &path).await
+            };
+            let result = written.await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&temp).await;
+            }
+            result
+        })
+    }
+
+    fn put_file<'a>(&'a self, key: &'a str, source: &'a Path) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            let temp = self.partial(key);
+            let written = async {
+                // A kernel-side copy (copy_file_range where available): no file content in our memory.
+                tokio::fs::copy(source, &temp).await.map_err(|err| {
+                    Error::Snapshot(format!(
+                        "copying {} to {} in {}: {err}",
+                        source.display(),
+                        temp.display(),
+                        self.describe()
+                    ))
+                })?;
+                self.commit(&temp, &path).await
+            };
+            let result = written.await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&temp).await;
+            }
+            result
+        })
+    }
+
+    fn get_file<'a>(&'a self, key: &'a str, dest: &'a Path) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            match tokio::fs::copy(&path, dest).await {
+                Ok(_) => Ok(true),
+                // Only a missing source means "no object"; a copy error names both ends.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    match tokio::fs::metadata(&path).await {
+                        Err(meta) if meta.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                        _ => Err(Error::Snapshot(format!(
+                            "copying {} to {}: {err}",
+                            path.display(),
+                            dest.display()
+                        ))),
+                    }
+                }
+                Err(err) => Err(Error::Snapshot(format!(
+                    "copying {} to {}: {err}",
+                    path.display(),
+                    dest.display()
+                ))),
+            }
         })
     }
 
