@@ -505,6 +505,8 @@ async fn start_embedded(db: &Path, config: &Config, node_id: u64) -> Result<Embe
 }
 
 fn stop_db_thread(mut handle: DbHandle) {
+    // The watcher holds a sender too: stop it first, or the thread would never see its inbox close.
+    drop(handle.commit_watch.take());
     drop(handle.commands);
     if let Some(thread) = handle.thread.take() {
         let _ = thread.join();

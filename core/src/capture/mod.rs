@@ -5,6 +5,7 @@
 //! `WHEN NOT EXISTS (SELECT 1 FROM <applying control table>)` so the applier's own writes are not captured,
 //! with no custom SQL function and no `trusted_schema` needed on the app's connections.
 
+pub mod commit_watch;
 pub mod schema;
 pub mod triggers;
 
