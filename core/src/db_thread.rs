@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::apply::applier::{self, ApplyOutcome, Incoming};
 use crate::capture::commit_watch::CommitWatch;
-use crate::capture::{self, Schema, APPLYING};
+use crate::capture::{self, Schema};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
@@ -436,11 +436,9 @@ impl DbWorker {
         self.schema = schema;
         // Changes that waited for this schema may apply now.
         let tx = begin_write(&self.conn, self.busy_limit(), "retrying deferred changes")?;
-        tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
-            .ctx("muting capture")?;
+        let mark = capture::change_log_mark(&tx)?;
         let events = applier::retry_deferred(&tx, &self.schema)?;
-        tx.execute(&format!("DELETE FROM {APPLYING}"), [])
-            .ctx("unmuting capture")?;
+        capture::discard_own_changes(&tx, mark)?;
         tx.commit().ctx("retrying deferred changes")?;
         if !events.is_empty() {
             info!(
@@ -537,8 +535,6 @@ impl DbWorker {
             with_busy_retry(limit, || {
                 let mut clock = start_clock;
                 let tx = begin_write(conn, limit, "starting an apply transaction")?;
-                tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
-                    .ctx("muting capture")?;
                 // Received clocks first, so local changes not yet stamped order after everything received:
                 // the app wrote them against what it could see, and they must not be overwritten here.
                 for message in messages {
@@ -553,12 +549,13 @@ impl DbWorker {
                 } else {
                     None
                 };
+                // Whatever the log holds from here on, this transaction wrote (see `change_log_mark`).
+                let mark = capture::change_log_mark(&tx)?;
                 let outcome = applier::apply_messages(&tx, schema, &mut clock, node_id, messages)?;
                 if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
                     stamp::save_clock(&tx, &clock)?;
                 }
-                tx.execute(&format!("DELETE FROM {APPLYING}"), [])
-                    .ctx("unmuting capture")?;
+                capture::discard_own_changes(&tx, mark)?;
                 delete_outbox_entries(&tx, acked)?;
                 tx.commit().ctx("committing an apply transaction")?;
                 Ok((outcome, stamped, clock))

@@ -106,6 +106,12 @@ async fn unknown_table_or_column_pauses_that_table_until_the_schema_catches_up()
     assert_same(&[&a, &b], &["users", "extra"]);
     let status = b.replica().status().await.expect("status");
     assert!(status.paused_tables.is_empty());
+    // Applying them later is still the library's own write: nothing is logged or published back.
+    assert_eq!(
+        (status.pending_changes, status.published_rows),
+        (0, 0),
+        "B logged or published changes it only applied"
+    );
     // And the new column replicates both ways from now on.
     b.exec("UPDATE users SET email = 'new@example.com' WHERE id = 1");
     converge(&[&a, &b]).await;

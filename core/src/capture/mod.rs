@@ -1,9 +1,9 @@
 //! Capture: which tables replicate, the triggers that log their changes, and their removal.
 //!
 //! Triggers write only (table id, op, primary key) into the change log, inside the app's transaction; the
-//! row image is read later, off the app's path, when the change is stamped. The triggers are guarded by
-//! `WHEN NOT EXISTS (SELECT 1 FROM <applying control table>)` so the applier's own writes are not captured,
-//! with no custom SQL function and no `trusted_schema` needed on the app's connections.
+//! row image is read later, off the app's path, when the change is stamped. The triggers have no guard: the
+//! library's own write transactions drop what they logged before committing ([`discard_own_changes`], ADR
+//! 0009), so nothing echoes, and the app's connections need no custom SQL function and no `trusted_schema`.
 
 pub mod commit_watch;
 pub mod schema;
@@ -22,7 +22,6 @@ pub use schema::{Schema, TableInfo};
 /// AUTOINCREMENT: its ids must never repeat, since read-your-writes progress is tracked by id.)
 pub const PREFIX: &str = "__harmonylite__";
 pub const CHANGE_LOG: &str = "__harmonylite__change_log";
-pub const APPLYING: &str = "__harmonylite__applying";
 pub const TABLES: &str = "__harmonylite__tables";
 /// Most primary-key columns a table may have (the change log has this many key slots).
 pub const MAX_PK_COLUMNS: usize = 8;
@@ -35,7 +34,7 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS {TABLES}(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
          CREATE TABLE IF NOT EXISTS {CHANGE_LOG}(seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL,
              op INTEGER NOT NULL{key_columns});
-         CREATE TABLE IF NOT EXISTS {APPLYING}(applying INTEGER);
+         DROP TABLE IF EXISTS __harmonylite__applying;
          CREATE TABLE IF NOT EXISTS __harmonylite__versions(tbl TEXT NOT NULL, pk BLOB NOT NULL,
              hlc INTEGER NOT NULL, node INTEGER NOT NULL, deleted INTEGER NOT NULL,
              PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
@@ -50,6 +49,29 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
              pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
     ))
     .ctx("creating the library's tables")
+}
+
+/// Where the change log ends now (0 when empty).
+///
+/// The library's own writes (applying received changes, merging a snapshot) fire the capture triggers like
+/// any other write. Everything logged after this mark inside one of its write transactions is its own — the
+/// app cannot write while that transaction holds the lock — and [`discard_own_changes`] drops it before
+/// commit, so it is never published back. The triggers therefore need no guard, and the app's writes pay
+/// nothing for echo suppression.
+pub fn change_log_mark(conn: &Connection) -> Result<i64> {
+    conn.query_row(
+        &format!("SELECT coalesce(max(seq), 0) FROM {CHANGE_LOG}"),
+        [],
+        |row| row.get(0),
+    )
+    .ctx("reading the end of the change log")
+}
+
+/// Drops what the library's own writes logged since `mark` (see [`change_log_mark`]).
+pub fn discard_own_changes(conn: &Connection, mark: i64) -> Result<usize> {
+    conn.prepare_cached(&format!("DELETE FROM {CHANGE_LOG} WHERE seq > ?1"))
+        .and_then(|mut stmt| stmt.execute([mark]))
+        .ctx("dropping the library's own changes from the change log")
 }
 
 /// Reads the replicated schema and makes the triggers match it: installs missing ones, replaces stale

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::apply::applier::{apply_batch_any_origin, read_positions};
-use crate::capture::{self, Schema, APPLYING};
+use crate::capture::{self, Schema};
 use crate::clock::{wall_millis, Clock};
 use crate::config::Config;
 use crate::db_thread::meta_get;
@@ -263,7 +263,7 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Mani
         conn.execute_batch(
             "DELETE FROM __harmonylite__change_log; DELETE FROM __harmonylite__outbox;
              DELETE FROM __harmonylite__deferred; DELETE FROM __harmonylite__dead_letters;
-             DELETE FROM __harmonylite__rejected; DELETE FROM __harmonylite__applying;
+             DELETE FROM __harmonylite__rejected;
              DELETE FROM __harmonylite__meta WHERE key = 'node_id';",
         )
         .ctx("stripping node state from the snapshot")?;
@@ -557,8 +557,7 @@ pub fn install(
         let tx = fresh
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("merging local changes into the snapshot")?;
-        tx.execute(&format!("INSERT INTO {APPLYING}(applying) VALUES (1)"), [])
-            .ctx("muting capture")?;
+        let mark = capture::change_log_mark(&tx)?;
         let mut clock_high = meta_get(&tx, "hlc")?.unwrap_or(0).max(0) as u64;
         if let Some((payloads, old_clock)) = &carried {
             clock_high = clock_high.max(*old_clock);
@@ -583,8 +582,7 @@ pub fn install(
             [node_id as i64],
         )
         .ctx("recording the node id")?;
-        tx.execute(&format!("DELETE FROM {APPLYING}"), [])
-            .ctx("unmuting capture")?;
+        capture::discard_own_changes(&tx, mark)?;
         tx.commit().ctx("merging local changes into the snapshot")?;
         log_step("merge", started, 0);
 
