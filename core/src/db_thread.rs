@@ -161,9 +161,11 @@ fn wal_path(conn: &Connection) -> Option<PathBuf> {
 pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         db,
+        // NO_MUTEX: rusqlite's connections are `!Sync`, so SQLite's per-call mutex only costs time.
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_URI,
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|source| Error::Sqlite {
         context: format!("opening {}", db.display()),

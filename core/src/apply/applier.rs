@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use tracing::warn;
 
 use super::lww::{decide, Decision, Version};
-use crate::capture::triggers::{key_filter, quote};
+use crate::capture::schema::upsert_sql;
 use crate::capture::{Schema, TableInfo};
 use crate::clock::Clock;
 use crate::error::{Result, SqlContext};
@@ -277,44 +277,21 @@ fn apply_change(
 }
 
 fn upsert(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
-    let names: Vec<String> = change.columns.iter().map(|(n, _)| quote(n)).collect();
-    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    let key = table
-        .pk
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let updates: Vec<String> = change
-        .columns
-        .iter()
-        .filter(|(name, _)| !table.pk.contains(name))
-        .map(|(name, _)| format!("{q} = excluded.{q}", q = quote(name)))
-        .collect();
-    let on_conflict = if updates.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        format!("DO UPDATE SET {}", updates.join(", "))
-    };
-    let sql = format!(
-        "INSERT INTO {}({}) VALUES ({}) ON CONFLICT({key}) {on_conflict}",
-        quote(&table.name),
-        names.join(", "),
-        placeholders.join(", ")
-    );
-    let mut stmt = tx.prepare_cached(&sql)?;
-    stmt.execute(rusqlite::params_from_iter(
-        change.columns.iter().map(|(_, v)| v),
-    ))
+    let values = rusqlite::params_from_iter(change.columns.iter().map(|(_, v)| v));
+    if table.has_columns_in_order(change.columns.iter().map(|(n, _)| n.as_str())) {
+        return tx
+            .prepare_cached(&table.sql.upsert_all_columns)?
+            .execute(values);
+    }
+    // A sender with another column set (a column added on one side first): its own statement.
+    let names: Vec<&str> = change.columns.iter().map(|(n, _)| n.as_str()).collect();
+    tx.prepare_cached(&upsert_sql(&table.name, &names, &table.pk))?
+        .execute(values)
 }
 
 fn delete(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
-    let filter = key_filter(&table.pk);
-    let mut stmt = tx.prepare_cached(&format!(
-        "DELETE FROM {} WHERE {filter}",
-        quote(&table.name)
-    ))?;
-    stmt.execute(rusqlite::params_from_iter(change.pk.iter()))
+    tx.prepare_cached(&table.sql.delete_row)?
+        .execute(rusqlite::params_from_iter(change.pk.iter()))
 }
 
 fn defer(tx: &Transaction<'_>, origin: u64, change: &RowChange, reason: &str) -> Result<()> {

@@ -95,11 +95,11 @@ mod tests {
     #[test]
     fn quotes_hostile_names() {
         assert_eq!(quote("a\"b"), "\"a\"\"b\"");
-        let table = TableInfo {
-            name: "we\"ird table".into(),
-            columns: vec!["select".into(), "x".into()],
-            pk: vec!["select".into()],
-        };
+        let table = TableInfo::new(
+            "we\"ird table".into(),
+            vec!["select".into(), "x".into()],
+            vec!["select".into()],
+        );
         let triggers = for_table(&table, 3);
         assert_eq!(triggers.len(), 4);
         assert!(triggers[0].sql.contains("ON \"we\"\"ird table\""));

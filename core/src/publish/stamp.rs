@@ -14,7 +14,7 @@ use tracing::warn;
 use super::OutboxEntry;
 use crate::apply::applier::record_version;
 use crate::apply::lww::Version;
-use crate::capture::triggers::{key_filter, quote, OP_INSERT};
+use crate::capture::triggers::OP_INSERT;
 use crate::capture::{Schema, TableInfo, CHANGE_LOG, MAX_PK_COLUMNS, TABLES};
 use crate::clock::{wall_millis, Clock};
 use crate::error::{Result, SqlContext};
@@ -206,18 +206,8 @@ fn read_row(
     table: &TableInfo,
     pk: &[Value],
 ) -> Result<Option<Vec<(String, Value)>>> {
-    let columns = table
-        .columns
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let filter = key_filter(&table.pk);
     let mut stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {columns} FROM {} WHERE {filter}",
-            quote(&table.name)
-        ))
+        .prepare_cached(&table.sql.select_row)
         .ctx("reading a changed row")?;
     let mut result = stmt
         .query(rusqlite::params_from_iter(pk.iter()))
