@@ -793,6 +793,13 @@ impl Replica {
             Ok(_) => {}
             Err(err) => warn!(error = %err, "snapshot taken with local changes not yet published"),
         }
+        // Positions reached by our own messages wait in memory for a write transaction: store them now.
+        if let Ok(commands) = self.commands() {
+            let (reply, stored) = oneshot::channel();
+            if commands.send(Command::StoreDeferred { reply }).is_ok() {
+                let _ = stored.await;
+            }
+        }
         inner.snapshots.save(&inner.db_path, inner.node_id).await
     }
 

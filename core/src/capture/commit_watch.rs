@@ -8,6 +8,7 @@
 //! millisecond: before this, noticing a commit was most of the commit → visible-elsewhere latency.
 
 use std::path::Path;
+use std::time::Duration;
 
 /// A running watch; dropping it stops the watcher thread (and releases the sender it holds).
 pub struct CommitWatch {
@@ -16,16 +17,22 @@ pub struct CommitWatch {
 }
 
 impl CommitWatch {
-    /// Starts watching `wal` (the `-wal` file, which must exist). `wake` is called after writes to it and
-    /// returns false once nobody listens any more; `None` when the platform or file system cannot watch.
-    pub fn start(wal: &Path, wake: impl FnMut() -> bool + Send + 'static) -> Option<CommitWatch> {
+    /// Starts watching `wal` (the `-wal` file, which must exist). `wake` is called after writes to it, at
+    /// most once per `min_interval` (writes meanwhile are folded into the next call), and returns false once
+    /// nobody listens any more; `None` when the platform or file system cannot watch.
+    pub fn start(
+        wal: &Path,
+        min_interval: Duration,
+        wake: impl FnMut() -> bool + Send + 'static,
+    ) -> Option<CommitWatch> {
         #[cfg(target_os = "linux")]
         {
-            linux::Watch::start(wal, wake).map(|running| CommitWatch { _running: running })
+            linux::Watch::start(wal, min_interval, wake)
+                .map(|running| CommitWatch { _running: running })
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (wal, wake);
+            let _ = (wal, min_interval, wake);
             None
         }
     }
@@ -36,6 +43,7 @@ mod linux {
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use rustix::event::{PollFd, PollFlags};
     use rustix::fd::OwnedFd;
@@ -51,7 +59,11 @@ mod linux {
     }
 
     impl Watch {
-        pub fn start(wal: &Path, mut wake: impl FnMut() -> bool + Send + 'static) -> Option<Watch> {
+        pub fn start(
+            wal: &Path,
+            min_interval: Duration,
+            mut wake: impl FnMut() -> bool + Send + 'static,
+        ) -> Option<Watch> {
             let fd = match inotify::init(inotify::CreateFlags::CLOEXEC) {
                 Ok(fd) => Arc::new(fd),
                 Err(err) => {
@@ -93,6 +105,11 @@ mod linux {
                             Ok(_) => {
                                 if reader_stop.load(Ordering::Acquire) || !wake() {
                                     break;
+                                }
+                                // Events queued meanwhile are read (and folded) after the pause.
+                                let woke = Instant::now();
+                                while woke.elapsed() < min_interval {
+                                    std::thread::sleep(min_interval - woke.elapsed());
                                 }
                             }
                             Err(Errno::INTR) => {}
@@ -141,7 +158,10 @@ mod tests {
         let wal = dir.path().join("app.db-wal");
         std::fs::write(&wal, b"").expect("create");
         let (woke, wakes) = mpsc::channel();
-        let watch = CommitWatch::start(&wal, move || woke.send(()).is_ok()).expect("inotify");
+        let watch = CommitWatch::start(&wal, Duration::from_micros(500), move || {
+            woke.send(()).is_ok()
+        })
+        .expect("inotify");
         assert!(
             wakes.recv_timeout(Duration::from_millis(300)).is_err(),
             "woke without a write"
@@ -166,6 +186,8 @@ mod tests {
     #[test]
     fn a_missing_file_means_polling() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert!(CommitWatch::start(&dir.path().join("absent-wal"), || true).is_none());
+        assert!(
+            CommitWatch::start(&dir.path().join("absent-wal"), Duration::ZERO, || true).is_none()
+        );
     }
 }
