@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
 use crate::events::EventHub;
-use crate::log::{decode, pk_key, Batch};
+use crate::log::{decode, pk_key};
 use crate::publish::stamp::{self, StampSettings};
 use crate::publish::OutboxEntry;
 
@@ -639,11 +639,20 @@ impl DbWorker {
     }
 
     fn apply(&mut self, messages: &[Incoming]) -> Result<ApplyOutcome> {
-        let batches: Vec<Option<Batch>> =
-            messages.iter().map(|m| decode(&m.payload).ok()).collect();
-        let own_only = batches
-            .iter()
-            .all(|b| b.as_ref().is_some_and(|b| b.node_id == self.node_id));
+        // One decoding pass, nothing kept (a catch-up run decodes to tens of MB): whose messages these are,
+        // and the newest clock among them.
+        let mut own_only = true;
+        let mut newest_received = 0u64;
+        for message in messages {
+            match decode(&message.payload) {
+                Ok(batch) => {
+                    own_only &= batch.node_id == self.node_id;
+                    let newest = batch.changes.iter().map(|c| c.hlc).max().unwrap_or(0);
+                    newest_received = newest_received.max(newest);
+                }
+                Err(_) => own_only = false,
+            }
+        }
         if own_only {
             return self.skip_own_messages(messages);
         }
@@ -668,11 +677,7 @@ impl DbWorker {
                 store_positions(&tx, unsaved)?;
                 // Received clocks first, so local changes not yet stamped order after everything received:
                 // the app wrote them against what it could see, and they must not be overwritten here.
-                for batch in batches.iter().flatten() {
-                    for change in &batch.changes {
-                        clock.observe(change.hlc);
-                    }
-                }
+                clock.observe(newest_received);
                 let stamped = if publish {
                     Some(stamp::stamp_pending(&tx, schema, &mut clock, &settings)?)
                 } else {
