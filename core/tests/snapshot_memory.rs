@@ -127,6 +127,35 @@ async fn save_and_restore(
     (save, restore)
 }
 
+/// Saves and restores through `store` and fails if either grew the peak RSS by half the database or more.
+async fn assert_bounded(
+    name: &str,
+    store: &dyn SnapshotStore,
+    db: &Path,
+    root: &Path,
+    tag: &str,
+    size: u64,
+) {
+    let (save, restore) = save_and_restore(
+        store,
+        db,
+        &root.join(format!("work-{tag}")),
+        &root.join(format!("restored-{tag}.db")),
+    )
+    .await;
+    eprintln!(
+        "{name}, database of {} MB: save +{} MB, restore +{} MB",
+        size >> 20,
+        save >> 20,
+        restore >> 20
+    );
+    let limit = size / 2;
+    assert!(
+        save < limit && restore < limit,
+        "{name}: peak memory grew by {save} bytes (save) and {restore} bytes (restore) for a database of {size} bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saving_and_restoring_a_snapshot_does_not_hold_the_database_in_memory() {
     init_logging();
@@ -134,26 +163,9 @@ async fn saving_and_restoring_a_snapshot_does_not_hold_the_database_in_memory() 
     let db = dir.path().join("app.db");
     let size = fill(&db);
     assert!(size >= (ROWS * BLOB) as u64);
-    let limit = size / 2;
 
     let dir_store = DirStore::new(dir.path().join("store")).expect("dir store");
-    let (save, restore) = save_and_restore(
-        &dir_store,
-        &db,
-        &dir.path().join("work-dir"),
-        &dir.path().join("restored-dir.db"),
-    )
-    .await;
-    eprintln!(
-        "dir store, database of {} MB: save +{} MB, restore +{} MB",
-        size >> 20,
-        save >> 20,
-        restore >> 20
-    );
-    assert!(
-        save < limit && restore < limit,
-        "peak memory grew by {save} bytes (save) and {restore} bytes (restore) for a database of {size} bytes"
-    );
+    assert_bounded("dir store", &dir_store, &db, dir.path(), "dir", size).await;
 
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.expect("connect");
@@ -161,21 +173,13 @@ async fn saving_and_restoring_a_snapshot_does_not_hold_the_database_in_memory() 
     let nats_store = NatsObjectStore::open(&js, "memory", 1)
         .await
         .expect("bucket");
-    let (save, restore) = save_and_restore(
+    assert_bounded(
+        "NATS object store",
         &nats_store,
         &db,
-        &dir.path().join("work-nats"),
-        &dir.path().join("restored-nats.db"),
+        dir.path(),
+        "nats",
+        size,
     )
     .await;
-    eprintln!(
-        "NATS object store, database of {} MB: save +{} MB, restore +{} MB",
-        size >> 20,
-        save >> 20,
-        restore >> 20
-    );
-    assert!(
-        save < limit && restore < limit,
-        "peak memory grew by {save} bytes (save) and {restore} bytes (restore) for a database of {size} bytes"
-    );
 }

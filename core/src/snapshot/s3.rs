@@ -636,6 +636,17 @@ impl S3Store {
     }
 
     async fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.fetch(key, None).await
+    }
+
+    async fn get_object_to_file(&self, key: &str, dest: &Path) -> Result<bool> {
+        self.fetch(key, Some(dest))
+            .await
+            .map(|found| found.is_some())
+    }
+
+    /// GET of one object: into memory, or (`sink`) streamed into a file, whose body is then not returned.
+    async fn fetch(&self, key: &str, sink: Option<&Path>) -> Result<Option<Vec<u8>>> {
         let full = self.full_key(key)?;
         let target = self.target(&full);
         let request = Request {
@@ -645,7 +656,7 @@ impl S3Store {
             body: Bytes::new(),
             payload_hash: sigv4::EMPTY_SHA256.to_string(),
             target: &target,
-            sink: None,
+            sink,
         };
         let response = self.send(&request).await?;
         match response.status {
@@ -656,31 +667,6 @@ impl S3Store {
                     || matches!(response.error_code().as_str(), "NoSuchKey" | "NoSuchBucket") =>
             {
                 Ok(None)
-            }
-            _ => Err(self.failure(&request.method, &target, &response)),
-        }
-    }
-
-    async fn get_object_to_file(&self, key: &str, dest: &Path) -> Result<bool> {
-        let full = self.full_key(key)?;
-        let target = self.target(&full);
-        let request = Request {
-            method: Method::GET,
-            path: self.object_path(&full),
-            query: Vec::new(),
-            body: Bytes::new(),
-            payload_hash: sigv4::EMPTY_SHA256.to_string(),
-            target: &target,
-            sink: Some(dest),
-        };
-        let response = self.send(&request).await?;
-        match response.status {
-            status if status.is_success() => Ok(true),
-            StatusCode::NOT_FOUND
-                if response.body.is_empty()
-                    || matches!(response.error_code().as_str(), "NoSuchKey" | "NoSuchBucket") =>
-            {
-                Ok(false)
             }
             _ => Err(self.failure(&request.method, &target, &response)),
         }
