@@ -513,3 +513,63 @@ async fn bad_snapshot_objects_are_rejected_and_leave_no_temporary_files() {
     }
     assert!(entries(&work).is_empty(), "{:?}", entries(&work));
 }
+
+/// A snapshot strips node state (identity, queues). A large stripped queue is compacted away; a small one
+/// is left as zeroed free pages rather than paying for a second copy of the whole database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_strip_node_state_and_compact_only_when_it_pays() {
+    init_logging();
+    let dir = tempfile::tempdir().expect("dir");
+    let progress = Arc::new(Mutex::new(SnapshotProgress::default()));
+    let store = DirStore::new(dir.path().join("store")).expect("store");
+    for (case, outbox_mb) in [("small queue", 0usize), ("large queue", 8)] {
+        let db = dir.path().join(format!("{}.db", case.replace(' ', "-")));
+        let conn = app_connection(&db);
+        harmonylite::capture::create_library_tables(&conn).expect("library tables");
+        conn.execute_batch(SCHEMA).expect("schema");
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO items SELECT i, 1, hex(randomblob(200)) FROM n;
+             INSERT INTO __harmonylite__meta(key, value) VALUES ('node_id', 77);",
+        )
+        .expect("rows");
+        for _ in 0..outbox_mb {
+            conn.execute(
+                "INSERT INTO __harmonylite__outbox(shard, rows, payload) VALUES (0, 1, randomblob(1048576))",
+                [],
+            )
+            .expect("outbox");
+        }
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+        let work = dir.path().join(format!("work-{outbox_mb}"));
+        let db_bytes = std::fs::metadata(&db).expect("db").len();
+        let (packed, manifest) = build(&db, &work, 77).expect("build");
+        assert!(
+            manifest.raw_bytes < 2 << 20,
+            "{case}: {} raw bytes for a database of {db_bytes} bytes (compaction expected when the strip frees much)",
+            manifest.raw_bytes
+        );
+        upload(&store, packed, &manifest, 10, &progress)
+            .await
+            .expect("upload");
+        let (fetched, staged) = fetch_newest_valid(&store, &work, &progress)
+            .await
+            .expect("fetch")
+            .expect("a snapshot");
+        assert_eq!(fetched.object, manifest.object);
+        let copy = rusqlite::Connection::open(staged.path()).expect("open staged");
+        let (items, queued, identity): (i64, i64, i64) = copy
+            .query_row(
+                "SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM __harmonylite__outbox),
+                        (SELECT count(*) FROM __harmonylite__meta WHERE key = 'node_id')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("read staged");
+        assert_eq!((items, queued, identity), (2000, 0, 0), "{case}");
+        drop(copy);
+        std::fs::remove_dir_all(dir.path().join("store")).expect("empty the store");
+        std::fs::create_dir_all(dir.path().join("store")).expect("store");
+    }
+}
