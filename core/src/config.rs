@@ -84,8 +84,10 @@ pub struct Config {
     pub cleanup_interval: u64,
     /// Sidecar: exit after this many ms without activity (0 = never).
     pub sleep_timeout: u64,
-    /// Longest wait, in ms, between two checks for new local commits (the check is `PRAGMA data_version`;
-    /// the wait shrinks to 1 ms while writes are flowing). 0 means the default of 10 ms.
+    /// Longest wait, in ms, between two timer-driven checks for new local commits (`PRAGMA data_version`;
+    /// the wait shrinks to 1 ms while writes are flowing). On Linux a watch on the WAL file triggers the check
+    /// on every commit, so this is the safety net (as HarmonyLite's is for a broken fsnotify); elsewhere it
+    /// bounds detection. 0 means the default of 10 ms.
     pub polling_interval: u64,
     pub replication_log: ReplicationLogConfig,
     pub nats: NatsConfig,
