@@ -100,8 +100,6 @@ struct DbWorker {
     data_version: i64,
     outputs: DbOutputs,
     last_outbox_id: i64,
-    /// Commits wake the thread (see `capture::commit_watch`), so polling is only the safety net.
-    watching: bool,
     wake_pending: Arc<AtomicBool>,
     /// Outbox entries JetStream acknowledged, deleted in the next write transaction rather than one of
     /// their own: a transaction less per message means fewer collisions with the app's writes.
@@ -156,7 +154,6 @@ pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(D
             pending.swap(true, Ordering::AcqRel) || sender.send(Command::Wake).is_ok()
         })
     });
-    worker.watching = commit_watch.is_some();
     let thread = std::thread::Builder::new()
         .name("harmonylite-db".into())
         .spawn(move || worker.run(inbox))
@@ -348,7 +345,6 @@ impl DbWorker {
                 data_version,
                 outputs,
                 last_outbox_id,
-                watching: false,
                 wake_pending: Arc::new(AtomicBool::new(false)),
                 acked: Vec::new(),
                 deferred_since: None,
@@ -848,11 +844,7 @@ impl DbWorker {
 
 fn store_positions(conn: &Connection, positions: &BTreeMap<u32, u64>) -> Result<()> {
     for (shard, seq) in positions {
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO __harmonylite__positions(shard, seq) VALUES (?1, ?2)",
-        )
-        .and_then(|mut stmt| stmt.execute(rusqlite::params![shard, *seq as i64]))
-        .ctx("storing the stream position")?;
+        applier::store_position(conn, *shard, *seq)?;
     }
     Ok(())
 }

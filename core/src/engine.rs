@@ -38,6 +38,12 @@ pub fn check_not_forked() -> Result<()> {
     }
 }
 
+/// True in a forked child of a process that used the runtime: bindings then leak core objects on drop
+/// rather than take locks a parent thread may have held at the fork.
+pub fn is_forked_child() -> bool {
+    check_not_forked().is_err()
+}
+
 /// The core's one tokio runtime. Bindings await core futures on it instead of starting their own.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME_PID.get_or_init(std::process::id);

@@ -30,8 +30,8 @@ pub mod transport;
 pub use config::Config;
 pub use db_thread::cleanup_database;
 pub use engine::{
-    block_on, check_not_forked, on_runtime, open_replicated, runtime, ConnectionState, PausedTable,
-    Replica, ShardStatus, Status, Token,
+    block_on, check_not_forked, is_forked_child, on_runtime, open_replicated, runtime,
+    ConnectionState, PausedTable, Replica, ShardStatus, Status, Token,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{ChangeEvent, ChangeOp, Listener, Subscription};

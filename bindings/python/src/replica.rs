@@ -26,7 +26,6 @@ fn blocking<T: Send + 'static>(
     future: impl Future<Output = harmonylite::Result<T>> + Send + 'static,
 ) -> PyResult<T> {
     fork::check()?;
-    fork::mark_started();
     let (done, mut outcome) = std::sync::mpsc::sync_channel(1);
     let task = harmonylite::runtime().spawn(async move {
         let _ = done.send(future.await);
@@ -68,7 +67,6 @@ where
     static BRIDGE: Once = Once::new();
     // Lazily, so a process that only imports the module can still fork freely.
     BRIDGE.call_once(|| {
-        fork::mark_started();
         let _ = pyo3_async_runtimes::tokio::init_with_runtime(harmonylite::runtime());
     });
     pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(future.await) })

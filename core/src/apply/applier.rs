@@ -135,14 +135,20 @@ pub fn apply_messages(
         }
     }
     for (shard, seq) in &positions {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO __harmonylite__positions(shard, seq) VALUES (?1, ?2)",
-        )
-        .and_then(|mut stmt| stmt.execute(params![shard, *seq as i64]))
-        .ctx("storing the stream position")?;
+        store_position(tx, *shard, *seq)?;
     }
     outcome.positions = positions;
     Ok(outcome)
+}
+
+/// Records that a shard's stream has been applied up to `seq`.
+pub fn store_position(conn: &rusqlite::Connection, shard: u32, seq: u64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO __harmonylite__positions(shard, seq) VALUES (?1, ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![shard, seq as i64]))
+    .ctx("storing the stream position")?;
+    Ok(())
 }
 
 /// Stores a row's winning version (a tombstone when `deleted`).
