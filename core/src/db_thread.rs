@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::apply::applier::{self, ApplyContext, ApplyOutcome, Incoming};
+use crate::apply::transaction::{apply_batch, BatchRun, PARKED_RETRY_BATCH};
 use crate::capture::commit_watch::CommitWatch;
 use crate::capture::{self, Schema};
 use crate::clock::{Clock, ClockHistory};
@@ -161,7 +162,6 @@ const CHECKPOINT_AFTER: u32 = 1024;
 /// Parked changes are retried after whatever may unblock them (a schema change, a write to their table)
 /// and, for those waiting on time (a clock ahead of ours) or on anything else, at least this often.
 const PARKED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
-const PARKED_RETRY_BATCH: usize = 2048;
 
 /// Opens the database, installs capture, and starts the thread.
 pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(DbHandle, Opened)> {
@@ -549,7 +549,7 @@ impl DbWorker {
             for table in &wanted {
                 let outcome =
                     applier::retry_parked(&tx, &ctx, &mut clock, Some(table), PARKED_RETRY_BATCH)?;
-                merge_outcomes(&mut total, outcome);
+                total.absorb(outcome);
             }
             capture::discard_own_changes(&tx, mark)?;
             for (table, op, pk) in &total.follow_ups {
@@ -787,61 +787,22 @@ impl DbWorker {
                 let mut clock = start_clock;
                 let tx = begin_write(conn, limit, "starting an apply transaction")?;
                 positions::store_all(&tx, unsaved)?;
-                // Local changes not yet stamped are stamped first, from their commit times: the merge then
-                // compares them with what arrived like any other change.
-                let stamped = if publish {
-                    Some(stamp::stamp_pending(
-                        &tx, schema, &mut clock, history, &settings,
-                    )?)
-                } else {
-                    None
-                };
-                // Whatever the log holds from here on, this transaction wrote (see `change_log_mark`).
-                let mark = capture::change_log_mark(&tx)?;
-                let ctx = ApplyContext {
+                let run = BatchRun {
                     schema,
                     node_id,
+                    stamp: publish.then_some(&settings),
+                    history,
                     parked_tables,
                 };
-                let mut outcome = applier::apply_messages(&tx, &ctx, &mut clock, messages)?;
-                let touched: Vec<String> = outcome
-                    .tables
-                    .iter()
-                    .filter(|t| parked_tables.contains(*t))
-                    .cloned()
-                    .collect();
-                for table in &touched {
-                    // What this batch wrote may unblock changes parked on the same table.
-                    let retried = applier::retry_parked(
-                        &tx,
-                        &ctx,
-                        &mut clock,
-                        Some(table),
-                        PARKED_RETRY_BATCH,
-                    )?;
-                    merge_outcomes(&mut outcome, retried);
-                }
-                capture::discard_own_changes(&tx, mark)?;
-                // What the library changed for the app (moved keys) is the app's change: logged after the
-                // discard, stamped and published like one.
-                for (table, op, pk) in &outcome.follow_ups {
-                    capture::log_local_change(&tx, table, *op, pk)?;
-                }
-                if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
-                    meta::save_clock(&tx, &clock)?;
-                }
+                let result = apply_batch(&tx, &run, &mut clock, messages)?;
                 outbox::delete(&tx, acked)?;
-                let now_parked = if outcome.deferred > 0 || !touched.is_empty() {
-                    Some(parked::tables(&tx)?)
-                } else {
-                    None
-                };
                 let wall = crate::clock::wall_millis();
                 tx.commit().ctx("committing an apply transaction")?;
                 history.record(wall, clock.last());
-                if let Some(now_parked) = now_parked {
+                if let Some(now_parked) = result.parked_tables {
                     *parked_tables = now_parked;
                 }
+                let (outcome, stamped) = (result.outcome, result.stamped);
                 Ok((outcome, stamped, clock))
             })?
         };
@@ -959,17 +920,6 @@ impl DbWorker {
             replicated_tables: self.schema.tables.keys().cloned().collect(),
         })
     }
-}
-
-/// Adds a retry's outcome to a batch's.
-fn merge_outcomes(total: &mut ApplyOutcome, more: ApplyOutcome) {
-    total.events.extend(more.events);
-    total.conflicts.extend(more.conflicts);
-    total.applied += more.applied;
-    total.kept += more.kept;
-    total.moved_keys += more.moved_keys;
-    total.follow_ups.extend(more.follow_ups);
-    total.tables.extend(more.tables);
 }
 
 fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {

@@ -58,6 +58,20 @@ pub struct ApplyOutcome {
     pub tables: BTreeSet<String>,
 }
 
+impl ApplyOutcome {
+    /// Adds a retry's outcome to this one.
+    pub fn absorb(&mut self, more: ApplyOutcome) {
+        self.events.extend(more.events);
+        self.conflicts.extend(more.conflicts);
+        self.applied += more.applied;
+        self.kept += more.kept;
+        self.deferred += more.deferred;
+        self.moved_keys += more.moved_keys;
+        self.follow_ups.extend(more.follow_ups);
+        self.tables.extend(more.tables);
+    }
+}
+
 /// What the applier needs besides the transaction.
 pub struct ApplyContext<'a> {
     pub schema: &'a Schema,
@@ -391,6 +405,12 @@ fn apply_change(
                 read_row(tx, table, &change.pk)?
             };
             let existed = stored.as_ref().is_some_and(RowState::exists);
+            if fresh && !existed {
+                // A row this transaction moved here (off a colliding key) has no state until it is stamped:
+                // a fresh write would delete it. It was created just now, after the incoming row, so it
+                // moves on again.
+                move_unstamped_row(tx, ctx, table, origin, change, outcome)?;
+            }
             if let Some(parked) =
                 write_change(tx, ctx, table, origin, change, &write, fresh, outcome)?
             {
@@ -854,6 +874,9 @@ fn resolve_collision(
         .unwrap_or_default();
     let key_text = describe_key(&change.pk);
     if !incoming_wins {
+        if change.op == Op::Delete {
+            return Ok(Some(Applied::Kept)); // a later lineage's row was deleted: nothing of it is here
+        }
         record_conflict(
             tx,
             outcome,
@@ -895,17 +918,23 @@ fn resolve_collision(
     } else {
         None
     };
-    // The key now belongs to the incoming incarnation.
+    // The key now belongs to the incoming lineage: its row, or its tombstone.
     let all: Vec<usize> = (0..change.columns.len()).collect();
-    let fresh_state = match plan(None, change, origin, hashes, table.merge, false) {
-        Plan::Write { state, .. } => state,
+    let (fresh_state, deleted) = match plan(None, change, origin, hashes, table.merge, false) {
+        Plan::Write { state, .. } => (state, false),
+        Plan::Delete { state, .. } => (state, true),
         _ => {
             release(tx, "hl_move")?;
             return Ok(Some(Applied::Kept));
         }
     };
-    let written = execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
-        .and_then(|_| insert_row(tx, table, change, &all));
+    let written = execute_row_sql(tx, &table.sql.delete_row, change.pk.iter()).and_then(|_| {
+        if deleted {
+            Ok(())
+        } else {
+            insert_row(tx, table, change, &all)
+        }
+    });
     if let Err(err) = written {
         rollback_to(tx, "hl_move")?;
         if is_transient(&err) {
@@ -959,10 +988,69 @@ fn resolve_collision(
         },
     )?;
     outcome.tables.insert(table.name.clone());
-    outcome
-        .events
-        .push(event(table, change, origin, ChangeOp::Update));
+    let op = match (deleted, local.is_some()) {
+        (true, _) => ChangeOp::Delete,
+        (false, true) => ChangeOp::Update,
+        (false, false) => ChangeOp::Insert,
+    };
+    if !(deleted && local.is_none()) {
+        outcome.events.push(event(table, change, origin, op));
+    }
     Ok(None)
+}
+
+/// See the caller: moves a row that this transaction itself moved to the change's key, if there is one.
+fn move_unstamped_row(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    origin: u64,
+    change: &RowChange,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    let moved_here = outcome
+        .follow_ups
+        .iter()
+        .position(|(t, op, key)| t == &table.name && *op == OP_INSERT && *key == change.pk);
+    let Some(index) = moved_here else {
+        return Ok(());
+    };
+    let local = read_row(tx, table, &change.pk)?;
+    let Some(local) = local else {
+        return Ok(());
+    };
+    outcome.follow_ups.remove(index);
+    let new_key = move_row(tx, ctx, table, &change.pk, outcome)?;
+    outcome.moved_keys += 1;
+    let detail = format!(
+        "a row this node had just moved to key {} met node {origin}'s row there; it moved on to key {}",
+        describe_key(&change.pk),
+        describe_key(&new_key)
+    );
+    record_conflict(
+        tx,
+        outcome,
+        Conflict {
+            id: 0,
+            at_ms: wall_millis(),
+            table: table.name.clone(),
+            pk: change.pk.clone(),
+            kind: ConflictKind::KeyMoved,
+            columns: table.pk.clone(),
+            winner: Some(ConflictSide {
+                node: origin,
+                hlc: change.hlc,
+                values: change.columns.clone(),
+            }),
+            loser: Some(ConflictSide {
+                node: ctx.node_id,
+                hlc: 0,
+                values: table.columns.iter().cloned().zip(local).collect(),
+            }),
+            moved_to: Some(new_key),
+            detail,
+        },
+    )
 }
 
 /// Moves this node's row off `key` to a fresh one, with the rows that reference it by a declared foreign

@@ -8,10 +8,12 @@
 //! - **Values** merge per column at equal `cl`: each column keeps the value of its newest version
 //!   `(hlc, node)`. Concurrent edits of different columns both survive; a change that lacks a column (an
 //!   older schema, or an update that did not touch it) never resets it.
-//! - **Incarnations** collide when two nodes created the same key independently (same `cl`, different
-//!   insert versions): the earliest creation keeps the key. On tables whose key is an auto-assigned integer
-//!   (`INTEGER PRIMARY KEY`) the other row is moved to a fresh key by the node that created it; two
-//!   identical creations (the same image, as each node's own migrations seed) are one row.
+//! - **Lineages** collide when two nodes created the same key independently: the row's `born` is the version
+//!   of the insert that first created the key as this node saw it (kept across deletes and re-inserts, which
+//!   carry a larger `cl`). On tables whose key is an auto-assigned integer (`INTEGER PRIMARY KEY`) two
+//!   lineages are different rows: the earliest creation keeps the key, dead or alive, and the node that
+//!   created the other moves it to a fresh key. Two identical creations (the same image, as each node's own
+//!   migrations seed) are one row. On other tables the key is the row's identity and lineages merge.
 //! - Tables configured `merge = "row"` compare the whole row: the newest change's image wins.
 
 use crate::clock::Version;
@@ -44,8 +46,8 @@ pub enum Plan {
     /// Delete the row and store the tombstone `state`. `unseen_edits`: the row held changes the deleter
     /// had not seen (they are lost with the row: a conflict).
     Delete { state: RowState, unseen_edits: bool },
-    /// Two incarnations of one key (created independently on two nodes). `incoming_wins`: the change's
-    /// incarnation was created first and takes the key.
+    /// Two lineages of one auto-assigned key (created independently on two nodes). `incoming_wins`: the
+    /// change's lineage was created first and takes the key.
     Collision { incoming_wins: bool },
 }
 
@@ -80,6 +82,14 @@ pub fn plan(
             },
         };
     };
+    let same_lineage = change.born == stored.born || change.born_hash == stored.born_hash;
+    if movable && !same_lineage {
+        // Two rows created independently under one auto-assigned key: the earliest creation keeps the key,
+        // whether it still exists or was deleted since (every node must decide alike).
+        return Plan::Collision {
+            incoming_wins: change.born < stored.born,
+        };
+    }
     if change.cl < stored.cl {
         return Plan::Keep {
             lost: all,
@@ -109,14 +119,8 @@ pub fn plan(
             stale: false,
         };
     }
-    let same_incarnation = change.born == stored.born || change.born_hash == stored.born_hash;
-    if movable && !same_incarnation {
-        return Plan::Collision {
-            incoming_wins: change.born < stored.born,
-        };
-    }
     let mut state = stored.clone();
-    if !same_incarnation || change.born < state.born {
+    if !same_lineage || change.born < state.born {
         // Identical creations on two nodes are one row: both keep the earliest as its identity.
         state.born = state.born.min(change.born);
     }

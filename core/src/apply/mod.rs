@@ -3,3 +3,4 @@
 pub mod applier;
 pub(crate) mod consumer;
 pub mod merge;
+pub mod transaction;

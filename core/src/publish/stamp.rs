@@ -16,6 +16,7 @@ use tracing::{error, warn};
 
 use super::OutboxEntry;
 use crate::apply::merge::MergeMode;
+use crate::capture::triggers::OP_DELETE;
 use crate::capture::{Schema, TableInfo, CHANGE_LOG, MAX_PK_COLUMNS, TABLES};
 use crate::clock::{commit_stamp, wall_millis, Clock, ClockHistory, Version};
 use crate::error::{Result, SqlContext};
@@ -60,6 +61,8 @@ struct PendingRow {
     pk: Vec<Value>,
     /// Newest commit time among the row's entries (None: logged by an older library).
     committed_at: Option<i64>,
+    /// A delete was logged: if the row is there now, it was created again (a new life, not an update).
+    deleted: bool,
 }
 
 /// Stamps up to `max_changes` change-log entries. Call inside a write transaction.
@@ -109,7 +112,8 @@ pub fn stamp_pending(
             hlc,
             node: settings.node_id,
         };
-        let Some((change, state, event_op)) = diff(info, &pending.pk, stored, image, version)
+        let Some((change, state, event_op)) =
+            diff(info, &pending.pk, stored, image, version, pending.deleted)
         else {
             continue;
         };
@@ -176,7 +180,7 @@ fn read_log(tx: &Transaction<'_>, schema: &Schema, max_changes: u32) -> Result<L
     let mut table_names: HashMap<i64, Option<String>> = HashMap::new();
     let mut select = tx
         .prepare_cached(&format!(
-            "SELECT seq, tbl, at{key_columns} FROM {CHANGE_LOG} ORDER BY seq LIMIT ?1"
+            "SELECT seq, tbl, at, op{key_columns} FROM {CHANGE_LOG} ORDER BY seq LIMIT ?1"
         ))
         .ctx("reading the change log")?;
     let mut result = select.query([max_changes]).ctx("reading the change log")?;
@@ -185,6 +189,7 @@ fn read_log(tx: &Transaction<'_>, schema: &Schema, max_changes: u32) -> Result<L
         let seq: i64 = row.get(0).ctx("reading the change log")?;
         let table_id: i64 = row.get(1).ctx("reading the change log")?;
         let committed_at: Option<i64> = row.get(2).ctx("reading the change log")?;
+        let deleted = row.get::<_, i64>(3).ctx("reading the change log")? == OP_DELETE;
         last_seq = Some(seq);
         let name = match table_names.get(&table_id) {
             Some(name) => name.clone(),
@@ -209,7 +214,7 @@ fn read_log(tx: &Transaction<'_>, schema: &Schema, max_changes: u32) -> Result<L
         };
         let mut pk = Vec::with_capacity(info.pk.len());
         for slot in 0..info.pk.len() {
-            let value: ValueRef<'_> = row.get_ref(3 + slot).ctx("reading the change log")?;
+            let value: ValueRef<'_> = row.get_ref(4 + slot).ctx("reading the change log")?;
             pk.push(Value::from(value));
         }
         let key = (table_id, pk_key(&pk));
@@ -220,11 +225,13 @@ fn read_log(tx: &Transaction<'_>, schema: &Schema, max_changes: u32) -> Result<L
                     table: info.name.clone(),
                     pk,
                     committed_at,
+                    deleted,
                 });
             }
             std::collections::hash_map::Entry::Occupied(slot) => {
                 let pending = &mut rows[*slot.get()];
                 pending.committed_at = pending.committed_at.max(committed_at);
+                pending.deleted |= deleted;
             }
         }
     }
@@ -239,6 +246,7 @@ fn diff(
     stored: Option<RowState>,
     image: Option<Vec<Value>>,
     version: Version,
+    deleted_since: bool,
 ) -> Option<(RowChange, RowState, ChangeOp)> {
     let change = |op, cl, born: Version, born_hash, seen, columns| RowChange {
         table: table.name.clone(),
@@ -250,6 +258,15 @@ fn diff(
         seen,
         pk: pk.to_vec(),
         columns,
+    };
+    // Deleted and created again before this stamp: the row starts a new life (as if its delete had been
+    // stamped on its own), so a concurrent delete elsewhere does not remove the new row.
+    let stored = match stored {
+        Some(mut alive) if alive.exists() && deleted_since && image.is_some() => {
+            alive.cl += 1;
+            Some(alive)
+        }
+        other => other,
     };
     let alive = stored.as_ref().filter(|s| s.exists());
     match (alive, image) {
@@ -263,10 +280,14 @@ fn diff(
                     .map(String::as_str)
                     .zip(hashes.iter().copied()),
             );
-            let cl = stored.map(|s| s.cl + 1).unwrap_or(1);
+            // A key created again after a delete continues its lineage (`born` stays; see apply::merge).
+            let (cl, born, born_hash) = match &stored {
+                Some(dead) => (dead.cl + 1, dead.born, dead.born_hash),
+                None => (1, version, born_hash),
+            };
             let mut state = RowState {
                 cl,
-                born: version,
+                born,
                 born_hash,
                 last: version,
                 columns: Vec::with_capacity(values.len()),
@@ -276,7 +297,7 @@ fn diff(
             }
             let columns = table.columns.iter().cloned().zip(values).collect();
             Some((
-                change(Op::Insert, cl, version, born_hash, None, columns),
+                change(Op::Insert, cl, born, born_hash, None, columns),
                 state,
                 ChangeOp::Insert,
             ))
