@@ -139,6 +139,10 @@ pub fn one_row_message_bytes() -> usize {
             node: 1,
         },
         born_hash: 0,
+        life: harmonylite::clock::Version {
+            hlc: 1 << 40,
+            node: 1,
+        },
         seen: None,
         pk: vec![Value::Integer(id)],
         columns: vec![

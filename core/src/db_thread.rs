@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::apply::applier::{self, ApplyContext, ApplyOutcome, Incoming};
-use crate::apply::transaction::{apply_batch, BatchRun, PARKED_RETRY_BATCH};
+use crate::apply::applier::{ApplyOutcome, Incoming};
+use crate::apply::transaction::{apply_batch, retry_parked_batch, BatchRun};
 use crate::capture::commit_watch::CommitWatch;
 use crate::capture::{self, Schema};
 use crate::clock::{Clock, ClockHistory};
@@ -522,51 +522,47 @@ impl DbWorker {
     /// Retries parked changes (of the given tables, or all) in one write transaction.
     fn retry_parked(&mut self, tables: Option<&[String]>) {
         self.last_parked_retry = Instant::now();
-        if self.parked_tables.is_empty() {
-            return;
-        }
-        let wanted: Vec<String> = match tables {
-            Some(tables) => tables
-                .iter()
-                .filter(|t| self.parked_tables.contains(*t))
-                .cloned()
-                .collect(),
-            None => self.parked_tables.iter().cloned().collect(),
+        let waiting = match tables {
+            Some(tables) => tables.iter().any(|t| self.parked_tables.contains(t)),
+            None => !self.parked_tables.is_empty(),
         };
-        if wanted.is_empty() {
+        if !waiting {
             return;
         }
-        let result = (|| -> Result<ApplyOutcome> {
+        let settings = StampSettings {
+            max_changes: u32::MAX,
+            ..self.stamp_settings()
+        };
+        let publish = self.config.publish;
+        let result = (|| -> Result<(ApplyOutcome, Option<stamp::Stamped>, Clock)> {
             let tx = begin_write(&self.conn, self.busy_limit(), "retrying parked changes")?;
-            let mark = capture::change_log_mark(&tx)?;
             let mut clock = self.clock;
-            let ctx = ApplyContext {
+            let run = BatchRun {
                 schema: &self.schema,
                 node_id: self.node_id,
+                stamp: publish.then_some(&settings),
+                history: &self.history,
                 parked_tables: &self.parked_tables,
             };
-            let mut total = ApplyOutcome::default();
-            for table in &wanted {
-                let outcome =
-                    applier::retry_parked(&tx, &ctx, &mut clock, Some(table), PARKED_RETRY_BATCH)?;
-                total.absorb(outcome);
-            }
-            capture::discard_own_changes(&tx, mark)?;
-            for (table, op, pk) in &total.follow_ups {
-                capture::log_local_change(&tx, table, *op, pk)?;
-            }
-            if total.applied > 0 {
-                self.history
-                    .record(crate::clock::wall_millis(), clock.last());
-                meta::save_clock(&tx, &clock)?;
-            }
-            self.parked_tables = parked::tables(&tx)?;
+            let result = retry_parked_batch(&tx, &run, &mut clock, tables)?;
+            outbox::delete(&tx, &self.acked)?;
+            let wall = crate::clock::wall_millis();
             tx.commit().ctx("retrying parked changes")?;
-            self.clock = clock;
-            Ok(total)
+            if result.outcome.applied > 0 {
+                self.history.record(wall, clock.last());
+            }
+            if let Some(now_parked) = result.parked_tables {
+                self.parked_tables = now_parked;
+            }
+            Ok((result.outcome, result.stamped, clock))
         })();
         match result {
-            Ok(outcome) => {
+            Ok((outcome, stamped, clock)) => {
+                self.clock = clock;
+                self.acked.clear();
+                if let Some(stamped) = stamped {
+                    self.after_stamp(stamped.outbox, stamped.events);
+                }
                 if outcome.applied > 0 {
                     info!(
                         applied = outcome.applied,
@@ -574,7 +570,11 @@ impl DbWorker {
                     );
                 }
                 self.writes_since_checkpoint += 1;
+                let follow_ups = !outcome.follow_ups.is_empty();
                 self.publish_outcome(outcome);
+                if follow_ups {
+                    self.stamp_all();
+                }
             }
             Err(err) => warn!(error = %err, "retrying parked changes failed; will retry"),
         }

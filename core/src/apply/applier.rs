@@ -56,9 +56,17 @@ pub struct ApplyOutcome {
     pub follow_ups: Vec<(String, i64, Vec<Value>)>,
     /// Tables this transaction wrote (changes parked behind their data may apply now).
     pub tables: BTreeSet<String>,
+    /// Messages the library's own changes for the app were stamped into (see `flush_follow_ups`), and
+    /// their events.
+    pub stamped: Vec<crate::publish::OutboxEntry>,
+    pub stamped_events: Vec<ChangeEvent>,
 }
 
 impl ApplyOutcome {
+    fn moved_keys_mut(&mut self) -> &mut u64 {
+        &mut self.moved_keys
+    }
+
     /// Adds a retry's outcome to this one.
     pub fn absorb(&mut self, more: ApplyOutcome) {
         self.events.extend(more.events);
@@ -69,6 +77,8 @@ impl ApplyOutcome {
         self.moved_keys += more.moved_keys;
         self.follow_ups.extend(more.follow_ups);
         self.tables.extend(more.tables);
+        self.stamped.extend(more.stamped);
+        self.stamped_events.extend(more.stamped_events);
     }
 }
 
@@ -78,12 +88,44 @@ pub struct ApplyContext<'a> {
     pub node_id: u64,
     /// Tables that have parked changes: a later change of a parked row waits behind it.
     pub parked_tables: &'a BTreeSet<String>,
+    /// How to stamp the changes the library makes for the app at once (None on a node that publishes
+    /// nothing: they are logged for later instead).
+    pub stamp: Option<&'a crate::publish::stamp::StampSettings>,
+    pub history: &'a crate::clock::ClockHistory,
+}
+
+/// Stamps what the library just changed for the app (a row moved to a fresh key, rows that follow it) in
+/// the same transaction: those rows then have their state before anything else in the batch meets them.
+fn flush_follow_ups(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    let Some(settings) = ctx.stamp else {
+        return Ok(());
+    };
+    if outcome.follow_ups.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, Vec<Value>)> = outcome
+        .follow_ups
+        .drain(..)
+        .map(|(table, _, key)| (table, key))
+        .collect();
+    let stamped =
+        crate::publish::stamp::stamp_now(tx, ctx.schema, clock, ctx.history, settings, &keys)?;
+    outcome.stamped.extend(stamped.outbox);
+    outcome.stamped_events.extend(stamped.events);
+    Ok(())
 }
 
 /// How one change ended.
 enum Applied {
     Written,
     Kept,
+    /// The change's row lost its auto-assigned key to a row created earlier elsewhere.
+    Displaced,
     Park(ParkKind, String),
 }
 
@@ -141,10 +183,13 @@ pub fn apply_batch_any_origin(
     batch: &crate::log::Batch,
 ) -> Result<u64> {
     let parked_tables = parked::tables(tx)?;
+    let history = crate::clock::ClockHistory::new(0);
     let ctx = ApplyContext {
         schema,
         node_id,
         parked_tables: &parked_tables,
+        stamp: None,
+        history: &history,
     };
     let mut clock = Clock::default();
     let mut outcome = ApplyOutcome::default();
@@ -165,10 +210,11 @@ fn apply_or_park(
     change: &RowChange,
     outcome: &mut ApplyOutcome,
 ) -> Result<()> {
-    if ctx.parked_tables.contains(&change.table)
-        && parked::has_row(tx, &change.table, &pk_key(&change.pk))?
-    {
+    if ctx.parked_tables.contains(&change.table) && waits_behind(tx, ctx, change)? {
         outcome.deferred += 1;
+        if change.op == Op::Update && parked::fold_update(tx, change)? {
+            return Ok(());
+        }
         return parked::park(
             tx,
             origin,
@@ -177,12 +223,14 @@ fn apply_or_park(
             "waits behind an earlier change of the same row",
         );
     }
-    match apply_change(tx, ctx, origin, change, outcome)? {
+    let applied = apply_change(tx, ctx, origin, change, outcome)?;
+    flush_follow_ups(tx, ctx, clock, outcome)?;
+    match applied {
         Applied::Written => {
             clock.observe(change.hlc);
             outcome.applied += 1;
         }
-        Applied::Kept => {
+        Applied::Kept | Applied::Displaced => {
             clock.observe(change.hlc);
             outcome.kept += 1;
         }
@@ -192,6 +240,22 @@ fn apply_or_park(
         }
     }
     Ok(())
+}
+
+/// Whether an earlier change of the same row waits (then this one waits behind it, in order). On a table
+/// with auto-assigned keys only the same lineage counts: another lineage is a different row.
+fn waits_behind(tx: &Transaction<'_>, ctx: &ApplyContext<'_>, change: &RowChange) -> Result<bool> {
+    let waiting = parked::lineages_waiting(tx, &change.table, &pk_key(&change.pk))?;
+    let movable = ctx
+        .schema
+        .tables
+        .get(&change.table)
+        .is_some_and(|t| t.auto_key);
+    Ok(if movable {
+        waiting.contains(&change.born)
+    } else {
+        !waiting.is_empty()
+    })
 }
 
 /// Retries parked changes (of one table, or all), oldest first, at most `limit`; returns the events of
@@ -204,9 +268,22 @@ pub fn retry_parked(
     limit: usize,
 ) -> Result<ApplyOutcome> {
     let mut outcome = ApplyOutcome::default();
-    let mut still_blocked: BTreeSet<(String, Vec<u8>)> = BTreeSet::new();
+    // Rows whose earlier insert or delete still waits: their later changes wait behind it. On a table with
+    // auto-assigned keys a row is its key and lineage (another lineage under the key is another row).
+    let mut still_blocked: BTreeSet<(String, Vec<u8>, Option<crate::clock::Version>)> =
+        BTreeSet::new();
     for waiting in parked::waiting(tx, table, limit)? {
-        let key = (waiting.change.table.clone(), pk_key(&waiting.change.pk));
+        let movable = ctx
+            .schema
+            .tables
+            .get(&waiting.change.table)
+            .is_some_and(|t| t.auto_key);
+        let key = (
+            waiting.change.table.clone(),
+            pk_key(&waiting.change.pk),
+            movable.then_some(waiting.change.born),
+        );
+        let holds_back = waiting.change.op != Op::Update;
         if still_blocked.contains(&key) {
             if waiting.kind != ParkKind::Queued {
                 parked::update_reason(
@@ -218,17 +295,49 @@ pub fn retry_parked(
             }
             continue;
         }
-        match apply_change(tx, ctx, waiting.origin, &waiting.change, &mut outcome)? {
+        if waiting.publish && key_taken(tx, ctx, &waiting.change)? {
+            // This node's waiting row, moved to a key that something else took since: nobody else has
+            // the row yet, so it gives way again.
+            rekey_parked(tx, ctx, &waiting, outcome.moved_keys_mut())?;
+            if holds_back {
+                still_blocked.insert(key);
+            }
+            continue;
+        }
+        let applied = apply_change(tx, ctx, waiting.origin, &waiting.change, &mut outcome)?;
+        flush_follow_ups(tx, ctx, clock, &mut outcome)?;
+        match applied {
             Applied::Park(kind, reason) => {
                 parked::update_reason(tx, waiting.id, kind, &reason)?;
-                still_blocked.insert(key);
+                if holds_back {
+                    still_blocked.insert(key);
+                }
             }
             Applied::Written => {
                 clock.observe(waiting.change.hlc);
                 outcome.applied += 1;
                 parked::remove(tx, waiting.id)?;
+                if waiting.publish {
+                    // This node's row, moved while it waited: published now as a new row of this node.
+                    let table = &waiting.change.table;
+                    rows::remove(tx, table, &pk_key(&waiting.change.pk))?;
+                    outcome
+                        .follow_ups
+                        .push((table.clone(), OP_INSERT, waiting.change.pk.clone()));
+                    flush_follow_ups(tx, ctx, clock, &mut outcome)?;
+                }
             }
-            Applied::Kept => {
+            Applied::Displaced
+                if waiting.change.life.node == ctx.node_id && waiting.change.op != Op::Delete =>
+            {
+                // A row of this node that waits lost its key meanwhile: it takes a fresh key and keeps
+                // waiting (nobody else has it; it is published when it applies).
+                rekey_parked(tx, ctx, &waiting, outcome.moved_keys_mut())?;
+                if holds_back {
+                    still_blocked.insert(key);
+                }
+            }
+            Applied::Kept | Applied::Displaced => {
                 clock.observe(waiting.change.hlc);
                 outcome.kept += 1;
                 parked::remove(tx, waiting.id)?;
@@ -236,6 +345,61 @@ pub fn retry_parked(
         }
     }
     Ok(outcome)
+}
+
+/// Whether a key holds a row, or a row's state, here.
+fn key_taken(tx: &Transaction<'_>, ctx: &ApplyContext<'_>, change: &RowChange) -> Result<bool> {
+    let Some(table) = ctx.schema.tables.get(&change.table) else {
+        return Ok(false);
+    };
+    Ok(rows::read(tx, &table.name, &pk_key(&change.pk))?.is_some()
+        || read_row(tx, table, &change.pk)?.is_some())
+}
+
+fn rekey_parked(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    waiting: &parked::Parked,
+    moved: &mut u64,
+) -> Result<()> {
+    let Some(table) = ctx.schema.tables.get(&waiting.change.table) else {
+        return Ok(());
+    };
+    let Some(next_key) = &table.sql.next_key else {
+        return Ok(());
+    };
+    let mut key: i64 = tx
+        .prepare_cached(next_key)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+        .ctx("choosing a fresh key")?;
+    loop {
+        let bytes = pk_key(&[Value::Integer(key)]);
+        if !parked::has_key(tx, &table.name, &bytes)?
+            && rows::read(tx, &table.name, &bytes)?.is_none()
+        {
+            break;
+        }
+        key += 1;
+    }
+    let mut change = waiting.change.clone();
+    let old = describe_key(&change.pk);
+    change.pk = vec![Value::Integer(key)];
+    for (name, value) in change.columns.iter_mut() {
+        if *name == table.pk[0] {
+            *value = Value::Integer(key);
+        }
+    }
+    *moved += 1;
+    parked::rekey(
+        tx,
+        waiting.id,
+        waiting.origin,
+        &change,
+        &format!(
+            "moved from key {old} to {} (a row created earlier elsewhere took the key); waits to apply",
+            describe_key(&change.pk)
+        ),
+    )
 }
 
 /// Checks a change against the local schema and its own consistency; `Err` says why it must wait.
@@ -405,12 +569,6 @@ fn apply_change(
                 read_row(tx, table, &change.pk)?
             };
             let existed = stored.as_ref().is_some_and(RowState::exists);
-            if fresh && !existed {
-                // A row this transaction moved here (off a colliding key) has no state until it is stamped:
-                // a fresh write would delete it. It was created just now, after the incoming row, so it
-                // moves on again.
-                move_unstamped_row(tx, ctx, table, origin, change, outcome)?;
-            }
             if let Some(parked) =
                 write_change(tx, ctx, table, origin, change, &write, fresh, outcome)?
             {
@@ -644,7 +802,15 @@ fn resolve_constraint(
     let blocker_bytes = pk_key(&blocker_pk);
     let blocker_state = rows::read(tx, &table.name, &blocker_bytes)?;
     let blocker_image = read_row(tx, table, &blocker_pk)?.unwrap_or_default();
-    let blocker_born = blocker_state.as_ref().map(|s| s.born).unwrap_or_default();
+    // A holder without state is a row this transaction just moved off a colliding key: it is this node's
+    // newest row, created after anything received.
+    let blocker_born = blocker_state
+        .as_ref()
+        .map(|s| s.born)
+        .unwrap_or(crate::clock::Version {
+            hlc: MAX_HLC,
+            node: u64::MAX,
+        });
     let incoming_first = change.born < blocker_born;
     let blocker_values: Vec<(String, Value)> = table
         .columns
@@ -657,7 +823,45 @@ fn resolve_constraint(
     let result = if incoming_first {
         // Evict the later row: it waits, whole, until the value is free again.
         let Some(blocker_state) = blocker_state.clone() else {
-            return Ok(Some(Applied::Park(ParkKind::Constraint, reason)));
+            // The row just moved here by this transaction: nobody has it yet; it waits here and is
+            // published under its key once it applies.
+            let now = crate::clock::from_millis(wall_millis());
+            let waiting = RowChange {
+                table: table.name.clone(),
+                op: Op::Insert,
+                hlc: now,
+                cl: 1,
+                born: crate::clock::Version {
+                    hlc: now,
+                    node: ctx.node_id,
+                },
+                born_hash: 0,
+                life: crate::clock::Version {
+                    hlc: now,
+                    node: ctx.node_id,
+                },
+                seen: None,
+                pk: blocker_pk.clone(),
+                columns: blocker_values.clone(),
+            };
+            execute_row_sql(tx, &table.sql.delete_row, blocker_pk.iter())
+                .ctx("moving a row aside")?;
+            outcome
+                .follow_ups
+                .retain(|(t, _, key)| !(t == &table.name && *key == blocker_pk));
+            parked::park_own(
+                tx,
+                ctx.node_id,
+                &waiting,
+                &format!(
+                    "UNIQUE({}) of `{}`: the value is held by the row with key {}, created first",
+                    columns.join(", "),
+                    table.name,
+                    describe_key(&change.pk)
+                ),
+            )?;
+            outcome.deferred += 1;
+            return write_change_again(tx, table, change, write, fresh);
         };
         let newest = blocker_state.newest();
         let evicted = RowChange {
@@ -667,6 +871,7 @@ fn resolve_constraint(
             cl: blocker_state.cl,
             born: blocker_state.born,
             born_hash: blocker_state.born_hash,
+            life: blocker_state.life,
             seen: None,
             pk: blocker_pk.clone(),
             columns: blocker_values.clone(),
@@ -718,18 +923,57 @@ fn resolve_constraint(
         }
     } else {
         detail = format!(
-            "UNIQUE({}): the row with key {key_text} (created first) keeps the value; the change of the row with key {} from node {origin} waits until it is free",
+            "UNIQUE({}): the row with key {key_text} (created first) keeps the value; the row with key {} waits, with node {origin}'s change, until it is free",
             columns.join(", "),
             describe_key(&change.pk)
         );
-        Some(Applied::Park(
-            ParkKind::Constraint,
-            format!(
-                "UNIQUE({}) of `{}`: the value is held by the row with key {key_text}, created first",
-                columns.join(", "),
-                table.name
-            ),
-        ))
+        let reason = format!(
+            "UNIQUE({}) of `{}`: the value is held by the row with key {key_text}, created first",
+            columns.join(", "),
+            table.name
+        );
+        let own_bytes = pk_key(&change.pk);
+        match (
+            fresh,
+            rows::read(tx, &table.name, &own_bytes)?,
+            read_row(tx, table, &change.pk)?,
+        ) {
+            // An edit of a row that is here: the row waits whole, as it is on the node that made the edit
+            // (which moved it aside the same way), so every node holds the same.
+            (false, Some(own_state), Some(own_image)) => {
+                let mut image: Vec<(String, Value)> =
+                    table.columns.iter().cloned().zip(own_image).collect();
+                for i in write {
+                    let (name, value) = &change.columns[*i];
+                    if let Some(slot) = image.iter_mut().find(|(n, _)| n == name) {
+                        slot.1 = value.clone();
+                    }
+                }
+                let newest = own_state.newest().max(crate::clock::Version {
+                    hlc: change.hlc,
+                    node: origin,
+                });
+                let waiting = RowChange {
+                    table: table.name.clone(),
+                    op: Op::Insert,
+                    hlc: newest.hlc,
+                    cl: own_state.cl,
+                    born: own_state.born,
+                    born_hash: own_state.born_hash,
+                    life: own_state.life,
+                    seen: None,
+                    pk: change.pk.clone(),
+                    columns: image,
+                };
+                execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+                    .ctx("moving a row aside")?;
+                rows::remove(tx, &table.name, &own_bytes)?;
+                parked::park(tx, newest.node, &waiting, ParkKind::Constraint, &reason)?;
+                outcome.deferred += 1;
+                Some(Applied::Kept)
+            }
+            _ => Some(Applied::Park(ParkKind::Constraint, reason)),
+        }
     };
     let incoming_side = ConflictSide {
         node: origin,
@@ -764,6 +1008,39 @@ fn resolve_constraint(
         },
     )?;
     Ok(result)
+}
+
+/// Writes a change once more after its obstacle was moved aside; parks it if something else refuses it.
+fn write_change_again(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    change: &RowChange,
+    write: &[usize],
+    fresh: bool,
+) -> Result<Option<Applied>> {
+    savepoint(tx, "hl_write")?;
+    let retried = if fresh {
+        execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+            .and_then(|_| insert_row(tx, table, change, write))
+    } else {
+        update_row(tx, table, change, write).map(|_| ())
+    };
+    match retried {
+        Ok(()) => {
+            release(tx, "hl_write")?;
+            Ok(None)
+        }
+        Err(err) => {
+            rollback_to(tx, "hl_write")?;
+            if is_transient(&err) {
+                return Err(err).ctx("applying a remote change");
+            }
+            Ok(Some(Applied::Park(
+                ParkKind::Constraint,
+                format!("a constraint of `{}` refuses the change: {err}", table.name),
+            )))
+        }
+    }
 }
 
 /// The row (other than the change's own) that holds a value the change needs under a UNIQUE constraint.
@@ -875,7 +1152,21 @@ fn resolve_collision(
     let key_text = describe_key(&change.pk);
     if !incoming_wins {
         if change.op == Op::Delete {
-            return Ok(Some(Applied::Kept)); // a later lineage's row was deleted: nothing of it is here
+            return Ok(Some(Applied::Displaced)); // a later lineage's row was deleted: nothing of it is here
+        }
+        if change.life.node == ctx.node_id && change.op == Op::Insert {
+            // A row of this node's lineage, created again elsewhere, that lost the key: this node moves its
+            // lineage's rows, so it gives this one a fresh key (as if it had held it when the key was lost).
+            return rehome(
+                tx,
+                ctx,
+                table,
+                origin,
+                change,
+                stored,
+                local_values,
+                outcome,
+            );
         }
         record_conflict(
             tx,
@@ -888,7 +1179,7 @@ fn resolve_collision(
                 kind: ConflictKind::KeyMoved,
                 columns: table.pk.clone(),
                 winner: Some(ConflictSide {
-                    node: stored.born.node,
+                    node: stored.life.node,
                     hlc: stored.born.hlc,
                     values: local_values,
                 }),
@@ -900,16 +1191,19 @@ fn resolve_collision(
                 moved_to: None,
                 detail: format!(
                     "node {} created a different row under key {key_text} later than node {}; node {} moves it to a fresh key",
-                    change.born.node, stored.born.node, change.born.node
+                    change.life.node, stored.life.node, change.life.node
                 ),
             },
         )?;
-        return Ok(Some(Applied::Kept));
+        return Ok(Some(Applied::Displaced));
     }
-    savepoint(tx, "hl_move")?;
-    let moved_to = if stored.born.node == ctx.node_id && local.is_some() {
+    let moved_to = if stored.life.node == ctx.node_id && local.is_some() {
+        savepoint(tx, "hl_move")?;
         match move_row(tx, ctx, table, &change.pk, outcome) {
-            Ok(new_key) => Some(new_key),
+            Ok(new_key) => {
+                release(tx, "hl_move")?;
+                Some(new_key)
+            }
             Err(err) => {
                 rollback_to(tx, "hl_move")?;
                 return Err(err);
@@ -923,33 +1217,34 @@ fn resolve_collision(
     let (fresh_state, deleted) = match plan(None, change, origin, hashes, table.merge, false) {
         Plan::Write { state, .. } => (state, false),
         Plan::Delete { state, .. } => (state, true),
-        _ => {
-            release(tx, "hl_move")?;
-            return Ok(Some(Applied::Kept));
-        }
+        _ => return Ok(Some(Applied::Kept)),
     };
-    let written = execute_row_sql(tx, &table.sql.delete_row, change.pk.iter()).and_then(|_| {
-        if deleted {
-            Ok(())
-        } else {
-            insert_row(tx, table, change, &all)
-        }
-    });
-    if let Err(err) = written {
-        rollback_to(tx, "hl_move")?;
-        if is_transient(&err) {
-            return Err(err).ctx("applying a remote change");
-        }
-        return Ok(Some(Applied::Park(
-            ParkKind::Constraint,
-            format!(
-                "the row created first under key {key_text} of `{}` cannot be written: {err}",
-                table.name
-            ),
-        )));
+    if deleted {
+        execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+            .ctx("applying a remote delete")?;
+    } else if let Some(parked) = write_change(tx, ctx, table, origin, change, &all, true, outcome)?
+    {
+        // A constraint refuses the row that keeps the key (a row just moved off it may hold one of its
+        // UNIQUE values until it is stamped): it waits, and the usual rule settles it when retried. The
+        // other row leaves the key all the same — its creator moves it, every node alike — and the key is
+        // reserved for the waiting lineage (causal length 0: known, nothing applied yet).
+        execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+            .ctx("clearing a key for the row created first")?;
+        let reserved = RowState {
+            cl: 0,
+            born: change.born,
+            born_hash: change.born_hash,
+            life: change.life,
+            last: crate::clock::Version {
+                hlc: change.hlc,
+                node: origin,
+            },
+            columns: Vec::new(),
+        };
+        rows::write(tx, &table.name, &pk_key(&change.pk), &reserved)?;
+        return Ok(Some(parked));
     }
     rows::write(tx, &table.name, &pk_key(&change.pk), &fresh_state)?;
-    release(tx, "hl_move")?;
     let detail = match &moved_to {
         Some(new_key) => format!(
             "this node and node {} both created a row under key {key_text}; node {}'s was first and keeps it, this node's row moved to key {}",
@@ -957,7 +1252,7 @@ fn resolve_collision(
         ),
         None => format!(
             "node {} and node {} both created a row under key {key_text}; node {}'s was first and keeps it, node {} moves the other",
-            stored.born.node, change.born.node, change.born.node, stored.born.node
+            stored.life.node, change.life.node, change.life.node, stored.life.node
         ),
     };
     if moved_to.is_some() {
@@ -979,7 +1274,7 @@ fn resolve_collision(
                 values: change.columns.clone(),
             }),
             loser: Some(ConflictSide {
-                node: stored.born.node,
+                node: stored.life.node,
                 hlc: stored.newest().hlc,
                 values: local_values,
             }),
@@ -999,34 +1294,41 @@ fn resolve_collision(
     Ok(None)
 }
 
-/// See the caller: moves a row that this transaction itself moved to the change's key, if there is one.
-fn move_unstamped_row(
+/// Writes a displaced row of this node's lineage under a fresh key, as this node's new row.
+#[allow(clippy::too_many_arguments)]
+fn rehome(
     tx: &Transaction<'_>,
     ctx: &ApplyContext<'_>,
     table: &TableInfo,
     origin: u64,
     change: &RowChange,
+    stored: &RowState,
+    holder: Vec<(String, Value)>,
     outcome: &mut ApplyOutcome,
-) -> Result<()> {
-    let moved_here = outcome
+) -> Result<Option<Applied>> {
+    let Some(next_key) = &table.sql.next_key else {
+        return Ok(Some(Applied::Displaced));
+    };
+    let key: i64 = tx
+        .prepare_cached(next_key)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+        .ctx("choosing a fresh key")?;
+    let new_key = vec![Value::Integer(key)];
+    let mut moved = change.clone();
+    moved.pk = new_key.clone();
+    for (name, value) in moved.columns.iter_mut() {
+        if *name == table.pk[0] {
+            *value = Value::Integer(key);
+        }
+    }
+    let all: Vec<usize> = (0..moved.columns.len()).collect();
+    if let Some(parked) = write_change(tx, ctx, table, origin, &moved, &all, true, outcome)? {
+        return Ok(Some(parked));
+    }
+    outcome
         .follow_ups
-        .iter()
-        .position(|(t, op, key)| t == &table.name && *op == OP_INSERT && *key == change.pk);
-    let Some(index) = moved_here else {
-        return Ok(());
-    };
-    let local = read_row(tx, table, &change.pk)?;
-    let Some(local) = local else {
-        return Ok(());
-    };
-    outcome.follow_ups.remove(index);
-    let new_key = move_row(tx, ctx, table, &change.pk, outcome)?;
+        .push((table.name.clone(), OP_INSERT, new_key.clone()));
     outcome.moved_keys += 1;
-    let detail = format!(
-        "a row this node had just moved to key {} met node {origin}'s row there; it moved on to key {}",
-        describe_key(&change.pk),
-        describe_key(&new_key)
-    );
     record_conflict(
         tx,
         outcome,
@@ -1038,19 +1340,24 @@ fn move_unstamped_row(
             kind: ConflictKind::KeyMoved,
             columns: table.pk.clone(),
             winner: Some(ConflictSide {
+                node: stored.life.node,
+                hlc: stored.born.hlc,
+                values: holder,
+            }),
+            loser: Some(ConflictSide {
                 node: origin,
                 hlc: change.hlc,
                 values: change.columns.clone(),
             }),
-            loser: Some(ConflictSide {
-                node: ctx.node_id,
-                hlc: 0,
-                values: table.columns.iter().cloned().zip(local).collect(),
-            }),
-            moved_to: Some(new_key),
-            detail,
+            moved_to: Some(new_key.clone()),
+            detail: format!(
+                "a row of this node's lineage under key {}, created again on node {origin}, lost the key to an earlier row; it moved to key {}",
+                describe_key(&change.pk),
+                describe_key(&new_key)
+            ),
         },
-    )
+    )?;
+    Ok(None)
 }
 
 /// Moves this node's row off `key` to a fresh one, with the rows that reference it by a declared foreign

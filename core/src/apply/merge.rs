@@ -90,6 +90,13 @@ pub fn plan(
             incoming_wins: change.born < stored.born,
         };
     }
+    if movable && same_lineage && change.life != stored.life && change.cl == stored.cl {
+        // The key was deleted and created again on two nodes independently (the same life number, two
+        // different rows): the earliest of the two keeps the key.
+        return Plan::Collision {
+            incoming_wins: change.life < stored.life,
+        };
+    }
     if change.cl < stored.cl {
         return Plan::Keep {
             lost: all,
@@ -194,6 +201,7 @@ fn new_life(change: &RowChange, version: Version, hashes: &[u64]) -> RowState {
         cl: change.cl,
         born: change.born,
         born_hash: change.born_hash,
+        life: change.life,
         last: version,
         columns: Vec::with_capacity(change.columns.len()),
     };
@@ -208,6 +216,7 @@ fn tombstone(change: &RowChange, version: Version) -> RowState {
         cl: change.cl,
         born: change.born,
         born_hash: change.born_hash,
+        life: change.life,
         last: version,
         columns: Vec::new(),
     }
@@ -229,6 +238,10 @@ mod tests {
                 node: born.1,
             },
             born_hash: born.0 ^ born.1,
+            life: Version {
+                hlc: born.0,
+                node: born.1,
+            },
             seen: None,
             pk: vec![Value::Integer(1)],
             columns: columns

@@ -59,6 +59,8 @@ pub fn apply_batch(
         schema: run.schema,
         node_id: run.node_id,
         parked_tables: run.parked_tables,
+        stamp: run.stamp,
+        history: run.history,
     };
     let mut outcome = applier::apply_messages(tx, &ctx, clock, messages)?;
     let touched: Vec<String> = outcome
@@ -73,8 +75,8 @@ pub fn apply_batch(
         outcome.absorb(retried);
     }
     capture::discard_own_changes(tx, mark)?;
-    // What the library changed for the app (rows moved off a colliding key) is the app's change: logged
-    // after the discard, then stamped and published like one.
+    // On a node that publishes nothing, what the library changed for the app is logged, like the app's
+    // own writes, after the discard (elsewhere it was stamped at once: `applier::flush_follow_ups`).
     for (table, op, pk) in &outcome.follow_ups {
         capture::log_local_change(tx, table, *op, pk)?;
     }
@@ -86,9 +88,77 @@ pub fn apply_batch(
     } else {
         None
     };
+    let stamped = with_own_changes(stamped, &mut outcome);
     Ok(BatchResult {
         outcome,
         stamped,
         parked_tables,
     })
+}
+
+/// Retries the parked changes of `tables` (all tables with parked changes when None) in the caller's
+/// transaction, with the same bookkeeping as [`apply_batch`].
+pub fn retry_parked_batch(
+    tx: &Transaction<'_>,
+    run: &BatchRun<'_>,
+    clock: &mut Clock,
+    tables: Option<&[String]>,
+) -> Result<BatchResult> {
+    let wanted: Vec<String> = match tables {
+        Some(tables) => tables
+            .iter()
+            .filter(|t| run.parked_tables.contains(*t))
+            .cloned()
+            .collect(),
+        None => run.parked_tables.iter().cloned().collect(),
+    };
+    // As before applying anything: what the app committed is stamped first, so a parked change that
+    // applies now is merged with it rather than written over it.
+    let stamped = match run.stamp {
+        Some(settings) => Some(stamp::stamp_pending(
+            tx,
+            run.schema,
+            clock,
+            run.history,
+            settings,
+        )?),
+        None => None,
+    };
+    let mark = capture::change_log_mark(tx)?;
+    let ctx = ApplyContext {
+        schema: run.schema,
+        node_id: run.node_id,
+        parked_tables: run.parked_tables,
+        stamp: run.stamp,
+        history: run.history,
+    };
+    let mut outcome = ApplyOutcome::default();
+    for table in &wanted {
+        let retried = applier::retry_parked(tx, &ctx, clock, Some(table), PARKED_RETRY_BATCH)?;
+        outcome.absorb(retried);
+    }
+    capture::discard_own_changes(tx, mark)?;
+    for (table, op, pk) in &outcome.follow_ups {
+        capture::log_local_change(tx, table, *op, pk)?;
+    }
+    if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
+        meta::save_clock(tx, clock)?;
+    }
+    let stamped = with_own_changes(stamped, &mut outcome);
+    Ok(BatchResult {
+        outcome,
+        stamped,
+        parked_tables: Some(parked::tables(tx)?),
+    })
+}
+
+/// The messages stamped before applying, plus those of the changes the applier made for the app.
+fn with_own_changes(stamped: Option<Stamped>, outcome: &mut ApplyOutcome) -> Option<Stamped> {
+    if outcome.stamped.is_empty() {
+        return stamped;
+    }
+    let mut stamped = stamped.unwrap_or_default();
+    stamped.outbox.append(&mut outcome.stamped);
+    stamped.events.append(&mut outcome.stamped_events);
+    Some(stamped)
 }

@@ -10,6 +10,7 @@ use super::{MAX_PK_COLUMNS, PREFIX};
 use crate::apply::merge::MergeMode;
 use crate::config::{Config, TableMerge};
 use crate::error::{Error, Result, SqlContext};
+use crate::log::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -29,6 +30,9 @@ pub struct TableInfo {
     /// Column sets of the table's UNIQUE constraints other than the key.
     pub unique: Vec<Vec<String>>,
     pub merge: MergeMode,
+    /// Hash of each column's declared default, evaluated (NULL when none): a column added by a migration
+    /// holds it in every old row, and a row whose state predates the column is not "changed" by holding it.
+    pub default_hashes: Vec<u64>,
     /// The statements the per-row paths run, built once per schema read.
     pub sql: TableSql,
 }
@@ -78,6 +82,7 @@ impl TableInfo {
             referenced_by: Vec::new(),
             unique: Vec::new(),
             merge: MergeMode::Column,
+            default_hashes: Vec::new(),
             sql,
         }
     }
@@ -250,9 +255,9 @@ pub fn read_table(conn: &Connection, name: &str, without_rowid: bool) -> Result<
     let mut pk: Vec<(i64, String)> = Vec::new();
     let mut nullable_pk = Vec::new();
     let mut integer_key = false;
-    let rows: Vec<(String, String, bool, i64, i64)> = conn
+    let rows: Vec<(String, String, bool, Option<String>, i64, i64)> = conn
         .prepare(
-            "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
+            "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
         )
         .and_then(|mut stmt| {
             stmt.query_map([name], |row| {
@@ -262,15 +267,28 @@ pub fn read_table(conn: &Connection, name: &str, without_rowid: bool) -> Result<
                     row.get(2)?,
                     row.get(3)?,
                     row.get(4)?,
+                    row.get(5)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("reading table columns")?;
-    for (column, declared_type, not_null, pk_position, hidden) in rows {
+    let mut defaults = Vec::new();
+    for (column, declared_type, not_null, default, pk_position, hidden) in rows {
         if hidden != 0 {
             continue;
         }
+        // The schema's own default expression (SQLite requires a constant one for an added column).
+        defaults.push(crate::log::value_hash(
+            &default
+                .and_then(|expression| {
+                    conn.query_row(&format!("SELECT {expression}"), [], |row| {
+                        row.get_ref(0).map(Value::from)
+                    })
+                    .ok()
+                })
+                .unwrap_or(Value::Null),
+        ));
         if pk_position > 0 {
             pk.push((pk_position, column.clone()));
             integer_key = declared_type.eq_ignore_ascii_case("INTEGER");
@@ -308,6 +326,7 @@ pub fn read_table(conn: &Connection, name: &str, without_rowid: bool) -> Result<
         nullable_pk.clear();
     }
     table.nullable_pk = nullable_pk;
+    table.default_hashes = defaults;
     table.unique = unique_constraints(conn, name)?;
     Ok(table)
 }

@@ -117,6 +117,7 @@ mod tests {
                 cl: 1,
                 born: crate::clock::Version { hlc: 77, node: 42 },
                 born_hash: 5,
+                life: crate::clock::Version { hlc: 77, node: 42 },
                 seen: None,
                 pk: vec![Value::Integer(i64::MIN)],
                 columns: vec![

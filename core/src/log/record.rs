@@ -75,6 +75,10 @@ pub struct RowChange {
     pub born: Version,
     /// Hash of that insert's full image ([`image_hash`]).
     pub born_hash: u64,
+    /// The insert that started the row's current life (equal to `born` until the key is deleted and
+    /// created again): on a table with auto-assigned keys, two lives created independently under one key
+    /// are two rows.
+    pub life: Version,
     /// The newest version of the changed columns the writer held before writing (None for inserts and
     /// deletes of rows it never saw): a stored value newer than this was not seen, so losing it is a conflict.
     pub seen: Option<Version>,

@@ -77,6 +77,45 @@ pub fn stamp_pending(
     let Some(last_seq) = last_seq else {
         return Ok(Stamped::default());
     };
+    let mut stamped = stamp_rows(tx, schema, clock, history, settings, rows)?;
+    tx.prepare_cached(&format!("DELETE FROM {CHANGE_LOG} WHERE seq <= ?1"))
+        .and_then(|mut stmt| stmt.execute([last_seq]))
+        .ctx("trimming the change log")?;
+    stamped.log_entries = entries;
+    Ok(stamped)
+}
+
+/// Stamps, right away, rows the library itself just wrote for the app (a row moved off a colliding key,
+/// the rows that follow it): they get their state in the same transaction, so whatever else that
+/// transaction applies merges with them like with any other row of this node.
+pub fn stamp_now(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    clock: &mut Clock,
+    history: &ClockHistory,
+    settings: &StampSettings,
+    keys: &[(String, Vec<Value>)],
+) -> Result<Stamped> {
+    let rows = keys
+        .iter()
+        .map(|(table, pk)| PendingRow {
+            table: table.clone(),
+            pk: pk.clone(),
+            committed_at: None,
+            deleted: false,
+        })
+        .collect();
+    stamp_rows(tx, schema, clock, history, settings, rows)
+}
+
+fn stamp_rows(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    clock: &mut Clock,
+    history: &ClockHistory,
+    settings: &StampSettings,
+    rows: Vec<PendingRow>,
+) -> Result<Stamped> {
     let now = wall_millis();
     let mut per_shard: Vec<Vec<RowChange>> = vec![Vec::new(); settings.shards.max(1) as usize];
     let mut events = Vec::with_capacity(rows.len());
@@ -156,14 +195,11 @@ pub fn stamp_pending(
             });
         }
     }
-    tx.prepare_cached(&format!("DELETE FROM {CHANGE_LOG} WHERE seq <= ?1"))
-        .and_then(|mut stmt| stmt.execute([last_seq]))
-        .ctx("trimming the change log")?;
     meta::save_clock(tx, clock)?;
     Ok(Stamped {
         outbox: queued,
         events,
-        log_entries: entries,
+        log_entries: 0,
         tables,
     })
 }
@@ -248,13 +284,14 @@ fn diff(
     version: Version,
     deleted_since: bool,
 ) -> Option<(RowChange, RowState, ChangeOp)> {
-    let change = |op, cl, born: Version, born_hash, seen, columns| RowChange {
+    let change = |op, cl, born: Version, born_hash, life, seen, columns| RowChange {
         table: table.name.clone(),
         op,
         hlc: version.hlc,
         cl,
         born,
         born_hash,
+        life,
         seen,
         pk: pk.to_vec(),
         columns,
@@ -289,6 +326,7 @@ fn diff(
                 cl,
                 born,
                 born_hash,
+                life: version,
                 last: version,
                 columns: Vec::with_capacity(values.len()),
             };
@@ -297,7 +335,7 @@ fn diff(
             }
             let columns = table.columns.iter().cloned().zip(values).collect();
             Some((
-                change(Op::Insert, cl, born, born_hash, None, columns),
+                change(Op::Insert, cl, born, born_hash, version, None, columns),
                 state,
                 ChangeOp::Insert,
             ))
@@ -307,6 +345,7 @@ fn diff(
                 cl: alive.cl + 1,
                 born: alive.born,
                 born_hash: alive.born_hash,
+                life: alive.life,
                 last: version,
                 columns: Vec::new(),
             };
@@ -316,6 +355,7 @@ fn diff(
                     state.cl,
                     alive.born,
                     alive.born_hash,
+                    alive.life,
                     Some(alive.newest()),
                     Vec::new(),
                 ),
@@ -325,11 +365,17 @@ fn diff(
         }
         (Some(alive), Some(values)) => {
             let hashes: Vec<u64> = values.iter().map(value_hash).collect();
+            // A column the state does not know yet (added by a migration) changed only if it holds
+            // something other than its default: a node that adds a column must not reset it elsewhere.
             let changed: Vec<bool> = table
                 .columns
                 .iter()
                 .zip(&hashes)
-                .map(|(name, hash)| alive.column(name).is_none_or(|c| c.hash != *hash))
+                .enumerate()
+                .map(|(i, (name, hash))| match alive.column(name) {
+                    Some(known) => known.hash != *hash,
+                    None => table.default_hashes.get(i) != Some(hash),
+                })
                 .collect();
             if !changed.contains(&true) {
                 return None; // an UPDATE that wrote the values the row already had
@@ -355,6 +401,7 @@ fn diff(
                     alive.cl,
                     alive.born,
                     alive.born_hash,
+                    alive.life,
                     seen,
                     columns,
                 ),

@@ -49,7 +49,7 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS __harmonylite__rows(tbl TEXT NOT NULL, pk BLOB NOT NULL,
              cl INTEGER NOT NULL, born_hlc INTEGER NOT NULL, born_node INTEGER NOT NULL,
              born_hash INTEGER NOT NULL, hlc INTEGER NOT NULL, node INTEGER NOT NULL, cols BLOB,
-             PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
+             life_hlc INTEGER, life_node INTEGER, PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, shard INTEGER NOT NULL,
              rows INTEGER NOT NULL, payload BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);

@@ -55,6 +55,17 @@ pub struct Parked {
     pub origin: u64,
     pub change: RowChange,
     pub kind: ParkKind,
+    /// A row of this node that was moved to a fresh key while it waited: once applied, it is published
+    /// as this node's new row (nobody else has it).
+    pub publish: bool,
+}
+
+/// What a parked entry stores: (origin, change, publish).
+type Stored = (u64, RowChange, bool);
+
+fn encode(origin: u64, change: &RowChange, publish: bool) -> Vec<u8> {
+    // Serializing our own types cannot fail.
+    rmp_serde::to_vec(&(origin, change, publish)).unwrap_or_default()
 }
 
 pub fn park(
@@ -64,8 +75,7 @@ pub fn park(
     kind: ParkKind,
     reason: &str,
 ) -> Result<()> {
-    // Serializing our own types cannot fail.
-    let blob = rmp_serde::to_vec(&(origin, change)).unwrap_or_default();
+    let blob = encode(origin, change, false);
     conn.prepare_cached(
         "INSERT INTO __harmonylite__deferred(tbl, reason, change, kind, at, pk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
@@ -75,6 +85,25 @@ pub fn park(
             reason,
             blob,
             kind.as_str(),
+            crate::clock::wall_millis() as i64,
+            pk_key(&change.pk)
+        ])
+    })
+    .ctx("parking a change")?;
+    Ok(())
+}
+
+/// Parks a row of this node that nobody else has yet: it is published once it applies.
+pub fn park_own(conn: &Connection, node_id: u64, change: &RowChange, reason: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO __harmonylite__deferred(tbl, reason, change, kind, at, pk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            change.table,
+            reason,
+            encode(node_id, change, true),
+            ParkKind::Constraint.as_str(),
             crate::clock::wall_millis() as i64,
             pk_key(&change.pk)
         ])
@@ -99,12 +128,13 @@ pub fn waiting(conn: &Connection, table: Option<&str>, limit: usize) -> Result<V
         .ctx("reading parked changes")?;
     let mut parked = Vec::with_capacity(rows.len());
     for (id, blob, kind) in rows {
-        match rmp_serde::from_slice::<(u64, RowChange)>(&blob) {
-            Ok((origin, change)) => parked.push(Parked {
+        match rmp_serde::from_slice::<Stored>(&blob) {
+            Ok((origin, change, publish)) => parked.push(Parked {
                 id,
                 origin,
                 change,
                 kind: ParkKind::parse(&kind),
+                publish,
             }),
             Err(err) => {
                 warn!(id, error = %err, "unreadable parked change dropped");
@@ -129,8 +159,96 @@ pub fn remove(conn: &Connection, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// True when a change of this row already waits (later changes of the row must wait behind it).
-pub fn has_row(conn: &Connection, table: &str, pk: &[u8]) -> Result<bool> {
+/// The lineages (creation versions) of the inserts and deletes of this row that wait: a later change of
+/// the same lineage must wait behind them (an update of a row that is not there yet cannot apply first).
+/// A waiting update holds nothing back: columns merge one by one, whatever the order.
+pub fn lineages_waiting(
+    conn: &Connection,
+    table: &str,
+    pk: &[u8],
+) -> Result<Vec<crate::clock::Version>> {
+    let blobs: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_map(params![table, pk], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading parked changes")?;
+    Ok(blobs
+        .iter()
+        .filter_map(|blob| rmp_serde::from_slice::<Stored>(blob).ok())
+        .filter(|(_, change, _)| change.op != crate::log::Op::Update)
+        .map(|(_, change, _)| change.born)
+        .collect())
+}
+
+/// Gives a waiting row of this node a new key (its key went to a row created earlier elsewhere); it is
+/// published under that key once it applies.
+pub fn rekey(
+    conn: &Connection,
+    id: i64,
+    origin: u64,
+    change: &RowChange,
+    reason: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE __harmonylite__deferred SET change = ?2, pk = ?3, reason = ?4 WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            id,
+            encode(origin, change, true),
+            pk_key(&change.pk),
+            reason
+        ])
+    })
+    .ctx("moving a parked row to a fresh key")?;
+    Ok(())
+}
+
+/// Folds a later update of a row into that row's waiting insert (the whole row waits as one image, the
+/// same on every node, whichever node parked it and whatever it had already received). Returns false when
+/// no insert of the row's life waits here.
+pub fn fold_update(conn: &Connection, change: &RowChange) -> Result<bool> {
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2 ORDER BY id",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![change.table, pk_key(&change.pk)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading parked changes")?;
+    for (id, blob) in rows {
+        let Ok((origin, mut waiting, publish)) = rmp_serde::from_slice::<Stored>(&blob) else {
+            continue;
+        };
+        if waiting.op != crate::log::Op::Insert
+            || waiting.born != change.born
+            || waiting.life != change.life
+        {
+            continue;
+        }
+        if change.hlc > waiting.hlc {
+            for (name, value) in &change.columns {
+                match waiting.columns.iter_mut().find(|(n, _)| n == name) {
+                    Some(slot) => slot.1 = value.clone(),
+                    None => waiting.columns.push((name.clone(), value.clone())),
+                }
+            }
+            waiting.hlc = change.hlc;
+        }
+        conn.prepare_cached("UPDATE __harmonylite__deferred SET change = ?2 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id, encode(origin, &waiting, publish)]))
+            .ctx("updating a parked change")?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+pub fn has_key(conn: &Connection, table: &str, pk: &[u8]) -> Result<bool> {
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2)",
     )

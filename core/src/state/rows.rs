@@ -25,6 +25,8 @@ pub struct RowState {
     pub born: Version,
     /// Hash of that insert's full image: two nodes that created identical rows created the same row.
     pub born_hash: u64,
+    /// The insert that started the current life (see `RowChange::life`).
+    pub life: Version,
     /// The newest change applied to the row (insert, update or delete).
     pub last: Version,
     pub columns: Vec<ColumnState>,
@@ -39,10 +41,10 @@ impl RowState {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    /// The version that wrote a column's value: its own, else the incarnation's (a row from a format-1
-    /// database, or a column the writer did not know).
+    /// The version that wrote a column's value; none (the lowest) for a column no change has written here
+    /// yet (one added by a migration, or a row from a format-1 database): any value received for it wins.
     pub fn column_version(&self, name: &str) -> Version {
-        self.column(name).map(|c| c.version).unwrap_or(self.born)
+        self.column(name).map(|c| c.version).unwrap_or_default()
     }
 
     pub fn set_column(&mut self, name: &str, version: Version, hash: u64) {
@@ -70,16 +72,18 @@ impl RowState {
 
 pub fn read(conn: &Connection, table: &str, pk: &[u8]) -> Result<Option<RowState>> {
     conn.prepare_cached(
-        "SELECT cl, born_hlc, born_node, born_hash, hlc, node, cols FROM __harmonylite__rows
-         WHERE tbl = ?1 AND pk = ?2",
+        "SELECT cl, born_hlc, born_node, born_hash, hlc, node, cols, life_hlc, life_node
+         FROM __harmonylite__rows WHERE tbl = ?1 AND pk = ?2",
     )
     .and_then(|mut stmt| {
         stmt.query_row(params![table, pk], |row| {
             let cols: Option<Vec<u8>> = row.get(6)?;
+            let born = version(row.get(1)?, row.get(2)?);
             Ok(RowState {
                 cl: row.get::<_, i64>(0)?.max(0) as u64,
-                born: version(row.get(1)?, row.get(2)?),
+                born,
                 born_hash: row.get::<_, i64>(3)? as u64,
+                life: life(row.get(7)?, row.get(8)?, born),
                 last: version(row.get(4)?, row.get(5)?),
                 columns: cols.map(|blob| decode_columns(&blob)).unwrap_or_default(),
             })
@@ -91,8 +95,8 @@ pub fn read(conn: &Connection, table: &str, pk: &[u8]) -> Result<Option<RowState
 
 pub fn write(conn: &Connection, table: &str, pk: &[u8], state: &RowState) -> Result<()> {
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO __harmonylite__rows(tbl, pk, cl, born_hlc, born_node, born_hash, hlc, node, cols)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR REPLACE INTO __harmonylite__rows(tbl, pk, cl, born_hlc, born_node, born_hash, hlc, node, cols,
+             life_hlc, life_node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -105,6 +109,8 @@ pub fn write(conn: &Connection, table: &str, pk: &[u8], state: &RowState) -> Res
             state.last.hlc as i64,
             state.last.node as i64,
             encode_columns(&state.columns),
+            state.life.hlc as i64,
+            state.life.node as i64,
         ])
     })
     .ctx("recording a row's state")?;
@@ -121,18 +127,20 @@ pub fn remove(conn: &Connection, table: &str, pk: &[u8]) -> Result<()> {
 /// Every key of a table that has state, with it (for the divergence checksum and full re-publication).
 pub fn for_table(conn: &Connection, table: &str) -> Result<Vec<(Vec<u8>, RowState)>> {
     conn.prepare(
-        "SELECT pk, cl, born_hlc, born_node, born_hash, hlc, node, cols FROM __harmonylite__rows
-         WHERE tbl = ?1 ORDER BY pk",
+        "SELECT pk, cl, born_hlc, born_node, born_hash, hlc, node, cols, life_hlc, life_node
+         FROM __harmonylite__rows WHERE tbl = ?1 ORDER BY pk",
     )
     .and_then(|mut stmt| {
         stmt.query_map([table], |row| {
             let cols: Option<Vec<u8>> = row.get(7)?;
+            let born = version(row.get(2)?, row.get(3)?);
             Ok((
                 row.get(0)?,
                 RowState {
                     cl: row.get::<_, i64>(1)?.max(0) as u64,
-                    born: version(row.get(2)?, row.get(3)?),
+                    born,
                     born_hash: row.get::<_, i64>(4)? as u64,
+                    life: life(row.get(8)?, row.get(9)?, born),
                     last: version(row.get(5)?, row.get(6)?),
                     columns: cols.map(|blob| decode_columns(&blob)).unwrap_or_default(),
                 },
@@ -141,6 +149,14 @@ pub fn for_table(conn: &Connection, table: &str) -> Result<Vec<(Vec<u8>, RowStat
         .collect::<rusqlite::Result<Vec<_>>>()
     })
     .ctx("reading row states")
+}
+
+/// A row state stored without a life (upgraded from format 1) lives the life it was born with.
+fn life(hlc: Option<i64>, node: Option<i64>, born: Version) -> Version {
+    match (hlc, node) {
+        (Some(hlc), Some(node)) => version(hlc, node),
+        _ => born,
+    }
 }
 
 fn version(hlc: i64, node: i64) -> Version {
