@@ -90,7 +90,8 @@ pub fn plan(
             incoming_wins: change.born < stored.born,
         };
     }
-    if movable && same_lineage && change.life != stored.life && change.cl == stored.cl {
+    if movable && change.born == stored.born && change.life != stored.life && change.cl == stored.cl
+    {
         // The key was deleted and created again on two nodes independently (the same life number, two
         // different rows): the earliest of the two keeps the key.
         return Plan::Collision {
