@@ -937,6 +937,174 @@ fn regression_creations_deletes_and_a_restart() {
     }
 }
 
+/// Found by the property test: an explicit key written on nodes with and without a column added since.
+#[test]
+fn regression_schema_skew_on_an_explicit_key() {
+    let steps = vec![
+        Step::AddColumn { node: 2 },
+        Step::KvPut {
+            node: 2,
+            key: 2,
+            x: Some(3),
+            y: Some(72),
+        },
+        Step::KvPut {
+            node: 0,
+            key: 2,
+            x: None,
+            y: Some(139),
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Stamp { node: 1 },
+        Step::Deliver {
+            node: 2,
+            shard: 0,
+            count: 1,
+        },
+        Step::KvPut {
+            node: 2,
+            key: 2,
+            x: None,
+            y: Some(132),
+        },
+        Step::Update {
+            node: 1,
+            pick: 5,
+            a: None,
+            b: Some(25),
+            rename: None,
+        },
+        Step::Restart { node: 1 },
+        Step::Deliver {
+            node: 0,
+            shard: 0,
+            count: 3,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 1,
+            count: 4,
+        },
+        Step::Deliver {
+            node: 2,
+            shard: 0,
+            count: 4,
+        },
+        Step::Recreate { node: 0, pick: 4 },
+        Step::Update {
+            node: 1,
+            pick: 2,
+            a: None,
+            b: None,
+            rename: None,
+        },
+        Step::KvPut {
+            node: 2,
+            key: 1,
+            x: Some(14),
+            y: None,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 1,
+            count: 5,
+        },
+        Step::Deliver {
+            node: 2,
+            shard: 0,
+            count: 1,
+        },
+        Step::Update {
+            node: 1,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: None,
+        },
+        Step::KvPut {
+            node: 2,
+            key: 1,
+            x: None,
+            y: None,
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: true,
+        },
+        Step::Update {
+            node: 1,
+            pick: 0,
+            a: None,
+            b: Some(0),
+            rename: None,
+        },
+        Step::Update {
+            node: 2,
+            pick: 7,
+            a: Some(52),
+            b: None,
+            rename: None,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: true,
+        },
+        Step::Restart { node: 1 },
+        Step::Update {
+            node: 2,
+            pick: 4,
+            a: None,
+            b: Some(166),
+            rename: None,
+        },
+        Step::Deliver {
+            node: 2,
+            shard: 0,
+            count: 4,
+        },
+        Step::Restart { node: 2 },
+        Step::Recreate { node: 1, pick: 7 },
+        Step::Update {
+            node: 1,
+            pick: 2,
+            a: None,
+            b: Some(213),
+            rename: None,
+        },
+        Step::Delete { node: 0, pick: 3 },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: true,
+        },
+        Step::Delete { node: 0, pick: 1 },
+        Step::Deliver {
+            node: 1,
+            shard: 0,
+            count: 2,
+        },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}
+
 /// Found by the property test: two nodes create key 1; the first creation later takes a UNIQUE name the
 /// other row also holds.
 #[test]

@@ -206,13 +206,15 @@ pub fn rekey(
     Ok(())
 }
 
-/// Folds a later update of a row into that row's waiting insert (the whole row waits as one image, the
-/// same on every node, whichever node parked it and whatever it had already received). Returns false when
-/// no insert of the row's life waits here.
+/// Folds a later update of a row into that row's insert waiting on a constraint (the whole row waits as one
+/// image, the same on every node, whichever node moved it aside and whatever it had received by then).
+/// Returns false when no such insert of the row's life waits here. An insert waiting on the schema is not
+/// folded into: its columns keep their own versions, and the update waits behind it instead.
 pub fn fold_update(conn: &Connection, change: &RowChange) -> Result<bool> {
     let rows: Vec<(i64, Vec<u8>)> = conn
         .prepare_cached(
-            "SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2 ORDER BY id",
+            "SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2 AND kind = 'constraint'
+             ORDER BY id",
         )
         .and_then(|mut stmt| {
             stmt.query_map(params![change.table, pk_key(&change.pk)], |row| {
