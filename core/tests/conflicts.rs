@@ -4,8 +4,7 @@
 mod support;
 
 use harmonylite::clock::Version;
-use harmonylite::log::{encode, Batch, Op, RowChange, Value};
-use harmonylite::Token;
+use harmonylite::log::{Op, RowChange, Value};
 use support::*;
 
 const SCHEMA: &str = "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);";
@@ -36,28 +35,6 @@ fn state_of(node: &Node, k: i64) -> (i64, Version, i64, i64) {
             },
         )
         .expect("row state")
-}
-
-/// Publishes a hand-made change from a fake node, as if it arrived late from the network.
-async fn inject(server: &NatsServer, node_id: u64, change: RowChange) -> Token {
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let payload = encode(
-        &Batch {
-            node_id,
-            changes: vec![change],
-        },
-        true,
-    );
-    let ack = js
-        .publish("harmonylite-change-log.0", payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    let mut token = Token::default();
-    token.positions.insert(0, ack.sequence);
-    token
 }
 
 /// An update of `v` in the row's life `cl`, incarnation `born`.
@@ -141,7 +118,7 @@ async fn late_arrivals_do_not_win_and_deletes_are_not_resurrected() {
     let token = inject(
         &server,
         99,
-        update(1, "stale", hlc1 as u64 - 1000, cl1, born1),
+        vec![update(1, "stale", hlc1 as u64 - 1000, cl1, born1)],
     )
     .await;
     for n in [&a, &b] {
@@ -167,7 +144,7 @@ async fn late_arrivals_do_not_win_and_deletes_are_not_resurrected() {
     let token = inject(
         &server,
         99,
-        update(2, "zombie", delete_hlc as u64 + 5, 1, born2),
+        vec![update(2, "zombie", delete_hlc as u64 + 5, 1, born2)],
     )
     .await;
     for n in [&a, &b] {
@@ -197,7 +174,7 @@ async fn late_arrivals_do_not_win_and_deletes_are_not_resurrected() {
         pk: vec![Value::Integer(1)],
         columns: vec![],
     };
-    let token = inject(&server, 99, late_delete).await;
+    let token = inject(&server, 99, vec![late_delete]).await;
     for n in [&a, &b] {
         n.replica().wait_for(&token, WAIT).await.expect("wait");
         assert_eq!(n.dump("kv").len(), 1);
@@ -206,7 +183,7 @@ async fn late_arrivals_do_not_win_and_deletes_are_not_resurrected() {
 
     // A newer change from elsewhere wins everywhere; a local write made after seeing it orders after it.
     let future = (harmonylite::clock::wall_millis() + 60_000) << 16;
-    let token = inject(&server, 99, update(1, "future", future, cl, born)).await;
+    let token = inject(&server, 99, vec![update(1, "future", future, cl, born)]).await;
     for n in [&a, &b] {
         n.replica().wait_for(&token, WAIT).await.expect("wait");
         assert_eq!(n.dump("kv")[0][1], "tfuture");

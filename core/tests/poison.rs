@@ -5,28 +5,11 @@
 mod support;
 
 use harmonylite::clock::Version;
-use harmonylite::log::{encode, Batch, Op, RowChange, Value};
-use harmonylite::Token;
+use harmonylite::log::{Op, RowChange, Value};
 use support::*;
 
 const SCHEMA: &str = "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);
      CREATE TABLE pair(a TEXT, b INTEGER, v TEXT, PRIMARY KEY(a, b));";
-
-/// Publishes one batch from a fake node, as if it arrived from the network.
-async fn inject(server: &NatsServer, node_id: u64, changes: Vec<RowChange>) -> Token {
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let payload = encode(&Batch { node_id, changes }, true);
-    let ack = js
-        .publish("harmonylite-change-log.0", payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    let mut token = Token::default();
-    token.positions.insert(0, ack.sequence);
-    token
-}
 
 fn insert(table: &str, pk: Vec<Value>, columns: Vec<(&str, Value)>, hlc: u64) -> RowChange {
     let born = Version { hlc, node: 99 };

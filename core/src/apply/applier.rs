@@ -537,10 +537,6 @@ fn apply_change(
                     tx,
                     outcome,
                     Conflict {
-                        id: 0,
-                        at_ms: wall_millis(),
-                        table: table.name.clone(),
-                        pk: change.pk.clone(),
                         kind,
                         winner: stored.map(|s| side_of(table, s, current.as_deref(), &columns)),
                         loser: Some(ConflictSide {
@@ -551,6 +547,7 @@ fn apply_change(
                         columns,
                         moved_to: None,
                         detail,
+                        ..Conflict::about(&table.name, &change.pk)
                     },
                 )?;
             }
@@ -588,10 +585,6 @@ fn apply_change(
                     tx,
                     outcome,
                     Conflict {
-                        id: 0,
-                        at_ms: wall_millis(),
-                        table: table.name.clone(),
-                        pk: change.pk.clone(),
                         kind: ConflictKind::ValuesOverwritten,
                         winner: Some(ConflictSide {
                             node: origin,
@@ -613,6 +606,7 @@ fn apply_change(
                         ),
                         columns: overwritten,
                         moved_to: None,
+                        ..Conflict::about(&table.name, &change.pk)
                     },
                 )?;
             }
@@ -624,10 +618,6 @@ fn apply_change(
                     tx,
                     outcome,
                     Conflict {
-                        id: 0,
-                        at_ms: wall_millis(),
-                        table: table.name.clone(),
-                        pk: change.pk.clone(),
                         kind: ConflictKind::ChangeLost,
                         winner: stored_state
                             .map(|s| side_of(table, s, before.as_deref(), &columns)),
@@ -642,6 +632,7 @@ fn apply_change(
                         ),
                         columns,
                         moved_to: None,
+                        ..Conflict::about(&table.name, &change.pk)
                     },
                 )?;
             }
@@ -679,10 +670,6 @@ fn apply_change(
                         tx,
                         outcome,
                         Conflict {
-                            id: 0,
-                            at_ms: wall_millis(),
-                            table: table.name.clone(),
-                            pk: change.pk.clone(),
                             kind: ConflictKind::DeletedWithEdits,
                             winner: Some(ConflictSide {
                                 node: origin,
@@ -695,6 +682,7 @@ fn apply_change(
                             detail: format!(
                                 "node {origin} deleted a row holding edits it had not seen; the delete wins"
                             ),
+                            ..Conflict::about(&table.name, &change.pk)
                         },
                     )?;
                 }
@@ -995,16 +983,13 @@ fn resolve_constraint(
         tx,
         outcome,
         Conflict {
-            id: 0,
-            at_ms: wall_millis(),
-            table: table.name.clone(),
-            pk: change.pk.clone(),
             kind: ConflictKind::Constraint,
             columns,
             winner: Some(winner),
             loser: Some(loser),
             moved_to: None,
             detail,
+            ..Conflict::about(&table.name, &change.pk)
         },
     )?;
     Ok(result)
@@ -1172,10 +1157,6 @@ fn resolve_collision(
             tx,
             outcome,
             Conflict {
-                id: 0,
-                at_ms: wall_millis(),
-                table: table.name.clone(),
-                pk: change.pk.clone(),
                 kind: ConflictKind::KeyMoved,
                 columns: table.pk.clone(),
                 winner: Some(ConflictSide {
@@ -1193,6 +1174,7 @@ fn resolve_collision(
                     "node {} created a different row under key {key_text} later than node {}; node {} moves it to a fresh key",
                     change.life.node, stored.life.node, change.life.node
                 ),
+                ..Conflict::about(&table.name, &change.pk)
             },
         )?;
         return Ok(Some(Applied::Displaced));
@@ -1262,10 +1244,6 @@ fn resolve_collision(
         tx,
         outcome,
         Conflict {
-            id: 0,
-            at_ms: wall_millis(),
-            table: table.name.clone(),
-            pk: change.pk.clone(),
             kind: ConflictKind::KeyMoved,
             columns: table.pk.clone(),
             winner: Some(ConflictSide {
@@ -1280,6 +1258,7 @@ fn resolve_collision(
             }),
             moved_to,
             detail,
+            ..Conflict::about(&table.name, &change.pk)
         },
     )?;
     outcome.tables.insert(table.name.clone());
@@ -1333,10 +1312,6 @@ fn rehome(
         tx,
         outcome,
         Conflict {
-            id: 0,
-            at_ms: wall_millis(),
-            table: table.name.clone(),
-            pk: change.pk.clone(),
             kind: ConflictKind::KeyMoved,
             columns: table.pk.clone(),
             winner: Some(ConflictSide {
@@ -1355,6 +1330,7 @@ fn rehome(
                 describe_key(&change.pk),
                 describe_key(&new_key)
             ),
+            ..Conflict::about(&table.name, &change.pk)
         },
     )?;
     Ok(None)

@@ -43,16 +43,7 @@ pub fn apply_batch(
 ) -> Result<BatchResult> {
     // Local changes not yet stamped are stamped first, from their commit times: the merge then compares
     // them with what arrived like any other change.
-    let stamped = match run.stamp {
-        Some(settings) => Some(stamp::stamp_pending(
-            tx,
-            run.schema,
-            clock,
-            run.history,
-            settings,
-        )?),
-        None => None,
-    };
+    let stamped = stamp_first(tx, run, clock)?;
     // Whatever the log holds from here on, this transaction wrote (see `capture::change_log_mark`).
     let mark = capture::change_log_mark(tx)?;
     let ctx = ApplyContext {
@@ -114,16 +105,7 @@ pub fn retry_parked_batch(
     };
     // As before applying anything: what the app committed is stamped first, so a parked change that
     // applies now is merged with it rather than written over it.
-    let stamped = match run.stamp {
-        Some(settings) => Some(stamp::stamp_pending(
-            tx,
-            run.schema,
-            clock,
-            run.history,
-            settings,
-        )?),
-        None => None,
-    };
+    let stamped = stamp_first(tx, run, clock)?;
     let mark = capture::change_log_mark(tx)?;
     let ctx = ApplyContext {
         schema: run.schema,
@@ -150,6 +132,23 @@ pub fn retry_parked_batch(
         stamped,
         parked_tables: Some(parked::tables(tx)?),
     })
+}
+
+fn stamp_first(
+    tx: &Transaction<'_>,
+    run: &BatchRun<'_>,
+    clock: &mut Clock,
+) -> Result<Option<Stamped>> {
+    match run.stamp {
+        Some(settings) => Ok(Some(stamp::stamp_pending(
+            tx,
+            run.schema,
+            clock,
+            run.history,
+            settings,
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// The messages stamped before applying, plus those of the changes the applier made for the app.

@@ -68,6 +68,24 @@ pub struct Conflict {
     pub detail: String,
 }
 
+impl Conflict {
+    /// A conflict about one row, recorded now; the caller fills in what happened (struct update syntax).
+    pub fn about(table: &str, pk: &[Value]) -> Conflict {
+        Conflict {
+            id: 0,
+            at_ms: crate::clock::wall_millis(),
+            table: table.to_string(),
+            pk: pk.to_vec(),
+            kind: ConflictKind::ChangeLost,
+            columns: Vec::new(),
+            winner: None,
+            loser: None,
+            moved_to: None,
+            detail: String::new(),
+        }
+    }
+}
+
 /// Stores a conflict; returns it with its id.
 pub fn record(conn: &Connection, mut conflict: Conflict) -> Result<Conflict> {
     let blob = rmp_serde::to_vec(&conflict).unwrap_or_default();

@@ -366,3 +366,24 @@ pub async fn settle(nodes: &[&Node]) {
         previous = Some(token);
     }
 }
+
+/// Publishes one batch as if `node_id` had sent it (late, forged or malformed messages), on shard 0 of the
+/// default stream; returns the token that covers it.
+pub async fn inject(
+    server: &NatsServer,
+    node_id: u64,
+    changes: Vec<harmonylite::log::RowChange>,
+) -> Token {
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let payload = harmonylite::log::encode(&harmonylite::log::Batch { node_id, changes }, true);
+    let ack = js
+        .publish("harmonylite-change-log.0", payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let mut token = Token::default();
+    token.positions.insert(0, ack.sequence);
+    token
+}
