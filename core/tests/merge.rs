@@ -380,3 +380,42 @@ async fn a_database_that_already_holds_rows_seeds_the_cluster() {
     }
     assert_same(&[&a, &b, &c], &["category", "product"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_configured_to_merge_whole_rows_keeps_the_newest_image() {
+    init_logging();
+    let server = NatsServer::start();
+    let row_merged = |node_id| {
+        let mut config = config_for(&server, node_id);
+        config
+            .tables
+            .merge
+            .insert("doc".into(), harmonylite::config::TableMerge::Row);
+        config
+    };
+    let mut a = Node::start(row_merged(1), DOC).await;
+    let b = Node::start(row_merged(2), DOC).await;
+    a.exec("INSERT INTO doc VALUES (1, 'title', 'body', 0)");
+    settle(&[&a, &b]).await;
+    a.close().await;
+    a.exec("UPDATE doc SET title = 'title by A' WHERE id = 1");
+    wait_past(harmonylite::clock::wall_millis());
+    b.exec("UPDATE doc SET body = 'body by B' WHERE id = 1");
+    b.sync().await;
+    a.open().await;
+    settle(&[&a, &b]).await;
+    for node in [&a, &b] {
+        assert_eq!(
+            doc_row(node, 1),
+            vec!["i1", "ttitle", "tbody by B", "i0"],
+            "the newest whole row (B's) wins; A's edit is in the conflict log"
+        );
+    }
+    let logged = a.replica().conflicts(0, 100).await.expect("conflicts");
+    assert!(
+        logged
+            .iter()
+            .any(|c| c.columns.contains(&"title".to_string())),
+        "{logged:?}"
+    );
+}
