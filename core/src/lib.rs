@@ -22,6 +22,7 @@ mod db_thread;
 mod engine;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod log;
 pub mod publish;
 pub mod snapshot;
@@ -35,4 +36,6 @@ pub use engine::{
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{ChangeEvent, ChangeOp, Listener, Subscription};
+pub use health::{Health, HealthLimits};
 pub use log::Value;
+pub use transport::stream_health::BrokerDataLoss;
