@@ -325,7 +325,16 @@ impl StreamKeeper {
         let mut ensured = false;
         loop {
             if !ensured {
-                match ensure_streams(&self.js, &self.config, &self.names, self.replicas).await {
+                // Requests made while disconnected only time out: wait for the connection (saying which
+                // URLs cannot be reached), and give up any request at shutdown.
+                if !self.wait_connected(&mut shutdown, &mut last_warning).await {
+                    return;
+                }
+                let attempt = tokio::select! {
+                    attempt = ensure_streams(&self.js, &self.config, &self.names, self.replicas) => attempt,
+                    _ = shutdown.changed() => return,
+                };
+                match attempt {
                     Ok(streams) => {
                         for stream in streams {
                             if seen
@@ -379,7 +388,11 @@ impl StreamKeeper {
                 return;
             }
             for name in stream_names(&self.config, &self.names) {
-                match self.js.get_stream(&name).await {
+                let answer = tokio::select! {
+                    answer = self.js.get_stream(&name) => answer,
+                    _ = shutdown.changed() => return,
+                };
+                match answer {
                     Ok(stream) => {
                         let info = stream.cached_info();
                         let created = created_ns(info);
