@@ -7,6 +7,7 @@
 //! faults writer --db PATH --ledger PATH --writer N --generation N --seed N --pace-ms N   (internal)
 //! faults publish --url URL --kind KIND --shards N --victim NODE                          (internal)
 //! faults hog                                                                            (internal)
+//! faults fuzz-seeds DIR...        seed corpus of well-formed messages for fuzz/ (see RELIABILITY.md)
 //! ```
 //!
 //! Every scenario prints lost / extra / identical / panics / time to converge; the campaign exits non-zero
@@ -102,6 +103,10 @@ fn main() -> ExitCode {
             writer::hog();
             Ok(true)
         }
+        "fuzz-seeds" => poison::write_fuzz_seeds(&args.rest).map(|written| {
+            println!("{written} seed files written");
+            true
+        }),
         other => Err(format!(
             "unknown command `{other}` (campaign, list; writer, publish, hog are internal)"
         )),

@@ -118,6 +118,74 @@ pub fn publish(url: &str, kind: &str, shards: u32, victim_node: u64) -> Result<(
     })
 }
 
+/// Writes a seed corpus of well-formed messages (plain, compressed, and the body alone behind the `0xff`
+/// marker the fuzz targets understand) into each of `dirs` (`fuzz/corpus/<target>`).
+pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
+    let mut batches: Vec<Batch> = KINDS
+        .iter()
+        .filter_map(|kind| message(kind, 7).ok().map(|(batch, _, _)| batch))
+        .collect();
+    let row = |id: &str| RowChange {
+        table: "items".into(),
+        op: Op::Upsert,
+        hlc: from_millis(1_700_000_000_000),
+        pk: vec![Value::Integer(3)],
+        columns: vec![
+            ("id".into(), Value::Integer(3)),
+            ("name".into(), Value::Text(id.into())),
+            ("qty".into(), Value::Integer(4)),
+            ("price".into(), Value::Real(2.5)),
+        ],
+    };
+    batches.push(Batch {
+        node_id: 9,
+        changes: vec![
+            row("x"),
+            RowChange {
+                table: "pairs".into(),
+                op: Op::Upsert,
+                hlc: 1 << 20,
+                pk: vec![Value::Text("a".into()), Value::Integer(1)],
+                columns: vec![
+                    ("a".into(), Value::Text("a".into())),
+                    ("b".into(), Value::Integer(1)),
+                    ("v".into(), Value::Blob(vec![0, 1, 2])),
+                ],
+            },
+            RowChange {
+                table: "items".into(),
+                op: Op::Delete,
+                hlc: 2 << 20,
+                pk: vec![Value::Integer(1)],
+                columns: vec![],
+            },
+        ],
+    });
+    batches.push(Batch {
+        node_id: 1,
+        changes: vec![],
+    });
+    let mut written = 0;
+    for dir in dirs {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        for (i, batch) in batches.iter().enumerate() {
+            let plain = encode(batch, false);
+            let mut body = vec![0xff];
+            body.extend_from_slice(plain.get(4..).unwrap_or_default());
+            for (name, bytes) in [
+                ("plain", plain.clone()),
+                ("zstd", encode(batch, true)),
+                ("body", body),
+            ] {
+                std::fs::write(format!("{dir}/seed-{i}-{name}"), bytes)
+                    .map_err(|e| format!("{dir}: {e}"))?;
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
