@@ -73,10 +73,12 @@ fn load_config(args: &args::Args) -> Result<(Config, PathBuf), String> {
 }
 
 fn init_logging(config: &Config) {
+    // async-nats reports each failed connection attempt as "IO error" at info; the stream keeper's warning
+    // names the URL that cannot be reached instead.
     let default = if config.logging.verbose {
         "debug"
     } else {
-        "info"
+        "info,async_nats=warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HARMONYLITE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -88,19 +90,24 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// 200 only when the node can make progress (`Status::health`); otherwise 503 with the reasons.
 fn health_body(status: &harmonylite::Status, detailed: bool) -> (u16, String) {
-    let healthy = status.connection == ConnectionState::Connected && status.streams_ready;
-    let code = if healthy { 200 } else { 503 };
+    let health = status.health();
+    let code = if health.ok { 200 } else { 503 };
+    let verdict = if health.ok { "ok" } else { "unhealthy" };
     let body = if detailed {
         serde_json::json!({
-            "status": if healthy { "ok" } else { "unhealthy" },
+            "status": verdict,
+            "problems": health.problems,
             "node_id": status.node_id,
             "uptime_ms": status.uptime_ms,
             "db": status.db_path,
             "nats": {
                 "connected": status.connection == ConnectionState::Connected,
                 "state": status.connection,
+                "unreachable_ms": status.nats_unreachable_ms,
                 "streams_ready": status.streams_ready,
+                "missing_streams": status.missing_streams,
                 "urls": status.nats_urls,
                 "embedded": status.embedded_server,
             },
@@ -113,14 +120,17 @@ fn health_body(status: &harmonylite::Status, detailed: bool) -> (u16, String) {
                 "paused_tables": status.paused_tables,
             },
             "positions": status.shards,
+            "behind_retention": status.behind_retention,
+            "broker_data_loss": status.broker_data_loss,
             "last_publish_ms": status.last_publish_ms,
             "last_apply_ms": status.last_apply_ms,
             "dead_lettered": status.dead_lettered,
             "errors": status.errors,
+            "errors_last_minute": status.errors_last_minute,
             "last_error": status.last_error,
         })
     } else {
-        serde_json::json!({ "status": if healthy { "ok" } else { "unhealthy" } })
+        serde_json::json!({ "status": verdict, "problems": health.problems })
     };
     (code, body.to_string())
 }

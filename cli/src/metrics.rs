@@ -107,6 +107,46 @@ pub fn render(status: &Status, naming: &Naming, snapshot_age_seconds: Option<f64
         "Errors met while replicating (each one retried).",
         &[("", counter(status.errors))],
     );
+    w.metric(
+        "broker_data_loss_total",
+        "counter",
+        "Times JetStream lost messages this node relied on (a stream deleted or recreated, or holding less than was applied).",
+        &[("", counter(status.broker_data_loss_events))],
+    );
+    let gauge = |yes: bool| if yes { 1.0 } else { 0.0 };
+    w.metric(
+        "streams_ready",
+        "gauge",
+        "1 when every stream exists on the server.",
+        &[("", gauge(status.streams_ready))],
+    );
+    w.metric(
+        "behind_retention",
+        "gauge",
+        "1 when a shard's position is older than the first message its stream keeps.",
+        &[("", gauge(status.behind_retention))],
+    );
+    w.metric(
+        "healthy",
+        "gauge",
+        "1 when the node can make progress (what /health answers).",
+        &[("", gauge(status.health().ok))],
+    );
+    let stalled: Vec<(String, f64)> = status
+        .shards
+        .iter()
+        .map(|s| {
+            let seconds = s.stalled_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            (format!("shard=\"{}\"", s.shard), seconds)
+        })
+        .collect();
+    let stalled_refs: Vec<(&str, f64)> = stalled.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    w.metric(
+        "shard_stalled_seconds",
+        "gauge",
+        "Seconds the shard has had messages waiting without applying any (0 while it keeps up).",
+        &stalled_refs,
+    );
     let connected = if status.connection == ConnectionState::Connected {
         1.0
     } else {

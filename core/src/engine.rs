@@ -26,7 +26,8 @@ use crate::publish::publisher::{PublishProgress, Publisher};
 use crate::snapshot::{self, service::SnapshotService};
 use crate::state::conflicts::Conflict;
 use crate::transport::embedded::{EmbeddedOptions, EmbeddedServer};
-use crate::transport::{self, Names};
+use crate::transport::stream_health::StreamHealth;
+use crate::transport::{self, Names, StreamKeeper};
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 /// The process that started the runtime: after `fork()` the child inherits the handle but not its threads.
@@ -101,7 +102,12 @@ pub(crate) struct Counters {
     pub last_apply_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     pub behind_retention: AtomicBool,
+    /// When the most recent errors happened (at most `RECENT_ERRORS_KEPT`), for "errors are rising".
+    pub recent_errors: Mutex<std::collections::VecDeque<Instant>>,
 }
+
+const RECENT_ERRORS_WINDOW: Duration = Duration::from_secs(60);
+const RECENT_ERRORS_KEPT: usize = 1024;
 
 impl Counters {
     pub fn record_error(&self, err: &Error) {
@@ -109,6 +115,26 @@ impl Counters {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(err.to_string());
         }
+        if let Ok(mut recent) = self.recent_errors.lock() {
+            if recent.len() >= RECENT_ERRORS_KEPT {
+                recent.pop_front();
+            }
+            recent.push_back(Instant::now());
+        }
+    }
+
+    /// Errors counted in the last minute.
+    pub fn errors_last_minute(&self) -> u64 {
+        let Ok(mut recent) = self.recent_errors.lock() else {
+            return 0;
+        };
+        while recent
+            .front()
+            .is_some_and(|at| at.elapsed() > RECENT_ERRORS_WINDOW)
+        {
+            recent.pop_front();
+        }
+        recent.len() as u64
     }
 }
 
@@ -185,6 +211,9 @@ pub struct ShardStatus {
     pub stream_last_seq: Option<u64>,
     /// Messages in the stream this node has not applied yet.
     pub lag_messages: Option<u64>,
+    /// How long this shard has had messages waiting without applying any (its apply failing, or its
+    /// position not moving while the stream holds more); None while it keeps up.
+    pub stalled_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -204,8 +233,12 @@ pub struct Status {
     pub node_id: u64,
     pub db_path: String,
     pub connection: ConnectionState,
-    /// The JetStream streams exist (created or checked since open).
+    /// The JetStream streams exist (created or checked since open, and none found missing since).
     pub streams_ready: bool,
+    /// Streams this node found missing on the server; the stream keeper is creating them again.
+    pub missing_streams: Vec<String>,
+    /// How long NATS has been unreachable (None while connected).
+    pub nats_unreachable_ms: Option<u64>,
     pub nats_urls: Vec<String>,
     pub embedded_server: bool,
     pub publish: bool,
@@ -241,6 +274,16 @@ pub struct Status {
     /// A shard's position is older than the first message its stream still holds: rows changed in the gap
     /// are stale until they change again. Restart the node to restore a snapshot.
     pub behind_retention: bool,
+    /// JetStream lost messages this node relied on (a stream deleted or recreated, or holding less than
+    /// this node had applied). Positions were reset to the new stream; rows that only the lost messages
+    /// carried are missing on the nodes that had not applied them until every node publishes its rows again
+    /// (not wired yet), so this stays true for the rest of the run.
+    pub broker_data_loss_detected: bool,
+    /// Losses detected since open (one per lost stream incarnation).
+    pub broker_data_loss_events: u64,
+    pub broker_data_loss: Vec<crate::transport::stream_health::BrokerDataLoss>,
+    /// Errors counted in the last minute (`errors` counts since open).
+    pub errors_last_minute: u64,
     /// Snapshot save/restore progress.
     pub snapshot: snapshot::SnapshotProgress,
     pub uptime_ms: u64,
@@ -265,6 +308,7 @@ pub(crate) struct Inner {
     progress: watch::Receiver<PublishProgress>,
     ready: watch::Receiver<bool>,
     counters: Arc<Counters>,
+    health: Arc<StreamHealth>,
     shutdown: watch::Sender<bool>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     publisher: Mutex<Option<JoinHandle<()>>>,
@@ -353,6 +397,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let conflict_feed = ConflictHub::new();
     let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
     let counters = Arc::new(Counters::default());
+    let db_handle_positions = positions_tx.clone();
     let outputs = DbOutputs {
         conflicts: conflict_feed.clone(),
         counters: counters.clone(),
@@ -375,34 +420,27 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (progress_tx, progress_rx) = watch::channel(PublishProgress::default());
 
-    // Streams are created in the background: NATS may be down at open (offline-first).
-    let setup = {
-        let js = js.clone();
-        let config = config.clone();
-        let names = names.clone();
-        let counters = counters.clone();
-        let mut shutdown = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match transport::ensure_streams(&js, &config, &names, replicas).await {
-                    Ok(()) => {
-                        let _ = ready_tx.send(true);
-                        return;
-                    }
-                    Err(err) => {
-                        warn!(error = %err, "streams not ready; retrying");
-                        counters.record_error(&err);
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        })
-    };
+    // Streams are created in the background (NATS may be down at open: offline-first) and kept: one that
+    // vanishes while running is recorded as broker data loss and created again.
+    let health = Arc::new(StreamHealth::new(Some(
+        Config::state_dir_for(&db).join("streams.json"),
+    )));
+    let setup = tokio::spawn(
+        StreamKeeper {
+            js: js.clone(),
+            config: config.clone(),
+            names: names.clone(),
+            replicas,
+            urls: urls.clone(),
+            health: health.clone(),
+            ready: ready_tx,
+            counters: counters.clone(),
+            progress: config.publish.then(|| progress_tx.clone()),
+        }
+        .run(disconnects_rx.clone(), shutdown_rx.clone()),
+    );
+    let positions_for_consumers = db_handle_positions;
+    let progress_for_consumers = config.publish.then(|| progress_tx.clone());
 
     let publisher = if config.publish {
         let publisher = Publisher {
@@ -412,6 +450,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             max_inflight: config.replication_log.max_inflight,
             counters: counters.clone(),
             progress: progress_tx,
+            health: health.clone(),
         };
         Some(tokio::spawn(publisher.run(
             opened.pending_outbox,
@@ -440,6 +479,11 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
                 pull_bytes: std::sync::atomic::AtomicUsize::new(
                     crate::apply::consumer::MAX_PULL_BYTES,
                 ),
+                health: health.clone(),
+                db_path: db.clone(),
+                busy_timeout: Duration::from_millis(config.apply.busy_timeout_ms),
+                positions: positions_for_consumers.clone(),
+                progress: progress_for_consumers.clone(),
             };
             consumers.push(tokio::spawn(
                 consumer.run(ready_rx.clone(), shutdown_rx.clone()),
@@ -471,6 +515,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             progress: progress_rx,
             ready: ready_rx,
             counters,
+            health,
             shutdown: shutdown_tx,
             consumers: Mutex::new(consumers),
             publisher: Mutex::new(publisher),
@@ -730,8 +775,19 @@ impl Replica {
             ));
         }
         let mut positions = self.inner.positions.clone();
+        let mut verified = self.inner.health.verified_shards();
         let token = token.clone();
         let wait = async move {
+            // A stored position counts once its consumer checked it against the stream (broker data loss).
+            let shards: Vec<u32> = token
+                .positions
+                .iter()
+                .filter(|(_, seq)| **seq > 0)
+                .map(|(shard, _)| *shard)
+                .collect();
+            verified
+                .wait_for(|checked| shards.iter().all(|s| checked.contains(s)))
+                .await?;
             positions
                 .wait_for(|applied| token.reached_by(applied))
                 .await
@@ -779,20 +835,33 @@ impl Replica {
         if connection == ConnectionState::Connected {
             for shard in 0..inner.config.replication_log.shards {
                 let name = inner.names.stream(shard);
-                let ask = async {
-                    let stream = inner.js.get_stream(&name).await.ok()?;
-                    Some(stream.cached_info().state.last_sequence)
-                };
-                if let Ok(Some(last)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
-                    stream_last.insert(shard, last);
+                let ask = inner.js.get_stream(&name);
+                match tokio::time::timeout(Duration::from_secs(1), ask).await {
+                    Ok(Ok(stream)) => {
+                        stream_last.insert(shard, stream.cached_info().state.last_sequence);
+                    }
+                    Ok(Err(err)) if transport::is_stream_not_found(&err) => {
+                        inner.health.set_missing(&name, true);
+                        inner.health.request_recheck();
+                    }
+                    _ => {}
                 }
             }
         }
+        let missing_streams = inner.health.missing();
+        let broker_data_loss = inner.health.losses();
         Ok(Status {
             node_id: inner.node_id,
             db_path: inner.db_path.display().to_string(),
             connection,
-            streams_ready: *inner.ready.borrow(),
+            streams_ready: *inner.ready.borrow() && missing_streams.is_empty(),
+            missing_streams,
+            nats_unreachable_ms: (connection != ConnectionState::Connected).then(|| {
+                inner
+                    .health
+                    .unreachable_for()
+                    .map_or(0, |down| down.as_millis() as u64)
+            }),
             nats_urls: inner.urls.clone(),
             embedded_server: inner.embedded.is_some(),
             publish: inner.config.publish,
@@ -802,12 +871,17 @@ impl Replica {
                 .map(|shard| {
                     let applied_seq = db.positions.get(&shard).copied().unwrap_or(0);
                     let stream_last_seq = stream_last.get(&shard).copied();
+                    let lag_messages = stream_last_seq.map(|last| last.saturating_sub(applied_seq));
                     ShardStatus {
                         shard,
                         applied_seq,
                         published_seq: progress.shard_seqs.get(&shard).copied().unwrap_or(0),
                         stream_last_seq,
-                        lag_messages: stream_last_seq.map(|last| last.saturating_sub(applied_seq)),
+                        lag_messages,
+                        stalled_ms: inner
+                            .health
+                            .stalled_for(shard, applied_seq, lag_messages)
+                            .map(|stalled| stalled.as_millis() as u64),
                     }
                 })
                 .collect(),
@@ -839,6 +913,10 @@ impl Replica {
             errors: counters.errors.load(Ordering::Relaxed),
             last_error: counters.last_error.lock().ok().and_then(|e| e.clone()),
             behind_retention: counters.behind_retention.load(Ordering::Relaxed),
+            broker_data_loss_detected: !broker_data_loss.is_empty(),
+            broker_data_loss_events: inner.health.loss_events(),
+            broker_data_loss,
+            errors_last_minute: counters.errors_last_minute(),
             snapshot: inner.snapshots.progress(),
             uptime_ms: inner.started.elapsed().as_millis() as u64,
         })

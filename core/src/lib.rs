@@ -23,6 +23,7 @@ mod db_thread;
 mod engine;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod log;
 pub mod publish;
 pub mod snapshot;
@@ -37,5 +38,7 @@ pub use engine::{
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{ChangeEvent, ChangeOp, ConflictSubscription, Listener, Subscription};
+pub use health::{Health, HealthLimits};
 pub use log::Value;
 pub use state::conflicts::{Conflict, ConflictKind, ConflictSide};
+pub use transport::stream_health::BrokerDataLoss;

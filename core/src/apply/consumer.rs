@@ -1,7 +1,14 @@
 //! The consumer task of one shard: reads the shard's stream from this node's stored position with a
 //! durable pull consumer, hands bounded batches to the database thread, acknowledges after the commit,
 //! and parks undecodable messages on the dead-letter stream.
+//!
+//! Before reading, it checks that the stream is the one its stored position refers to: a stream that was
+//! recreated (the server lost its store, or someone deleted it) starts again at sequence 1, and resuming
+//! from the old position would skip the new stream's first messages silently. Then the position is reset
+//! to the start of the stream, the loss is recorded in `status()`, and the republish hook is called.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +21,10 @@ use tracing::{debug, info, warn};
 use super::applier::{ApplyOutcome, Incoming};
 use crate::db_thread::Command;
 use crate::engine::Counters;
-use crate::error::{Error, Result};
-use crate::transport::Names;
+use crate::error::{Error, Result, SqlContext};
+use crate::publish::publisher::PublishProgress;
+use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
+use crate::transport::{created_ns, is_stream_not_found, Names};
 
 /// Most payload bytes gathered into one apply transaction.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -42,6 +51,15 @@ pub(crate) struct ShardConsumer {
     pub disconnects: watch::Receiver<u64>,
     /// Bytes per pull; halved at each restart (usually a cut connection), grown back after healthy batches.
     pub pull_bytes: std::sync::atomic::AtomicUsize,
+    pub health: Arc<StreamHealth>,
+    /// The database file, for resetting the stored position after broker data loss.
+    pub db_path: PathBuf,
+    pub busy_timeout: Duration,
+    /// Announces applied positions (a reset one too) to `wait_for`.
+    pub positions: watch::Sender<BTreeMap<u32, u64>>,
+    /// The publisher's acknowledged sequences (None when this node does not publish): after a stream was
+    /// recreated, the old stream's sequences must not stand in read-your-writes tokens.
+    pub progress: Option<watch::Sender<PublishProgress>>,
 }
 
 async fn ask<T>(
@@ -66,11 +84,17 @@ impl ShardConsumer {
                 _ = shutdown.changed() => return,
             }
         }
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
+            let started = Instant::now();
             match self.consume(&mut shutdown).await {
                 Exit::Shutdown => return,
                 Exit::Restart(reason) => {
+                    // A consumer that ran for a while failed for a new reason: retry soon again.
+                    if started.elapsed() > MAX_BACKOFF * 2 {
+                        backoff = FIRST_BACKOFF;
+                    }
                     // Most restarts follow a dropped connection; the server may have cut us as a slow
                     // consumer, so ask for less at a time.
                     self.shrink_pulls();
@@ -88,14 +112,44 @@ impl ShardConsumer {
     /// Opens the pull stream from the stored position; returns it with that position.
     async fn open_messages(&self) -> Result<(consumer::pull::Stream, u64)> {
         let shard = self.shard;
-        let position = ask(&self.db, |reply| Command::Position { shard, reply }).await?;
+        let mut position = ask(&self.db, |reply| Command::Position { shard, reply }).await?;
         let stream_name = self.names.stream(shard);
-        let stream = self
-            .js
-            .get_stream(&stream_name)
-            .await
-            .map_err(|err| Error::transport(format!("opening stream {stream_name}"), err))?;
-        let state = &stream.cached_info().state;
+        let stream = match self.js.get_stream(&stream_name).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                if is_stream_not_found(&err) {
+                    // The stream keeper confirms, records the loss and creates it again.
+                    self.health.set_missing(&stream_name, true);
+                    self.health.request_recheck();
+                }
+                return Err(Error::transport(
+                    format!("opening stream {stream_name}"),
+                    err,
+                ));
+            }
+        };
+        let info = stream.cached_info();
+        let state = &info.state;
+        let current = StreamIdentity {
+            created_ns: created_ns(info),
+            last_seq: state.last_sequence,
+        };
+        let known = self.health.identity(&stream_name);
+        if let Some(reason) = judge(known, current, position) {
+            self.reset_position(&stream_name, &reason, position, current)
+                .await?;
+            position = 0;
+        } else if known.map(|k| k.created_ns) != Some(current.created_ns) {
+            self.health.remember(&stream_name, current);
+        } else {
+            self.health.saw_last_seq(&stream_name, current.last_seq);
+        }
+        if !self.health.verify(shard, &stream_name, current.created_ns) {
+            return Err(Error::transport(
+                format!("opening stream {stream_name}"),
+                "it was lost while this consumer opened it",
+            ));
+        }
         if state.messages > 0 && state.first_sequence > position + 1 {
             self.counters
                 .behind_retention
@@ -141,6 +195,82 @@ impl ShardConsumer {
             .await
             .map(|messages| (messages, position))
             .map_err(|err| Error::transport(format!("reading stream {stream_name}"), err))
+    }
+
+    /// After broker data loss: the stored position refers to messages the stream no longer holds, so it is
+    /// reset to the start of the stream the server holds now (every node does the same, so all apply the new
+    /// stream from its first message), then the new identity is remembered. A failure anywhere before the
+    /// identity is remembered only means the next open resets again, which re-applies harmlessly.
+    async fn reset_position(
+        &self,
+        stream_name: &str,
+        reason: &str,
+        position: u64,
+        current: StreamIdentity,
+    ) -> Result<()> {
+        let shard = self.shard;
+        let new_event =
+            self.health
+                .record_loss(stream_name, Some(shard), reason, Some(current.created_ns));
+        tracing::error!(
+            stream = %stream_name,
+            shard,
+            stored_position = position,
+            stream_last_seq = current.last_seq,
+            reason,
+            new_event,
+            "broker data loss on stream {stream_name}: {reason}; this node's position is reset to the start of the \
+             stream the server holds now. Rows that only the lost messages carried stay missing on nodes that had \
+             not applied them until they are published again"
+        );
+        // Own-message positions waiting in memory are stored first, so none of them overwrites the reset.
+        let (reply, stored) = oneshot::channel();
+        self.db
+            .send(Command::StoreDeferred { reply })
+            .map_err(|_| Error::Closed)?;
+        stored.await.map_err(|_| Error::Closed)?;
+        let (db, busy) = (self.db_path.clone(), self.busy_timeout);
+        tokio::task::spawn_blocking(move || store_position_directly(&db, shard, 0, busy))
+            .await
+            .map_err(|err| Error::Internal(format!("resetting the stream position: {err}")))??;
+        let now = ask(&self.db, |reply| Command::Position { shard, reply }).await?;
+        if now != 0 {
+            return Err(Error::Internal(format!(
+                "the position of shard {shard} is still {now} after its reset; retrying"
+            )));
+        }
+        self.positions.send_modify(|positions| {
+            positions.insert(shard, 0);
+        });
+        if let Some(progress) = &self.progress {
+            // Sequences acknowledged by the lost stream are meaningless now; what this node published since
+            // is at most the new stream's last sequence, so a token asks for that: all of it, and no more
+            // than exists.
+            progress.send_modify(|progress| {
+                if let Some(seq) = progress.shard_seqs.get_mut(&shard) {
+                    *seq = current.last_seq;
+                }
+            });
+        }
+        self.health.remember(stream_name, current);
+        self.health.mark_position_reset(stream_name);
+        self.republish_after_broker_loss(stream_name);
+        Ok(())
+    }
+
+    /// INTEGRATION POINT — republish after broker data loss. The stream lost messages that carried rows some
+    /// nodes may not have applied; the repair is that every node publishes each row it holds again, with its
+    /// stored version, so that LWW on every node converges on the newest. That needs the database thread
+    /// (a `Command::RepublishAll { reply }` that stamps every replicated row with its existing version into
+    /// the outbox) and is not wired yet: `status().broker_data_loss_detected` stays true meanwhile, so health
+    /// reports the node as not ok. Called once per detected loss, after the position reset.
+    fn republish_after_broker_loss(&self, stream_name: &str) {
+        warn!(
+            stream = %stream_name,
+            shard = self.shard,
+            "republishing this node's rows after broker data loss is not wired yet: rows the lost stream alone \
+             carried are not repaired"
+        );
     }
 
     /// Halves the pull size (a dropped connection usually means the server cut a slow consumer).
@@ -291,6 +421,10 @@ impl ShardConsumer {
                 }
                 continue;
             }
+            self.health.saw_last_seq(
+                &self.names.stream(self.shard),
+                next_expected.saturating_sub(1),
+            );
             let outcome = match self.apply_with_retry(incoming.clone(), shutdown).await {
                 Some(outcome) => outcome,
                 None => return Exit::Shutdown,
@@ -325,9 +459,13 @@ impl ShardConsumer {
         loop {
             let messages = incoming.clone();
             match ask(&self.db, |reply| Command::Apply { messages, reply }).await {
-                Ok(outcome) => return Some(outcome),
+                Ok(outcome) => {
+                    self.health.apply_failing(self.shard, false);
+                    return Some(outcome);
+                }
                 Err(Error::Closed) => return None,
                 Err(err) => {
+                    self.health.apply_failing(self.shard, true);
                     self.counters.record_error(&err);
                     warn!(shard = self.shard, error = %err, "apply failed; will retry");
                     tokio::select! {
@@ -364,4 +502,22 @@ impl ShardConsumer {
             }
         }
     }
+}
+
+/// Stores `seq` as `shard`'s position from a connection of its own, in one write transaction.
+/// INTEGRATION: this belongs to the database thread (a `Command::ResetPosition`) once the state module
+/// owns the positions; until then the caller first flushes the thread's in-memory positions
+/// (`Command::StoreDeferred`) and checks the result through `Command::Position`.
+fn store_position_directly(
+    db: &std::path::Path,
+    shard: u32,
+    seq: u64,
+    busy: Duration,
+) -> Result<()> {
+    let mut conn = crate::db_thread::open_connection(db, busy)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("resetting the stream position")?;
+    super::applier::store_position(&tx, shard, seq)?;
+    tx.commit().ctx("resetting the stream position")
 }

@@ -38,6 +38,22 @@ impl CommitWatch {
     }
 }
 
+/// Sleeps for what is left of `min_interval` since the wake-up, reading the clock once. Reading it twice
+/// (`while elapsed < min { sleep(min - elapsed) }`) raced: the interval could end between the two reads, and
+/// the subtraction then panicked the watcher thread (`overflow when subtracting durations`), after which
+/// commits were noticed by polling only. `std::thread::sleep` never returns early, so one sleep suffices.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn pause_rest_of(
+    min_interval: Duration,
+    elapsed: impl FnOnce() -> Duration,
+    sleep: impl FnOnce(Duration),
+) {
+    let rest = min_interval.saturating_sub(elapsed());
+    if !rest.is_zero() {
+        sleep(rest);
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use std::path::Path;
@@ -108,9 +124,11 @@ mod linux {
                                 }
                                 // Events queued meanwhile are read (and folded) after the pause.
                                 let woke = Instant::now();
-                                while woke.elapsed() < min_interval {
-                                    std::thread::sleep(min_interval - woke.elapsed());
-                                }
+                                super::pause_rest_of(
+                                    min_interval,
+                                    || woke.elapsed(),
+                                    std::thread::sleep,
+                                );
                             }
                             Err(Errno::INTR) => {}
                             Err(err) => {
@@ -181,6 +199,54 @@ mod tests {
             wakes.recv_timeout(Duration::from_secs(30)),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
+    }
+
+    #[test]
+    fn the_pause_after_a_wake_never_underflows() {
+        let min = Duration::from_micros(500);
+        // The interval ended before the clock was read: no sleep, no panic (this read-twice race panicked).
+        let mut slept = Vec::new();
+        super::pause_rest_of(min, || Duration::from_micros(600), |d| slept.push(d));
+        assert!(slept.is_empty(), "{slept:?}");
+        super::pause_rest_of(min, || min, |d| slept.push(d));
+        assert!(slept.is_empty(), "{slept:?}");
+        super::pause_rest_of(
+            Duration::ZERO,
+            || Duration::from_nanos(1),
+            |d| slept.push(d),
+        );
+        assert!(slept.is_empty(), "{slept:?}");
+        // Otherwise it sleeps exactly for the rest of the interval, once.
+        super::pause_rest_of(min, || Duration::from_micros(200), |d| slept.push(d));
+        assert_eq!(slept, vec![Duration::from_micros(300)]);
+    }
+
+    #[test]
+    fn the_watcher_survives_writes_that_race_its_pause() {
+        // Intervals of the order of one clock read made the old code's two reads straddle the end of the
+        // interval (the race seen under load); thousands of wakes must all be delivered to a live thread.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wal = dir.path().join("app.db-wal");
+        std::fs::write(&wal, b"").expect("create");
+        let (woke, wakes) = mpsc::channel();
+        let watch = CommitWatch::start(&wal, Duration::from_nanos(40), move || {
+            woke.send(()).is_ok()
+        })
+        .expect("inotify");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&wal)
+            .expect("open");
+        let mut received = 0;
+        for _ in 0..2_000 {
+            file.write_all(b"f").expect("write");
+            wakes
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the watcher must still be alive and wake for each write");
+            received += 1;
+        }
+        assert_eq!(received, 2_000);
+        drop(watch);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::OutboxEntry;
 use crate::db_thread::Command;
 use crate::engine::Counters;
+use crate::transport::stream_health::StreamHealth;
 use crate::transport::Names;
 
 /// What has been published so far, for read-your-writes tokens.
@@ -38,10 +39,16 @@ pub(crate) struct Publisher {
     pub max_inflight: usize,
     pub counters: Arc<Counters>,
     pub progress: watch::Sender<PublishProgress>,
+    /// Told when a publish finds no stream for its subject (the stream keeper then checks and recreates).
+    pub health: Arc<StreamHealth>,
 }
 
 type Inflight = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (OutboxEntry, Result<PublishAck, String>)> + Send>,
+    Box<
+        dyn std::future::Future<
+                Output = (OutboxEntry, Result<PublishAck, (PublishErrorKind, String)>),
+            > + Send,
+    >,
 >;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -69,6 +76,7 @@ impl Publisher {
         let mut retry_at: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut streams_ready = *ready.borrow();
+        let mut ready_open = true;
         let mut acked_ids: Vec<i64> = Vec::new();
 
         loop {
@@ -86,7 +94,7 @@ impl Publisher {
                     };
                     match self.send(&entry).await {
                         Ok(ack) => inflight.push(Box::pin(async move {
-                            let result = ack.await.map_err(|err| err.to_string());
+                            let result = ack.await.map_err(|err| (err.kind(), err.to_string()));
                             (entry, result)
                         })),
                         Err((PublishErrorKind::MaxPayloadExceeded, reason)) => {
@@ -94,7 +102,10 @@ impl Publisher {
                             outstanding.remove(&entry.id);
                             let _ = self.db.send(Command::Reject { entry, reason });
                         }
-                        Err((_, reason)) => {
+                        Err((kind, reason)) => {
+                            if kind == PublishErrorKind::StreamNotFound {
+                                self.health.request_recheck();
+                            }
                             debug!(reason = %reason, "publish failed; will retry");
                             queue.push_front(entry);
                             retry_at = Some(Instant::now() + backoff);
@@ -139,7 +150,10 @@ impl Publisher {
                             *seq = (*seq).max(ack.sequence);
                         });
                     }
-                    Err(reason) => {
+                    Err((kind, reason)) => {
+                        if kind == PublishErrorKind::StreamNotFound {
+                            self.health.request_recheck();
+                        }
                         debug!(reason = %reason, "publish not acknowledged; will retry");
                         queue.push_front(entry);
                         if retry_at.is_none() {
@@ -149,9 +163,12 @@ impl Publisher {
                     }
                 },
                 _ = wake_retry => {}
-                changed = ready.changed(), if !streams_ready => {
-                    streams_ready = changed.is_ok() && *ready.borrow();
-                }
+                // Both ways: a stream found missing while running makes the streams not ready again.
+                changed = ready.changed(), if ready_open => match changed {
+                    Ok(()) => streams_ready = *ready.borrow(),
+                    // The stream keeper stopped (closing): keep sending what is queued.
+                    Err(_) => ready_open = false,
+                },
                 _ = shutdown.changed(), if drain_deadline.is_none() => {
                     drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                 }

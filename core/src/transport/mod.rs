@@ -4,14 +4,22 @@
 //! order per row; a dead-letter stream keeps messages that could not be decoded.
 
 pub mod embedded;
+pub mod stream_health;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
 use async_nats::jetstream::{self, stream};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::engine::Counters;
 use crate::error::{Error, Result};
+use crate::publish::publisher::PublishProgress;
+use stream_health::StreamHealth;
 
 /// Names derived from the configured prefixes, so several clusters can share one NATS.
 #[derive(Debug, Clone)]
@@ -154,14 +162,47 @@ fn stream_config(
     }
 }
 
+/// Creation time of a stream, ns since the epoch: it identifies one incarnation of a stream name.
+pub(crate) fn created_ns(info: &stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
+}
+
+/// The server answered that the stream does not exist (as opposed to not answering).
+pub(crate) fn is_stream_not_found(err: &GetStreamError) -> bool {
+    match err.kind() {
+        GetStreamErrorKind::JetStream(err) => {
+            err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND || err.code() == 404
+        }
+        _ => false,
+    }
+}
+
+/// Every stream this node uses: one per shard, then the dead-letter stream.
+fn stream_names(config: &Config, names: &Names) -> Vec<String> {
+    (0..config.replication_log.shards)
+        .map(|shard| names.stream(shard))
+        .chain([names.dead_letter_stream()])
+        .collect()
+}
+
+/// A stream after `ensure_streams`: its name, its creation time, and whether this call created it.
+#[derive(Debug, Clone)]
+pub(crate) struct EnsuredStream {
+    pub name: String,
+    pub created_ns: u64,
+    pub created_now: bool,
+    pub last_seq: u64,
+}
+
 /// Creates the shard streams and the dead-letter stream, or checks (and with `update_existing`, updates)
 /// existing ones.
-pub async fn ensure_streams(
+pub(crate) async fn ensure_streams(
     js: &jetstream::Context,
     config: &Config,
     names: &Names,
     replicas: usize,
-) -> Result<()> {
+) -> Result<Vec<EnsuredStream>> {
+    let mut ensured = Vec::new();
     for shard in 0..config.replication_log.shards {
         let wanted = stream_config(
             config,
@@ -169,7 +210,7 @@ pub async fn ensure_streams(
             vec![names.subject(shard)],
             replicas,
         );
-        ensure_stream(js, wanted, config.replication_log.update_existing).await?;
+        ensured.push(ensure_stream(js, wanted, config.replication_log.update_existing).await?);
     }
     let dead_letter = stream_config(
         config,
@@ -177,23 +218,34 @@ pub async fn ensure_streams(
         vec![format!("{}-dead-letter.>", names.subject_prefix)],
         replicas,
     );
-    ensure_stream(js, dead_letter, config.replication_log.update_existing).await
+    ensured.push(ensure_stream(js, dead_letter, config.replication_log.update_existing).await?);
+    Ok(ensured)
 }
 
 async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
     update_existing: bool,
-) -> Result<()> {
+) -> Result<EnsuredStream> {
     let name = wanted.name.clone();
-    let mut existing = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|err| Error::transport(format!("creating stream {name}"), err))?;
-    let info = existing
-        .info()
-        .await
-        .map_err(|err| Error::transport(format!("reading stream {name}"), err))?;
+    let (existing, created_now) = match js.get_stream(&name).await {
+        Ok(stream) => (stream, false),
+        Err(err) if is_stream_not_found(&err) => match js.create_stream(wanted.clone()).await {
+            Ok(stream) => (stream, true),
+            // Another node created it in the meantime.
+            Err(create_err) => match js.get_stream(&name).await {
+                Ok(stream) => (stream, false),
+                Err(_) => {
+                    return Err(Error::transport(
+                        format!("creating stream {name}"),
+                        create_err,
+                    ))
+                }
+            },
+        },
+        Err(err) => return Err(Error::transport(format!("reading stream {name}"), err)),
+    };
+    let info = existing.cached_info();
     let current = &info.config;
     let differs = current.max_messages != wanted.max_messages
         || current.max_bytes != wanted.max_bytes
@@ -209,5 +261,234 @@ async fn ensure_stream(
             warn!(stream = %name, "stream exists with other settings; set replication_log.update_existing to change them");
         }
     }
-    Ok(())
+    Ok(EnsuredStream {
+        name,
+        created_ns: created_ns(info),
+        created_now,
+        last_seq: info.state.last_sequence,
+    })
+}
+
+/// How often the stream keeper checks that every stream still exists (also after each reconnection, and
+/// at once when a consumer or the publisher finds a stream gone).
+const CHECK_STREAMS_EVERY: Duration = Duration::from_secs(5);
+/// NATS unreachable this long is worth a warning naming the URLs; repeated at most this often.
+const UNREACHABLE_WARN_AFTER: Duration = Duration::from_secs(2);
+const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Creates the streams (NATS may be down at open: offline-first), then keeps them: a stream that vanishes
+/// while the node runs (deleted, or the server lost its JetStream store) is recorded as broker data loss
+/// and created again, and `ready` is false until it exists.
+pub(crate) struct StreamKeeper {
+    pub js: jetstream::Context,
+    pub config: Config,
+    pub names: Names,
+    pub replicas: usize,
+    pub urls: Vec<String>,
+    pub health: Arc<StreamHealth>,
+    pub ready: watch::Sender<bool>,
+    pub counters: Arc<Counters>,
+    /// The publisher's acknowledged sequences (None when this node does not publish).
+    pub progress: Option<watch::Sender<PublishProgress>>,
+}
+
+impl StreamKeeper {
+    /// After a shard's stream was lost, sequences the old stream acknowledged must not stand in
+    /// read-your-writes tokens: what this node published since is at most `last_seq` of the stream now
+    /// there (0 while it is missing).
+    /// Also, until the shard's consumer has reset its position, that position answers no `wait_for`.
+    fn forget_lost_sequences(&self, stream: &str, lost_created_ns: Option<u64>, last_seq: u64) {
+        let shard =
+            (0..self.config.replication_log.shards).find(|s| self.names.stream(*s) == stream);
+        if let Some(lost) = lost_created_ns {
+            self.health.incarnation_lost(shard, stream, lost);
+        }
+        let (Some(shard), Some(progress)) = (shard, &self.progress) else {
+            return;
+        };
+        progress.send_modify(|progress| {
+            if let Some(seq) = progress.shard_seqs.get_mut(&shard) {
+                *seq = last_seq;
+            }
+        });
+    }
+
+    pub async fn run(
+        self,
+        mut disconnects: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        // The incarnation of each stream this keeper created or checked.
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut backoff = Duration::from_millis(100);
+        let mut last_warning: Option<Instant> = None;
+        let mut ensured = false;
+        loop {
+            if !ensured {
+                // Requests made while disconnected only time out: wait for the connection (saying which
+                // URLs cannot be reached), and give up any request at shutdown.
+                if !self.wait_connected(&mut shutdown, &mut last_warning).await {
+                    return;
+                }
+                let attempt = tokio::select! {
+                    attempt = ensure_streams(&self.js, &self.config, &self.names, self.replicas) => attempt,
+                    _ = shutdown.changed() => return,
+                };
+                match attempt {
+                    Ok(streams) => {
+                        for stream in streams {
+                            if seen
+                                .get(&stream.name)
+                                .is_some_and(|c| *c != stream.created_ns)
+                            {
+                                self.health.record_loss(
+                                    &stream.name,
+                                    None,
+                                    "the stream was recreated",
+                                    Some(stream.created_ns),
+                                );
+                                if !stream.created_now {
+                                    self.forget_lost_sequences(
+                                        &stream.name,
+                                        seen.get(&stream.name).copied(),
+                                        stream.last_seq,
+                                    );
+                                }
+                            }
+                            if stream.created_now && seen.contains_key(&stream.name) {
+                                warn!(stream = %stream.name, "stream created again after it was lost");
+                            }
+                            seen.insert(stream.name.clone(), stream.created_ns);
+                            self.health.set_missing(&stream.name, false);
+                        }
+                        self.health.set_unreachable(false);
+                        self.ready.send_replace(true);
+                        ensured = true;
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(err) => {
+                        self.counters.record_error(&err);
+                        self.report_not_ready(&err, &mut last_warning);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.health.recheck_requested() => {}
+                Ok(()) = disconnects.changed() => {}
+                _ = tokio::time::sleep(CHECK_STREAMS_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !self.wait_connected(&mut shutdown, &mut last_warning).await {
+                return;
+            }
+            for name in stream_names(&self.config, &self.names) {
+                let answer = tokio::select! {
+                    answer = self.js.get_stream(&name) => answer,
+                    _ = shutdown.changed() => return,
+                };
+                match answer {
+                    Ok(stream) => {
+                        let info = stream.cached_info();
+                        let created = created_ns(info);
+                        if seen.get(&name).is_some_and(|c| *c != created) {
+                            error!(stream = %name, "stream {name} was recreated on the NATS server (its earlier messages are gone)");
+                            self.health.record_loss(
+                                &name,
+                                None,
+                                "the stream was recreated",
+                                Some(created),
+                            );
+                            self.forget_lost_sequences(
+                                &name,
+                                seen.get(&name).copied(),
+                                info.state.last_sequence,
+                            );
+                        }
+                        seen.insert(name.clone(), created);
+                        self.health.set_missing(&name, false);
+                    }
+                    Err(err) if is_stream_not_found(&err) => {
+                        error!(
+                            stream = %name,
+                            "stream {name} is missing on the NATS server (deleted, or the server lost its JetStream \
+                             store): creating it again; rows only its messages carried stay missing on nodes that \
+                             had not applied them until they are published again"
+                        );
+                        self.health.set_missing(&name, true);
+                        self.health.record_loss(
+                            &name,
+                            None,
+                            "the stream was missing on the server",
+                            None,
+                        );
+                        self.forget_lost_sequences(&name, seen.get(&name).copied(), 0);
+                        ensured = false;
+                    }
+                    // Not answering: the next check or reconnection tells.
+                    Err(err) => debug!(stream = %name, error = %err, "stream check failed"),
+                }
+            }
+            if !ensured {
+                self.ready.send_replace(false);
+            }
+        }
+    }
+
+    /// Waits until the client is connected; false on shutdown. Says which URLs cannot be reached.
+    async fn wait_connected(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        last_warning: &mut Option<Instant>,
+    ) -> bool {
+        let client = self.js.client();
+        let mut pause = Duration::from_millis(20);
+        while client.connection_state() != async_nats::connection::State::Connected {
+            self.health.set_unreachable(true);
+            self.warn_unreachable(last_warning);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return false,
+            }
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+        self.health.set_unreachable(false);
+        true
+    }
+
+    fn warn_unreachable(&self, last_warning: &mut Option<Instant>) -> bool {
+        let Some(down_for) = self.health.unreachable_for() else {
+            return false;
+        };
+        if down_for < UNREACHABLE_WARN_AFTER
+            || last_warning.is_some_and(|at| at.elapsed() < UNREACHABLE_WARN_EVERY)
+        {
+            return false;
+        }
+        *last_warning = Some(Instant::now());
+        let urls = self.urls.join(", ");
+        warn!(
+            nats = %urls,
+            down_for_s = down_for.as_secs(),
+            "cannot reach NATS at {urls} (for {} s); local changes are kept and go out when it answers",
+            down_for.as_secs()
+        );
+        true
+    }
+
+    fn report_not_ready(&self, err: &Error, last_warning: &mut Option<Instant>) {
+        let connected =
+            self.js.client().connection_state() == async_nats::connection::State::Connected;
+        self.health.set_unreachable(!connected);
+        if connected {
+            warn!(error = %err, "streams not ready; retrying");
+        } else if !self.warn_unreachable(last_warning) {
+            debug!(error = %err, "streams not ready: NATS not reachable yet");
+        }
+    }
 }

@@ -161,6 +161,21 @@ impl NatsServer {
         self.kill();
         self.spawn();
     }
+
+    /// Starts the server again on the same ports after deleting its JetStream store (a lost disk).
+    pub fn restart_with_store_wiped(&mut self) {
+        self.kill();
+        let store = self.dir.path().join("js");
+        if store.exists() {
+            std::fs::remove_dir_all(&store).expect("wipe the JetStream store");
+        }
+        self.spawn();
+    }
+
+    /// Starts the server again (after `kill`) on the same ports with what is left of its store.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
 }
 
 impl Drop for NatsServer {

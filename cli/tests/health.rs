@@ -1,0 +1,154 @@
+//! The sidecar's `/health` answers 200 only when the node can make progress: with NATS unreachable it
+//! answers 503 and the log names the URL; after the server lost its store it answers 503 naming the stream.
+
+#[path = "../../core/tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin TEXT);";
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+struct Sidecar {
+    dir: tempfile::TempDir,
+    health_port: u16,
+    child: Option<Child>,
+}
+
+impl Sidecar {
+    fn start(node_id: u64, url: &str) -> Sidecar {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("app.db");
+        app_connection(&db).execute_batch(SCHEMA).expect("schema");
+        let health_port = free_port();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "db_path = \"{}\"\nnode_id = {node_id}\n\n[nats]\nurls = [\"{url}\"]\n\n[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\npath = \"/health\"\n",
+                db.display()
+            ),
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.path().join("sidecar.log")).expect("log");
+        let child = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_harmonylite")))
+            .arg("-config")
+            .arg(&config)
+            .env("HARMONYLITE_LOG", "harmonylite=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start harmonylite");
+        Sidecar {
+            dir,
+            health_port,
+            child: Some(child),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+
+    /// Polls `/health` until it answers `code` with a body satisfying `check`; returns the body.
+    fn health_until(
+        &self,
+        code: u16,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = None;
+        let started = std::time::Instant::now();
+        loop {
+            if let Some((got, body)) = http_get(self.health_port, "/health") {
+                let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if got == code && check(&parsed) {
+                    return parsed;
+                }
+                last = Some((got, body));
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "/health never answered {code} as expected; last {last:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn problems_mention(health: &serde_json::Value, text: &str) -> bool {
+    health["problems"].as_array().is_some_and(|problems| {
+        problems
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains(text)))
+    })
+}
+
+#[test]
+fn health_is_503_with_the_reason_while_nats_is_unreachable_or_lost_its_store() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    server.kill();
+    let node = Sidecar::start(21, &url);
+
+    // Nobody answers at the URL: 503 naming it, and the log says which URL cannot be reached.
+    let health = node.health_until(503, |h| problems_mention(h, &url));
+    assert_eq!(health["status"], "unhealthy");
+    wait_until("the log to name the unreachable URL", || {
+        node.log()
+            .lines()
+            .any(|line| line.contains("cannot reach NATS at") && line.contains(&url))
+    });
+    assert!(
+        !node.log().contains("jetstream request timed out"),
+        "the log repeats a timeout instead of naming the server:\n{}",
+        node.log()
+    );
+
+    server.start_again();
+    let health = node.health_until(200, |h| h["status"] == "ok");
+    assert_eq!(health["problems"], serde_json::json!([]));
+
+    // The server comes back without its store: not ok, and the stream is named.
+    server.restart_with_store_wiped();
+    let health = node.health_until(503, |h| problems_mention(h, "broker data loss"));
+    assert!(
+        problems_mention(&health, "harmonylite-changes-0"),
+        "{health}"
+    );
+    // The node reset its position to the new stream.
+    node.health_until(503, |h| {
+        h["broker_data_loss"]
+            .as_array()
+            .is_some_and(|losses| losses.iter().any(|l| l["position_reset"] == true))
+    });
+}

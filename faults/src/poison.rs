@@ -1,0 +1,202 @@
+//! Well-formed but hostile messages, published with a plain NATS client as any holder of the subject could:
+//! each is a HarmonyLite message (current wire format) that a node must survive without halting,
+//! diverging or letting it freeze a row.
+
+use harmonylite::clock::{from_millis, wall_millis};
+use harmonylite::log::{encode, pk_key, shard_of, Batch, Op, RowChange, Value};
+
+pub const KINDS: &[&str] = &["type-mismatch", "future-clock", "forged-origin", "null-key"];
+
+/// The message of `kind`, and the table and key it targets (for its shard).
+fn message(kind: &str, victim_node: u64) -> Result<(Batch, String, Vec<Value>), String> {
+    let now = from_millis(wall_millis());
+    let upsert = |table: &str, hlc: u64, pk: Vec<Value>, columns: Vec<(&str, Value)>| RowChange {
+        table: table.into(),
+        op: Op::Upsert,
+        hlc,
+        pk,
+        columns: columns
+            .into_iter()
+            .map(|(c, v)| (c.to_string(), v))
+            .collect(),
+    };
+    let (node_id, change) = match kind {
+        // An INTEGER PRIMARY KEY given a text value: SQLite's "datatype mismatch".
+        "type-mismatch" => (
+            990,
+            upsert(
+                "hot",
+                now,
+                vec![Value::Text("poison".into())],
+                vec![
+                    ("k", Value::Text("poison".into())),
+                    ("v", Value::Text("poison".into())),
+                    ("writer", Value::Integer(990)),
+                ],
+            ),
+        ),
+        // A stamp no later write can beat.
+        "future-clock" => (
+            991,
+            upsert(
+                "hot",
+                u64::MAX,
+                vec![Value::Integer(1)],
+                vec![
+                    ("k", Value::Integer(1)),
+                    ("v", Value::Text("from the future".into())),
+                    ("writer", Value::Integer(991)),
+                ],
+            ),
+        ),
+        // Claims to come from a real node: every other node applies it, that node skips it as its own.
+        "forged-origin" => (
+            victim_node,
+            upsert(
+                "rows",
+                now,
+                vec![Value::Text("forged-origin".into())],
+                vec![
+                    ("id", Value::Text("forged-origin".into())),
+                    ("writer", Value::Integer(victim_node as i64)),
+                    ("generation", Value::Integer(0)),
+                    ("n", Value::Integer(0)),
+                    ("payload", Value::Null),
+                ],
+            ),
+        ),
+        "null-key" => (
+            993,
+            upsert(
+                "rows",
+                now,
+                vec![Value::Null],
+                vec![
+                    ("id", Value::Null),
+                    ("writer", Value::Integer(993)),
+                    ("generation", Value::Integer(0)),
+                    ("n", Value::Integer(0)),
+                    ("payload", Value::Null),
+                ],
+            ),
+        ),
+        other => return Err(format!("unknown message kind {other} (one of {KINDS:?})")),
+    };
+    let (table, pk) = (change.table.clone(), change.pk.clone());
+    Ok((
+        Batch {
+            node_id,
+            changes: vec![change],
+        },
+        table,
+        pk,
+    ))
+}
+
+/// Publishes one message of `kind` to the stream of its row's shard and waits for the PubAck.
+pub fn publish(url: &str, kind: &str, shards: u32, victim_node: u64) -> Result<(), String> {
+    let (batch, table, pk) = message(kind, victim_node)?;
+    let shard = shard_of(&table, &pk_key(&pk), shards);
+    let subject = format!("harmonylite-change-log.{shard}");
+    let payload = encode(&batch, false);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let js = async_nats::jetstream::new(client);
+        let ack = js
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|e| format!("publish to {subject}: {e}"))?;
+        ack.await
+            .map_err(|e| format!("publish to {subject} not acknowledged: {e}"))?;
+        Ok(())
+    })
+}
+
+/// Writes a seed corpus of well-formed messages (plain, compressed, and the body alone behind the `0xff`
+/// marker the fuzz targets understand) into each of `dirs` (`fuzz/corpus/<target>`).
+pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
+    let mut batches: Vec<Batch> = KINDS
+        .iter()
+        .filter_map(|kind| message(kind, 7).ok().map(|(batch, _, _)| batch))
+        .collect();
+    let row = |id: &str| RowChange {
+        table: "items".into(),
+        op: Op::Upsert,
+        hlc: from_millis(1_700_000_000_000),
+        pk: vec![Value::Integer(3)],
+        columns: vec![
+            ("id".into(), Value::Integer(3)),
+            ("name".into(), Value::Text(id.into())),
+            ("qty".into(), Value::Integer(4)),
+            ("price".into(), Value::Real(2.5)),
+        ],
+    };
+    batches.push(Batch {
+        node_id: 9,
+        changes: vec![
+            row("x"),
+            RowChange {
+                table: "pairs".into(),
+                op: Op::Upsert,
+                hlc: 1 << 20,
+                pk: vec![Value::Text("a".into()), Value::Integer(1)],
+                columns: vec![
+                    ("a".into(), Value::Text("a".into())),
+                    ("b".into(), Value::Integer(1)),
+                    ("v".into(), Value::Blob(vec![0, 1, 2])),
+                ],
+            },
+            RowChange {
+                table: "items".into(),
+                op: Op::Delete,
+                hlc: 2 << 20,
+                pk: vec![Value::Integer(1)],
+                columns: vec![],
+            },
+        ],
+    });
+    batches.push(Batch {
+        node_id: 1,
+        changes: vec![],
+    });
+    let mut written = 0;
+    for dir in dirs {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        for (i, batch) in batches.iter().enumerate() {
+            let plain = encode(batch, false);
+            let mut body = vec![0xff];
+            body.extend_from_slice(plain.get(4..).unwrap_or_default());
+            for (name, bytes) in [
+                ("plain", plain.clone()),
+                ("zstd", encode(batch, true)),
+                ("body", body),
+            ] {
+                std::fs::write(format!("{dir}/seed-{i}-{name}"), bytes)
+                    .map_err(|e| format!("{dir}: {e}"))?;
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_a_decodable_message() {
+        for kind in KINDS {
+            let (batch, _, _) = message(kind, 1).expect("known kind");
+            let decoded = harmonylite::log::decode(&encode(&batch, false)).expect("decodes");
+            assert_eq!(decoded.changes.len(), 1, "{kind}");
+        }
+        assert!(message("nonsense", 1).is_err());
+    }
+}
