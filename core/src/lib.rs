@@ -15,6 +15,7 @@
 //! → JetStream → each node's consumer → applier (last-writer-wins by hybrid logical clock) → change events.
 
 pub mod apply;
+mod attach;
 pub mod capture;
 pub mod clock;
 pub mod config;
@@ -24,15 +25,16 @@ pub mod error;
 pub mod events;
 pub mod log;
 pub mod publish;
+mod replica;
 pub mod snapshot;
 pub mod transport;
 
 pub use config::Config;
-pub use db_thread::cleanup_database;
 pub use engine::{
-    block_on, check_not_forked, is_forked_child, on_runtime, open_replicated, runtime,
-    ConnectionState, PausedTable, Replica, ShardStatus, Status, Token,
+    block_on, check_not_forked, is_forked_child, on_runtime, runtime, ConnectionState, PausedTable,
+    ReplicaRole, ShardStatus, Status, Token,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{ChangeEvent, ChangeOp, Listener, Subscription};
 pub use log::Value;
+pub use replica::{cleanup_database, open_replicated, Replica};

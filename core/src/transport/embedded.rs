@@ -1371,7 +1371,8 @@ pub struct EmbeddedServer {
     inner: Arc<Inner>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     client_url: String,
-    _dir: DirGuard,
+    /// Released by `stop()` (not only on drop), so a handle kept after stopping does not hold the folder.
+    dir: Mutex<Option<DirGuard>>,
 }
 
 impl EmbeddedServer {
@@ -1512,7 +1513,7 @@ impl EmbeddedServer {
             inner,
             tasks: tokio::sync::Mutex::new(tasks),
             client_url,
-            _dir: dir_guard,
+            dir: Mutex::new(Some(dir_guard)),
         })
     }
 
@@ -1586,7 +1587,8 @@ impl EmbeddedServer {
         matches!(self.monitor_get(READY_PATH).await, Ok((200, _)))
     }
 
-    /// Stops supervision, then the process: SIGTERM, up to 10 s, then SIGKILL. Idempotent.
+    /// Stops supervision, then the process: SIGTERM, up to 10 s, then SIGKILL; then releases the store
+    /// folder, so a new server may start on it at once (even while this handle is kept). Idempotent.
     pub async fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop_tx.send_replace(true);
@@ -1603,6 +1605,8 @@ impl EmbeddedServer {
         if let Some(pid) = pid {
             send_signal(pid, Sig::Kill);
         }
+        // The process is gone: the folder may be used again at once, even while this handle lives on.
+        lock(&self.dir).take();
     }
 }
 
