@@ -40,6 +40,7 @@ const PROBE: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(200);
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(2);
+const RETRY_AFTER_ERRORS: Duration = Duration::from_secs(30);
 
 /// A replicated database: the handle the app keeps while it uses its own SQLite connections.
 #[derive(Clone)]
@@ -520,12 +521,17 @@ async fn take_over(
                 return true;
             }
             Ok(None) => pause = (pause * 2).min(RETRY_MAX),
+            Err(_) if *shutdown.borrow() => return false,
             Err(err) => {
                 warn!(db = %this.db_path.display(), error = %err, "could not take over replication; retrying");
                 if let Ok(mut last) = this.last_takeover_error.lock() {
                     *last = Some(err.to_string());
                 }
-                pause = RETRY_AFTER_ERROR;
+                pause = if pause < RETRY_AFTER_ERROR {
+                    RETRY_AFTER_ERROR
+                } else {
+                    (pause * 2).min(RETRY_AFTER_ERRORS)
+                };
             }
         }
         drop(this);
