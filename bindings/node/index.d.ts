@@ -349,6 +349,12 @@ export interface SnapshotManifest {
 export interface Status {
   /** This node's id. */
   nodeId: bigint
+  /** `active`: this process runs the replicator; `attached`: it forwards to the process that does. */
+  role: 'active' | 'attached'
+  /** The process that runs this database's replicator (this one when `role` is `active`). */
+  replicatorPid: number
+  /** Handles (other processes, or other opens) attached to that replicator. */
+  attachedHandles: number
   /** The replicated database file. */
   dbPath: string
   /** The NATS connection. */

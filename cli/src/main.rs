@@ -273,7 +273,15 @@ async fn run(db: PathBuf, config: Config) -> Result<(), harmonylite::Error> {
         let _ = replica.close().await;
         return Err(err);
     }
-    info!(node_id = replica.node_id(), db = %db.display(), nats = ?replica.nats_urls(), "replicating");
+    match replica.role() {
+        harmonylite::ReplicaRole::Active => {
+            info!(node_id = replica.node_id(), db = %db.display(), nats = ?replica.nats_urls(), "replicating")
+        }
+        // Another process replicates this file (ADR 0010): stand by and take over when it goes away.
+        harmonylite::ReplicaRole::Attached => {
+            info!(node_id = replica.node_id(), db = %db.display(), "standing by: another process replicates this database")
+        }
+    }
     let reason = stop_signal(&replica, config.sleep_timeout).await;
     info!(
         reason,

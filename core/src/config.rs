@@ -162,7 +162,8 @@ pub struct NatsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TablesConfig {
-    /// Replicate only these tables (empty = every table with a primary key).
+    /// Replicate only these tables (empty = every table with a primary key). Names compare as SQLite compares
+    /// identifiers (ASCII case-insensitively). A migration tool's table named here is replicated.
     pub include: Vec<String>,
     /// Never replicate these tables.
     pub exclude: Vec<String>,
@@ -170,6 +171,10 @@ pub struct TablesConfig {
     /// value, so edits of different columns both survive) or `"row"` (the newest change's whole image wins;
     /// cheaper messages for tables whose rows are written whole). `[tables.merge] audit = "row"`.
     pub merge: std::collections::BTreeMap<String, TableMerge>,
+    /// Replicate the bookkeeping tables of migration tools ([`MIGRATION_TABLES`]: `django_migrations`,
+    /// `alembic_version`, `knex_migrations`, ...). Off by default: each node runs its own migrations, and a
+    /// node that received another node's "migration applied" rows would skip migrations its schema lacks.
+    pub replicate_migration_tables: bool,
 }
 
 /// `tables.merge` values.
@@ -179,6 +184,66 @@ pub enum TableMerge {
     #[default]
     Column,
     Row,
+}
+
+/// Tables in which migration tools record what ran on *this* database, with the tool. They stay node-local
+/// unless `tables.replicate_migration_tables = true` or `tables.include` names them (docs/configuration.md).
+/// `migrations`, `migration`, `schema_version` and `schema_info` are generic names; a table so named in a
+/// SQLite app is the bookkeeping of the tools listed, so it is matched by name alone.
+pub const MIGRATION_TABLES: &[(&str, &str)] = &[
+    ("django_migrations", "Django"),
+    ("alembic_version", "Alembic / Flask-Migrate"),
+    ("knex_migrations", "knex"),
+    ("knex_migrations_lock", "knex"),
+    (
+        "schema_migrations",
+        "Rails, Ecto, dbmate, golang-migrate, Sequel",
+    ),
+    ("ar_internal_metadata", "Rails"),
+    ("schema_info", "Sequel"),
+    ("_sqlx_migrations", "sqlx"),
+    ("__diesel_schema_migrations", "diesel"),
+    ("goose_db_version", "goose"),
+    ("gorp_migrations", "sql-migrate"),
+    ("flyway_schema_history", "Flyway"),
+    ("schema_version", "Flyway (before 5)"),
+    ("_prisma_migrations", "Prisma"),
+    ("SequelizeMeta", "Sequelize / umzug"),
+    ("SequelizeData", "Sequelize seeders"),
+    ("migrations", "TypeORM, Laravel, CodeIgniter, Masonite"),
+    ("typeorm_metadata", "TypeORM"),
+    ("mikro_orm_migrations", "MikroORM"),
+    ("__drizzle_migrations", "Drizzle"),
+    ("kysely_migration", "Kysely"),
+    ("kysely_migration_lock", "Kysely"),
+    ("migratehistory", "peewee-migrate"),
+    ("migration", "Yii, Piccolo"),
+    ("aerich", "Aerich (Tortoise ORM)"),
+    ("_yoyo_migration", "yoyo-migrations"),
+    ("_yoyo_log", "yoyo-migrations"),
+    ("_yoyo_version", "yoyo-migrations"),
+    ("yoyo_lock", "yoyo-migrations"),
+    ("__EFMigrationsHistory", "Entity Framework Core"),
+    ("__EFMigrationsLock", "Entity Framework Core"),
+    ("DATABASECHANGELOG", "Liquibase"),
+    ("DATABASECHANGELOGLOCK", "Liquibase"),
+    ("phinxlog", "Phinx"),
+    ("doctrine_migration_versions", "Doctrine Migrations"),
+    ("atlas_schema_revisions", "Atlas"),
+    ("refinery_schema_history", "Refinery"),
+    ("seaql_migrations", "SeaORM"),
+    ("grdb_migrations", "GRDB"),
+    ("strapi_migrations", "Strapi"),
+    ("strapi_migrations_internal", "Strapi"),
+    ("payload_migrations", "Payload"),
+];
+
+/// The migration tool whose bookkeeping table `table` is, if it is one ([`MIGRATION_TABLES`]).
+pub fn migration_tool(table: &str) -> Option<&'static str> {
+    MIGRATION_TABLES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(table))
+        .map(|(_, tool)| *tool)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -548,12 +613,12 @@ impl Config {
                 "cert_file and key_file must be set together",
             ));
         }
-        if let Some(both) = self
-            .tables
-            .include
-            .iter()
-            .find(|t| self.tables.exclude.contains(t))
-        {
+        if let Some(both) = self.tables.include.iter().find(|t| {
+            self.tables
+                .exclude
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(t))
+        }) {
             return Err(Error::config(
                 "tables.exclude",
                 format!("table `{both}` is both included and excluded"),
@@ -612,10 +677,18 @@ impl Config {
         }
     }
 
-    /// Whether a table is selected by `tables.include` / `tables.exclude`.
-    pub(crate) fn table_selected(&self, table: &str) -> bool {
-        (self.tables.include.is_empty() || self.tables.include.iter().any(|t| t == table))
-            && !self.tables.exclude.iter().any(|t| t == table)
+    /// Whether a table is replicated under `tables.include` / `tables.exclude` /
+    /// `tables.replicate_migration_tables`. Names compare ASCII case-insensitively, as SQLite's do.
+    pub fn table_selected(&self, table: &str) -> bool {
+        let named = |list: &[String]| list.iter().any(|t| t.eq_ignore_ascii_case(table));
+        if named(&self.tables.exclude) {
+            return false;
+        }
+        if named(&self.tables.include) {
+            return true;
+        }
+        self.tables.include.is_empty()
+            && (self.tables.replicate_migration_tables || migration_tool(table).is_none())
     }
 
     /// Directory for the library's per-node files beside the database (`<db>.harmonylite/`).
@@ -672,6 +745,87 @@ mod tests {
         assert_eq!(config.replication_log.max_age.0, Duration::from_secs(7200));
         let err = Config::from_json_str(r#"{"nats": {"bogus": 1}}"#).expect_err("unknown");
         assert!(err.to_string().contains("nats.bogus"), "{err}");
+    }
+
+    #[test]
+    fn migration_tables_stay_local_by_default() {
+        let config = Config::default();
+        for table in [
+            "django_migrations",
+            "alembic_version",
+            "knex_migrations",
+            "knex_migrations_lock",
+            "schema_migrations",
+            "ar_internal_metadata",
+            "_sqlx_migrations",
+            "__diesel_schema_migrations",
+            "goose_db_version",
+            "flyway_schema_history",
+            "_prisma_migrations",
+            "SequelizeMeta",
+            "sequelizemeta",
+            "migrations",
+            "typeorm_metadata",
+            "migratehistory",
+        ] {
+            assert!(!config.table_selected(table), "{table} is replicated");
+            assert!(migration_tool(table).is_some(), "{table} has no tool");
+        }
+        for table in [
+            "users",
+            "shop_product",
+            "migrations_report",
+            "django_session",
+        ] {
+            assert!(config.table_selected(table), "{table} is not replicated");
+        }
+    }
+
+    #[test]
+    fn migration_tables_replicate_when_asked() {
+        let mut config = Config::default();
+        config.tables.replicate_migration_tables = true;
+        assert!(config.table_selected("django_migrations"));
+        assert!(config.table_selected("users"));
+        // Excluding still wins.
+        config.tables.exclude = vec!["DJANGO_MIGRATIONS".into()];
+        assert!(!config.table_selected("django_migrations"));
+
+        // Naming one in `include` replicates that one only.
+        let mut config = Config::default();
+        config.tables.include = vec!["knex_migrations".into(), "Users".into()];
+        assert!(config.table_selected("knex_migrations"));
+        assert!(config.table_selected("users"));
+        assert!(!config.table_selected("knex_migrations_lock"));
+        assert!(!config.table_selected("orders"));
+    }
+
+    #[test]
+    fn include_and_exclude_compare_like_sqlite_names() {
+        let err = Config::from_toml_str("[tables]\ninclude = [\"Users\"]\nexclude = [\"users\"]\n")
+            .expect_err("both");
+        assert!(err.to_string().contains("tables.exclude"), "{err}");
+        let config =
+            Config::from_toml_str("[tables]\nreplicate_migration_tables = true\n").expect("valid");
+        assert!(config.tables.replicate_migration_tables);
+    }
+
+    /// The annotated file in docs/configuration.md is a valid configuration with the documented defaults.
+    #[test]
+    fn documented_configuration_file_parses() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of the block");
+        let config = Config::from_toml_str(&doc[start..end]).expect("the documented file parses");
+        assert!(!config.tables.replicate_migration_tables);
+        assert!(!config.table_selected("django_migrations"));
+        let defaults = Config::default();
+        assert_eq!(
+            config.replication_log.shards,
+            defaults.replication_log.shards
+        );
+        assert_eq!(config.snapshot.store, defaults.snapshot.store);
+        assert_eq!(config.apply.max_batch_rows, defaults.apply.max_batch_rows);
     }
 
     #[test]

@@ -346,9 +346,9 @@ impl DbWorker {
                 clock,
                 history: ClockHistory::new(clock.last()),
                 parked_tables,
-                // Parked changes are retried as soon as the thread runs: the schema or the data they wait
-                // for may have changed while the node was stopped.
-                last_parked_retry: Instant::now() - PARKED_RETRY_INTERVAL,
+                // The thread retries parked changes as soon as it runs (`run`): the schema or the data they
+                // wait for may have changed while the node was stopped.
+                last_parked_retry: Instant::now(),
                 data_version,
                 outputs,
                 last_outbox_id,

@@ -1,5 +1,8 @@
 //! Wires the pipeline: the database thread, the NATS connection (embedded server or external), the
 //! publisher and one consumer per shard; answers status, sync and wait; closes everything in order.
+//!
+//! A [`Replicator`] is the node's one running pipeline. The public [`crate::Replica`] (replica.rs) runs one
+//! when its process holds the node lock, or attaches to the process that does (ADR 0010).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -19,9 +22,7 @@ use crate::apply::consumer::ShardConsumer;
 use crate::config::Config;
 use crate::db_thread::{self, Command, DbHandle, DbOutputs};
 use crate::error::{Error, Result};
-use crate::events::{
-    ChangeEvent, ConflictHub, ConflictSubscription, EventHub, Listener, Subscription,
-};
+use crate::events::{ConflictHub, EventHub};
 use crate::publish::publisher::{PublishProgress, Publisher};
 use crate::snapshot::{self, service::SnapshotService};
 use crate::state::conflicts::Conflict;
@@ -139,7 +140,7 @@ impl Counters {
 }
 
 /// A read-your-writes token: per shard, the stream position a node must have applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub positions: BTreeMap<u32, u64>,
 }
@@ -153,7 +154,7 @@ impl Token {
         }
     }
 
-    fn reached_by(&self, applied: &BTreeMap<u32, u64>) -> bool {
+    pub(crate) fn reached_by(&self, applied: &BTreeMap<u32, u64>) -> bool {
         self.positions
             .iter()
             .all(|(shard, seq)| applied.get(shard).copied().unwrap_or(0) >= *seq)
@@ -192,7 +193,7 @@ impl FromStr for Token {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionState {
     Connected,
@@ -200,7 +201,7 @@ pub enum ConnectionState {
     Connecting,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardStatus {
     pub shard: u32,
     /// Stream position applied on this node.
@@ -216,7 +217,7 @@ pub struct ShardStatus {
     pub stalled_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PausedTable {
     pub table: String,
     pub waiting_changes: u64,
@@ -228,9 +229,26 @@ pub struct PausedTable {
     pub kind: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Whether a handle runs the node's replicator or forwards to the process that does (ADR 0010).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaRole {
+    /// This handle runs the replicator (capture, publishing, applying, the embedded nats-server).
+    Active,
+    /// Another process (or another open in this process) runs it; this handle forwards to it and takes
+    /// over when it goes away.
+    Attached,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub node_id: u64,
+    /// `active` or `attached` (ADR 0010).
+    pub role: ReplicaRole,
+    /// Pid of the process that runs this database's replicator (this process when `role` is `active`).
+    pub replicator_pid: u32,
+    /// Handles attached to that replicator (other processes, or other opens in the same process).
+    pub attached_handles: u32,
     pub db_path: String,
     pub connection: ConnectionState,
     /// The JetStream streams exist (created or checked since open, and none found missing since).
@@ -319,20 +337,31 @@ pub(crate) struct Inner {
     started: Instant,
 }
 
-/// A replicated database: the handle the app keeps while it uses its own SQLite connections.
+/// The running pipeline of one database (one per node; see replica.rs for the handle apps hold).
 #[derive(Clone)]
-pub struct Replica {
+pub(crate) struct Replicator {
     inner: Arc<Inner>,
 }
 
-/// Opens `db` for replication: installs capture, connects (or starts the embedded nats-server), and starts
-/// publishing and applying. Returns once capture is installed; NATS may still be connecting.
-pub async fn open_replicated(db: impl AsRef<Path>, config: Config) -> Result<Replica> {
-    let db = db.as_ref().to_path_buf();
-    on_runtime(open_on_runtime(db, config)).await
+/// A replicator that does not keep it alive (the attach server's view of it).
+#[derive(Clone)]
+pub(crate) struct WeakReplicator(Weak<Inner>);
+
+impl WeakReplicator {
+    pub(crate) fn upgrade(&self) -> Option<Replicator> {
+        self.0.upgrade().map(|inner| Replicator { inner })
+    }
 }
 
-async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
+/// Starts replicating `db` (on the core runtime): installs capture, connects (or starts the embedded
+/// nats-server), and starts publishing and applying; change events go to `events`. Returns once capture is
+/// installed; NATS may still be connecting. The caller holds the node lock (attach/lock.rs).
+pub(crate) async fn start(
+    db: PathBuf,
+    config: Config,
+    events: EventHub,
+    conflict_feed: ConflictHub,
+) -> Result<Replicator> {
     config.validate()?;
     let mut config = config;
     if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -393,8 +422,6 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     }
 
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
-    let events = EventHub::new();
-    let conflict_feed = ConflictHub::new();
     let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
     let counters = Arc::new(Counters::default());
     let db_handle_positions = positions_tx.clone();
@@ -496,7 +523,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
         && snapshot_config.enabled
         && (snapshot_config.interval > 0 || snapshot_config.after_messages > 0);
     let mut snapshot_shutdown = shutdown_rx.clone();
-    let replica = Replica {
+    let replica = Replicator {
         inner: Arc::new(Inner {
             node_id,
             config,
@@ -537,7 +564,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
                     _ = snapshot_shutdown.changed() => return,
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let replica = Replica { inner };
+                let replica = Replicator { inner };
                 let total: u64 = replica.applied().positions.values().sum();
                 let due_by_time = !interval.is_zero() && last_save.elapsed() >= interval;
                 let due_by_growth = snapshot_config.after_messages > 0
@@ -603,9 +630,9 @@ async fn timed(
     }
 }
 
-impl fmt::Debug for Replica {
+impl fmt::Debug for Replicator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Replica")
+        f.debug_struct("Replicator")
             .field("node_id", &self.inner.node_id)
             .field("db", &self.inner.db_path)
             .field("closed", &self.inner.closed.load(Ordering::SeqCst))
@@ -613,27 +640,27 @@ impl fmt::Debug for Replica {
     }
 }
 
-impl Replica {
-    pub fn node_id(&self) -> u64 {
+impl Replicator {
+    pub(crate) fn downgrade(&self) -> WeakReplicator {
+        WeakReplicator(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn node_id(&self) -> u64 {
         self.inner.node_id
     }
 
-    /// True once `close()` (or `cleanup()`) was called.
-    pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::SeqCst)
-    }
-
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.inner.config
     }
 
-    pub fn db_path(&self) -> &Path {
-        &self.inner.db_path
+    /// URLs of the NATS servers in use (the embedded server's when it is the default).
+    pub(crate) fn nats_urls(&self) -> &[String] {
+        &self.inner.urls
     }
 
-    /// URLs of the NATS servers in use (the embedded server's when it is the default).
-    pub fn nats_urls(&self) -> &[String] {
-        &self.inner.urls
+    /// Applied positions as they move (the handle forwards them to its own waiters).
+    pub(crate) fn positions(&self) -> watch::Receiver<BTreeMap<u32, u64>> {
+        self.inner.positions.clone()
     }
 
     fn commands(&self) -> Result<std_mpsc::Sender<Command>> {
@@ -648,93 +675,25 @@ impl Replica {
             .ok_or(Error::Closed)
     }
 
-    /// Change events (local and remote) from now on. Dropping the subscription unsubscribes; it ends
-    /// (`recv` gives `None`) when the replica is closed.
-    pub fn subscribe(&self) -> Subscription {
-        match self.inner.events.lock().ok().and_then(|hub| hub.clone()) {
-            Some(hub) => hub.subscribe(),
-            None => EventHub::new().subscribe(), // closed: its only sender is dropped right here
-        }
-    }
-
-    /// Conflict-log entries from now on, as they are recorded (merge losers, moved keys, constraint
-    /// resolutions). Dropping the subscription unsubscribes; it ends when the replica is closed.
-    pub fn subscribe_conflicts(&self) -> ConflictSubscription {
-        match self
-            .inner
-            .conflict_feed
-            .lock()
-            .ok()
-            .and_then(|hub| hub.clone())
-        {
-            Some(hub) => hub.subscribe(),
-            None => ConflictHub::new().subscribe(),
-        }
-    }
-
-    /// Calls `callback` for every conflict recorded from now on, on the core runtime, until the listener
-    /// is dropped. A panicking callback is reported and does not stop later calls.
-    pub fn on_conflict(&self, callback: impl Fn(Conflict) + Send + Sync + 'static) -> Listener {
-        let mut subscription = self.subscribe_conflicts();
-        let callback = Arc::new(callback);
-        let task = runtime().spawn(async move {
-            while let Some(conflict) = subscription.recv().await {
-                let callback = callback.clone();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    callback(conflict)
-                }));
-                if outcome.is_err() {
-                    warn!("a conflict callback panicked; later conflicts are still delivered");
-                }
-            }
-        });
-        Listener { task: Some(task) }
-    }
-
     /// The conflict log: up to `limit` of the newest entries with an id above `after` (0: from the start),
-    /// oldest first. The log keeps the newest 10,000 entries.
-    pub async fn conflicts(&self, after: i64, limit: usize) -> Result<Vec<Conflict>> {
+    /// oldest first. The log keeps the newest 10,000 entries. (`Replica::conflicts` calls this, directly
+    /// or through the attach socket.)
+    pub(crate) async fn conflicts_inner(&self, after: i64, limit: usize) -> Result<Vec<Conflict>> {
         let commands = self.commands()?;
-        on_runtime(async move {
-            let (reply, answer) = oneshot::channel();
-            commands
-                .send(Command::Conflicts {
-                    after,
-                    limit,
-                    reply,
-                })
-                .map_err(|_| Error::Closed)?;
-            answer.await.map_err(|_| Error::Closed)?
-        })
-        .await
-    }
-
-    /// Calls `callback` for every change event, on the core runtime, until the listener is dropped.
-    /// A panicking callback is reported and does not stop later events.
-    pub fn on_change(&self, callback: impl Fn(ChangeEvent) + Send + Sync + 'static) -> Listener {
-        let mut subscription = self.subscribe();
-        let callback = Arc::new(callback);
-        let task = runtime().spawn(async move {
-            while let Some(event) = subscription.recv().await {
-                let callback = callback.clone();
-                let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(event)));
-                if outcome.is_err() {
-                    warn!("a change-event callback panicked; later events are still delivered");
-                }
-            }
-        });
-        Listener { task: Some(task) }
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Conflicts {
+                after,
+                limit,
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
     }
 
     /// Stamps and publishes everything the app committed before this call, waits for JetStream to
-    /// acknowledge it, and returns the token other nodes can [`wait_for`](Self::wait_for).
-    pub async fn sync(&self, timeout: Duration) -> Result<Token> {
-        let this = self.clone();
-        on_runtime(async move { this.sync_inner(timeout).await }).await
-    }
-
-    async fn sync_inner(&self, timeout: Duration) -> Result<Token> {
+    /// acknowledge it, and returns the token other nodes can wait for.
+    pub(crate) async fn sync_inner(&self, timeout: Duration) -> Result<Token> {
         let commands = self.commands()?;
         let (reply, answer) = oneshot::channel();
         commands
@@ -763,59 +722,28 @@ impl Replica {
         Ok(token)
     }
 
-    /// Waits until this node has applied every message up to `token` (from another node's `sync`).
-    pub async fn wait_for(&self, token: &Token, timeout: Duration) -> Result<()> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        if !self.inner.config.replicate {
-            return Err(Error::config(
-                "replicate",
-                "this node applies nothing (replicate = false)",
-            ));
-        }
-        let mut positions = self.inner.positions.clone();
-        let mut verified = self.inner.health.verified_shards();
-        let token = token.clone();
-        let wait = async move {
-            // A stored position counts once its consumer checked it against the stream (broker data loss).
-            let shards: Vec<u32> = token
-                .positions
-                .iter()
-                .filter(|(_, seq)| **seq > 0)
-                .map(|(shard, _)| *shard)
-                .collect();
-            verified
-                .wait_for(|checked| shards.iter().all(|s| checked.contains(s)))
-                .await?;
-            positions
-                .wait_for(|applied| token.reached_by(applied))
-                .await
-                .map(|_| ())
-        };
-        on_runtime(timed(wait, timeout, "this node to apply up to the token")).await
+    /// Shards whose consumer has checked its stored position against the stream (broker data loss): a
+    /// position counts toward `wait_for` only then.
+    pub(crate) fn verified_shards(&self) -> watch::Receiver<std::collections::BTreeSet<u32>> {
+        self.inner.health.verified_shards()
     }
 
     /// Waits until the NATS connection is up and the streams exist.
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+    pub(crate) async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let mut ready = self.inner.ready.clone();
         let wait = async move { ready.wait_for(|r| *r).await.map(|_| ()) };
-        on_runtime(timed(wait, timeout, "NATS and the streams to be ready")).await
+        timed(wait, timeout, "NATS and the streams to be ready").await
     }
 
     /// The positions this node has applied, as a token.
-    pub fn applied(&self) -> Token {
+    pub(crate) fn applied(&self) -> Token {
         Token {
             positions: self.inner.positions.borrow().clone(),
         }
     }
 
-    pub async fn status(&self) -> Result<Status> {
-        let this = self.clone();
-        on_runtime(async move { this.status_inner().await }).await
-    }
-
-    async fn status_inner(&self) -> Result<Status> {
+    /// This node's status (`role` says `active`; the handle adds how many others are attached).
+    pub(crate) async fn status_inner(&self) -> Result<Status> {
         let commands = self.commands()?;
         let (reply, answer) = oneshot::channel();
         commands
@@ -852,6 +780,9 @@ impl Replica {
         let broker_data_loss = inner.health.losses();
         Ok(Status {
             node_id: inner.node_id,
+            role: ReplicaRole::Active,
+            replicator_pid: std::process::id(),
+            attached_handles: 0,
             db_path: inner.db_path.display().to_string(),
             connection,
             streams_ready: *inner.ready.borrow() && missing_streams.is_empty(),
@@ -924,12 +855,7 @@ impl Replica {
 
     /// Saves a snapshot now (after stamping what the app committed). `Ok(None)` when another node holds the
     /// upload lease and this one skipped.
-    pub async fn save_snapshot(&self) -> Result<Option<snapshot::Manifest>> {
-        let this = self.clone();
-        on_runtime(async move { this.save_snapshot_inner().await }).await
-    }
-
-    async fn save_snapshot_inner(&self) -> Result<Option<snapshot::Manifest>> {
+    pub(crate) async fn save_snapshot_inner(&self) -> Result<Option<snapshot::Manifest>> {
         let inner = &self.inner;
         if !inner.config.snapshot.enabled {
             return Err(Error::config("snapshot.enabled", "snapshots are disabled"));
@@ -966,28 +892,10 @@ impl Replica {
         inner.snapshots.save(&inner.db_path, inner.node_id).await
     }
 
-    /// Closes the replica and removes capture (triggers and the library's tables) from the database.
-    /// The app's own tables and data are untouched.
-    pub async fn cleanup(&self) -> Result<usize> {
-        self.close().await?;
-        let db = self.inner.db_path.clone();
-        on_runtime(async move {
-            tokio::task::spawn_blocking(move || crate::db_thread::cleanup_database(&db))
-                .await
-                .map_err(|err| Error::Internal(format!("cleanup task failed: {err}")))?
-        })
-        .await
-    }
-
     /// Stops replication: in-flight batches are committed and acknowledged, local changes are stamped and
     /// (for up to a few seconds) published; what is left stays in the database and goes out on next open.
-    /// Idempotent.
-    pub async fn close(&self) -> Result<()> {
-        let this = self.clone();
-        on_runtime(async move { this.close_inner().await }).await
-    }
-
-    async fn close_inner(&self) -> Result<()> {
+    /// Idempotent. The embedded nats-server is stopped and its folder released before this returns.
+    pub(crate) async fn close_inner(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());

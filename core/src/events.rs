@@ -1,7 +1,7 @@
 //! Change events: every row change this node commits (local, once stamped) or applies (remote), fanned out
 //! to subscribers. A [`Subscription`] or [`Listener`] stops receiving when dropped.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -9,7 +9,7 @@ use crate::clock::Hlc;
 use crate::log::Value;
 use crate::state::conflicts::Conflict;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
     Insert,
@@ -27,7 +27,7 @@ impl ChangeOp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangeEvent {
     pub table: String,
     pub op: ChangeOp,

@@ -16,6 +16,7 @@
 //! key collisions and constraint conflicts resolved and logged) → change events.
 
 pub mod apply;
+mod attach;
 pub mod capture;
 pub mod clock;
 pub mod config;
@@ -26,19 +27,20 @@ pub mod events;
 pub mod health;
 pub mod log;
 pub mod publish;
+mod replica;
 pub mod snapshot;
 pub mod state;
 pub mod transport;
 
 pub use config::Config;
-pub use db_thread::cleanup_database;
 pub use engine::{
-    block_on, check_not_forked, is_forked_child, on_runtime, open_replicated, runtime,
-    ConnectionState, PausedTable, Replica, ShardStatus, Status, Token,
+    block_on, check_not_forked, is_forked_child, on_runtime, runtime, ConnectionState, PausedTable,
+    ReplicaRole, ShardStatus, Status, Token,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{ChangeEvent, ChangeOp, ConflictSubscription, Listener, Subscription};
 pub use health::{Health, HealthLimits};
 pub use log::Value;
+pub use replica::{cleanup_database, open_replicated, Replica};
 pub use state::conflicts::{Conflict, ConflictKind, ConflictSide};
 pub use transport::stream_health::BrokerDataLoss;

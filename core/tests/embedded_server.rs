@@ -439,6 +439,18 @@ async fn concurrent_servers_do_not_collide_and_drop_kills() {
     assert_eq!(err.code(), ErrorCode::Config);
     assert!(err.to_string().contains("nats.store_dir"), "{err}");
 
+    // A stopped handle that is kept (not dropped) does not hold its folder.
+    let again_dir = dir.path().join("again");
+    let first = start(options(dir.path(), "again")).await;
+    first.stop().await;
+    let second = start(options(dir.path(), "again")).await;
+    assert_eq!(
+        second.store_dir(),
+        std::fs::canonicalize(&again_dir).expect("dir")
+    );
+    second.stop().await;
+    drop(first);
+
     // Dropping without stop() still kills the process.
     let (url, pid) = (b.client_url(), b.pid().expect("pid"));
     drop(b);

@@ -12,8 +12,13 @@ fn message(kind: &str, victim_node: u64) -> Result<(Batch, String, Vec<Value>), 
     let now = from_millis(wall_millis());
     let upsert = |table: &str, hlc: u64, pk: Vec<Value>, columns: Vec<(&str, Value)>| RowChange {
         table: table.into(),
-        op: Op::Upsert,
+        op: Op::Insert,
         hlc,
+        cl: 1,
+        born: harmonylite::clock::Version { hlc, node: 1 },
+        born_hash: 0,
+        life: harmonylite::clock::Version { hlc, node: 1 },
+        seen: None,
         pk,
         columns: columns
             .into_iter()
@@ -127,8 +132,19 @@ pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
         .collect();
     let row = |id: &str| RowChange {
         table: "items".into(),
-        op: Op::Upsert,
+        op: Op::Insert,
         hlc: from_millis(1_700_000_000_000),
+        cl: 1,
+        born: harmonylite::clock::Version {
+            hlc: from_millis(1_700_000_000_000),
+            node: 1,
+        },
+        born_hash: 0,
+        life: harmonylite::clock::Version {
+            hlc: from_millis(1_700_000_000_000),
+            node: 1,
+        },
+        seen: None,
         pk: vec![Value::Integer(3)],
         columns: vec![
             ("id".into(), Value::Integer(3)),
@@ -143,8 +159,19 @@ pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
             row("x"),
             RowChange {
                 table: "pairs".into(),
-                op: Op::Upsert,
+                op: Op::Insert,
                 hlc: 1 << 20,
+                cl: 1,
+                born: harmonylite::clock::Version {
+                    hlc: 1 << 20,
+                    node: 1,
+                },
+                born_hash: 0,
+                life: harmonylite::clock::Version {
+                    hlc: 1 << 20,
+                    node: 1,
+                },
+                seen: None,
                 pk: vec![Value::Text("a".into()), Value::Integer(1)],
                 columns: vec![
                     ("a".into(), Value::Text("a".into())),
@@ -156,6 +183,17 @@ pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
                 table: "items".into(),
                 op: Op::Delete,
                 hlc: 2 << 20,
+                cl: 2,
+                born: harmonylite::clock::Version {
+                    hlc: 2 << 20,
+                    node: 1,
+                },
+                born_hash: 0,
+                life: harmonylite::clock::Version {
+                    hlc: 2 << 20,
+                    node: 1,
+                },
+                seen: None,
                 pk: vec![Value::Integer(1)],
                 columns: vec![],
             },

@@ -376,6 +376,13 @@ impl From<harmonylite::snapshot::Manifest> for SnapshotManifest {
 pub struct Status {
     /// This node's id.
     pub node_id: BigInt,
+    /// `active`: this process runs the replicator; `attached`: it forwards to the process that does.
+    #[napi(ts_type = "'active' | 'attached'")]
+    pub role: String,
+    /// The process that runs this database's replicator (this one when `role` is `active`).
+    pub replicator_pid: u32,
+    /// Handles (other processes, or other opens) attached to that replicator.
+    pub attached_handles: u32,
     /// The replicated database file.
     pub db_path: String,
     /// The NATS connection.
@@ -459,6 +466,13 @@ impl From<harmonylite::Status> for Status {
     fn from(status: harmonylite::Status) -> Status {
         Status {
             node_id: BigInt::from(status.node_id),
+            role: match status.role {
+                harmonylite::ReplicaRole::Active => "active",
+                harmonylite::ReplicaRole::Attached => "attached",
+            }
+            .to_string(),
+            replicator_pid: status.replicator_pid,
+            attached_handles: status.attached_handles,
             db_path: status.db_path,
             connection: match status.connection {
                 harmonylite::ConnectionState::Connected => "connected",

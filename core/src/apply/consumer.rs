@@ -518,6 +518,6 @@ fn store_position_directly(
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .ctx("resetting the stream position")?;
-    super::applier::store_position(&tx, shard, seq)?;
+    crate::state::positions::store(&tx, shard, seq)?;
     tx.commit().ctx("resetting the stream position")
 }

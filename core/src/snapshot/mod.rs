@@ -60,7 +60,7 @@ impl Manifest {
 }
 
 /// Progress of a snapshot being saved or restored, for logs and `status()`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotProgress {
     /// `idle`, `creating`, `uploading`, `downloading`, `verifying`, `installing`.
     pub phase: String,

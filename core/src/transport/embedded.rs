@@ -42,6 +42,9 @@ const MAX_MAX_PAYLOAD: u32 = 64 * 1024 * 1024;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+#[cfg(target_os = "linux")]
+/// How long a store folder's previous owner may take to finish exiting before the folder counts as in use.
+const OWNER_EXIT_GRACE: Duration = Duration::from_secs(3);
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -975,12 +978,20 @@ async fn reclaim_orphan(files: &Files) -> Result<()> {
         let state = rest.next()?.chars().next()?;
         Some((state, rest.next()?.parse().ok()?))
     };
+    // Gone, or a zombie whose threads have all exited: it holds no port and no file any more, whenever
+    // its new parent (init, or a container's first process) gets round to reaping it.
+    let released = || {
+        !proc_dir.exists()
+            || (stat(pid).is_some_and(|(state, _)| state == 'Z')
+                && std::fs::read_dir(proc_dir.join("task"))
+                    .map_or(true, |tasks| tasks.count() <= 1))
+    };
     let wait_gone = || async {
         let deadline = Instant::now() + STOP_GRACE;
-        while proc_dir.exists() && Instant::now() < deadline {
+        while !released() && Instant::now() < deadline {
             tokio::time::sleep(POLL_INTERVAL).await;
         }
-        !proc_dir.exists()
+        released()
     };
     let Some((state, parent)) = stat(pid) else {
         return Ok(()); // not running
@@ -1006,14 +1017,27 @@ async fn reclaim_orphan(files: &Files) -> Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("owner_pid").and_then(serde_json::Value::as_u64));
-    let parent_is_owner = match owner {
-        Some(owner) => u64::from(parent) == owner,
-        None => parent > 1,
+    let owner_alive = |parent: u32| {
+        let parent_is_owner = match owner {
+            Some(owner) => u64::from(parent) == owner,
+            None => parent > 1,
+        };
+        parent_is_owner
+            && parent != std::process::id()
+            && stat(parent).is_some_and(|(s, _)| s != 'Z' && s != 'X')
     };
-    let parent_alive = parent_is_owner
-        && parent != std::process::id()
-        && stat(parent).is_some_and(|(s, _)| s != 'Z');
-    if parent_alive {
+    // The owner may be exiting right now: a killed replicator's node lock is released when its files
+    // are closed, before its children get their death signal (ADR 0010). Give it a moment.
+    let mut parent = parent;
+    let deadline = Instant::now() + OWNER_EXIT_GRACE;
+    while owner_alive(parent) && Instant::now() < deadline {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        match stat(pid) {
+            Some((_, now)) => parent = now,
+            None => return Ok(()), // the server is gone too
+        }
+    }
+    if owner_alive(parent) {
         return Err(Error::transport(
             "starting embedded nats-server",
             format!(
@@ -1371,7 +1395,8 @@ pub struct EmbeddedServer {
     inner: Arc<Inner>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     client_url: String,
-    _dir: DirGuard,
+    /// Released by `stop()` (not only on drop), so a handle kept after stopping does not hold the folder.
+    dir: Mutex<Option<DirGuard>>,
 }
 
 impl EmbeddedServer {
@@ -1512,7 +1537,7 @@ impl EmbeddedServer {
             inner,
             tasks: tokio::sync::Mutex::new(tasks),
             client_url,
-            _dir: dir_guard,
+            dir: Mutex::new(Some(dir_guard)),
         })
     }
 
@@ -1586,7 +1611,8 @@ impl EmbeddedServer {
         matches!(self.monitor_get(READY_PATH).await, Ok((200, _)))
     }
 
-    /// Stops supervision, then the process: SIGTERM, up to 10 s, then SIGKILL. Idempotent.
+    /// Stops supervision, then the process: SIGTERM, up to 10 s, then SIGKILL; then releases the store
+    /// folder, so a new server may start on it at once (even while this handle is kept). Idempotent.
     pub async fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop_tx.send_replace(true);
@@ -1603,6 +1629,8 @@ impl EmbeddedServer {
         if let Some(pid) = pid {
             send_signal(pid, Sig::Kill);
         }
+        // The process is gone: the folder may be used again at once, even while this handle lives on.
+        lock(&self.dir).take();
     }
 }
 

@@ -18,7 +18,7 @@ use tracing::warn;
 
 /// JetStream lost data this node relied on. Rows that only the lost messages carried are missing on the
 /// nodes that had not applied them, until every node publishes its rows again (see `republish_hook`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerDataLoss {
     pub stream: String,
     /// The shard whose consumer detected it (None when the stream keeper did).

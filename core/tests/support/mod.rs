@@ -402,3 +402,44 @@ pub async fn inject(
     token.positions.insert(0, ack.sequence);
     token
 }
+
+/// Pids of the running (not zombie) nats-server processes started for the store folder `store` (those
+/// whose command line names `<store>/nats-server.conf`, as the embedded supervisor starts them).
+#[cfg(target_os = "linux")]
+pub fn nats_servers_for(store: &Path) -> Vec<u32> {
+    let Ok(store) = std::fs::canonicalize(store) else {
+        return Vec::new();
+    };
+    let config = store.join("nats-server.conf");
+    let config = config.to_string_lossy();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| String::from_utf8_lossy(arg) == config);
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if ours && !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}

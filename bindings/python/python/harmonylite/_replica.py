@@ -68,6 +68,12 @@ class Status(TypedDict):
     """What ``Replica.status()`` returns (the core's ``Status``, as a dict)."""
 
     node_id: int
+    role: Literal["active", "attached"]
+    """``active``: this process runs the replicator; ``attached``: it forwards to the process that does."""
+    replicator_pid: int
+    """The process that runs this database's replicator (this one when ``role`` is ``active``)."""
+    attached_handles: int
+    """Handles (other processes, or other opens) attached to that replicator."""
     db_path: str
     connection: Literal["connected", "disconnected", "connecting"]
     streams_ready: bool
