@@ -131,8 +131,19 @@ pub fn one_row_message_bytes() -> usize {
     let id = 123_456;
     let change = RowChange {
         table: TABLE.into(),
-        op: Op::Upsert,
+        op: Op::Insert,
         hlc: 1 << 40,
+        cl: 1,
+        born: harmonylite::clock::Version {
+            hlc: 1 << 40,
+            node: 1,
+        },
+        born_hash: 0,
+        life: harmonylite::clock::Version {
+            hlc: 1 << 40,
+            node: 1,
+        },
+        seen: None,
         pk: vec![Value::Integer(id)],
         columns: vec![
             ("id".into(), Value::Integer(id)),

@@ -166,6 +166,19 @@ pub struct TablesConfig {
     pub include: Vec<String>,
     /// Never replicate these tables.
     pub exclude: Vec<String>,
+    /// How concurrent updates of a table merge: `"column"` (the default: each column keeps its newest
+    /// value, so edits of different columns both survive) or `"row"` (the newest change's whole image wins;
+    /// cheaper messages for tables whose rows are written whole). `[tables.merge] audit = "row"`.
+    pub merge: std::collections::BTreeMap<String, TableMerge>,
+}
+
+/// `tables.merge` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableMerge {
+    #[default]
+    Column,
+    Row,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,20 +11,23 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::apply::applier::{self, ApplyOutcome, Incoming};
+use crate::apply::applier::{ApplyOutcome, Incoming};
+use crate::apply::transaction::{apply_batch, retry_parked_batch, BatchRun};
 use crate::capture::commit_watch::CommitWatch;
 use crate::capture::{self, Schema};
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockHistory};
 use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
-use crate::events::EventHub;
+use crate::events::{ConflictHub, EventHub};
 use crate::log::{decode, pk_key};
 use crate::publish::stamp::{self, StampSettings};
 use crate::publish::OutboxEntry;
+use crate::state::conflicts::Conflict;
+use crate::state::{self as library, meta, outbox, parked, positions};
 
 pub(crate) enum Command {
     /// The WAL file was written (by the app, another process, or this thread): check for a commit.
@@ -57,6 +60,12 @@ pub(crate) enum Command {
     Status {
         reply: oneshot::Sender<Result<DbStatus>>,
     },
+    /// The newest `limit` entries of the conflict log after id `after`.
+    Conflicts {
+        after: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Conflict>>>,
+    },
 }
 
 /// What the database knows for `status()`.
@@ -65,7 +74,9 @@ pub struct DbStatus {
     pub pending_changes: u64,
     pub outbox_messages: u64,
     pub outbox_rows: u64,
-    pub paused_tables: BTreeMap<String, (u64, String)>,
+    /// Per table: changes waiting, the reason of the oldest, and its kind.
+    pub paused_tables: BTreeMap<String, (u64, String, String)>,
+    pub conflicts: u64,
     pub rejected_local: u64,
     pub dead_lettered: u64,
     pub positions: BTreeMap<u32, u64>,
@@ -85,6 +96,7 @@ pub(crate) struct DbOutputs {
     pub events: EventHub,
     pub positions: watch::Sender<BTreeMap<u32, u64>>,
     pub counters: std::sync::Arc<crate::engine::Counters>,
+    pub conflicts: ConflictHub,
 }
 
 pub(crate) struct Opened {
@@ -97,6 +109,11 @@ struct DbWorker {
     node_id: u64,
     schema: Schema,
     clock: Clock,
+    /// The clock over time, for stamping local changes from their commit time (`clock::ClockHistory`).
+    history: ClockHistory,
+    /// Tables with parked changes, and when parked changes were last retried.
+    parked_tables: std::collections::BTreeSet<String>,
+    last_parked_retry: Instant,
     data_version: i64,
     outputs: DbOutputs,
     last_outbox_id: i64,
@@ -142,6 +159,9 @@ const ACKED_DELETE_BATCH: usize = 1024;
 const CHECKPOINT_WHEN_IDLE_AFTER: u32 = 16;
 const CHECKPOINT_MIN_GAP: Duration = Duration::from_millis(100);
 const CHECKPOINT_AFTER: u32 = 1024;
+/// Parked changes are retried after whatever may unblock them (a schema change, a write to their table)
+/// and, for those waiting on time (a clock ahead of ours) or on anything else, at least this often.
+const PARKED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Opens the database, installs capture, and starts the thread.
 pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(DbHandle, Opened)> {
@@ -216,25 +236,6 @@ pub(crate) fn set_busy_timeout(conn: &Connection, timeout: Duration) -> rusqlite
     conn.execute_batch(&format!("PRAGMA busy_timeout = {}", timeout.as_millis()))
 }
 
-pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
-    conn.query_row(
-        "SELECT value FROM __harmonylite__meta WHERE key = ?1",
-        [key],
-        |row| row.get(0),
-    )
-    .optional()
-    .ctx("reading library metadata")
-}
-
-fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
-    conn.execute(
-        "INSERT OR REPLACE INTO __harmonylite__meta(key, value) VALUES (?1, ?2)",
-        rusqlite::params![key, value],
-    )
-    .ctx("writing library metadata")?;
-    Ok(())
-}
-
 /// Starts a write transaction (`BEGIN IMMEDIATE`), retrying every few tens of microseconds while another
 /// connection holds the write lock, for up to `limit`. SQLite's own busy handler first sleeps a whole
 /// millisecond, then 2, then 5, while an app's transaction holds the lock for tens of microseconds: a
@@ -284,12 +285,12 @@ impl DbWorker {
         let busy = Duration::from_millis(config.apply.busy_timeout_ms);
         let mut conn = open_connection(db, busy)?;
         with_busy_retry(busy * 4, || capture::create_library_tables(&conn))?;
-        let node_id = match (config.node_id, meta_get(&conn, "node_id")?) {
-            (0, Some(stored)) if stored != 0 => stored as u64,
-            (0, _) => {
+        let node_id = match (config.node_id, meta::node_id(&conn)?) {
+            (0, Some(stored)) => stored,
+            (0, None) => {
                 // Random and kept in the file: machine ids repeat across cloned containers.
                 let id = (rand::random::<u64>() >> 1).max(1);
-                meta_set(&conn, "node_id", id as i64)?;
+                meta::set_node_id(&conn, id)?;
                 info!(
                     node_id = id,
                     "generated a node id and stored it in the database"
@@ -297,13 +298,13 @@ impl DbWorker {
                 id
             }
             (configured, stored) => {
-                if stored != Some(configured as i64) {
-                    meta_set(&conn, "node_id", configured as i64)?;
+                if stored != Some(configured) {
+                    meta::set_node_id(&conn, configured)?;
                 }
                 configured
             }
         };
-        let clock = Clock::resume(meta_get(&conn, "hlc")?.unwrap_or(0).max(0) as u64);
+        let clock = meta::clock(&conn)?;
         let schema = with_busy_retry(busy * 4, || capture::install(&mut conn, config))?;
         if let Some(refused) = schema.refused.first() {
             return Err(match refused {
@@ -325,7 +326,8 @@ impl DbWorker {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")
             .ctx("setting wal_autocheckpoint")?;
         let pending_outbox = load_outbox(&conn, node_id)?;
-        let positions = applier::read_positions(&conn)?;
+        let positions = positions::read_all(&conn)?;
+        let parked_tables = parked::tables(&conn)?;
         let last_outbox_id = pending_outbox.last().map(|e| e.id).unwrap_or(0);
         outputs.positions.send_replace(positions);
         info!(
@@ -342,6 +344,11 @@ impl DbWorker {
                 node_id,
                 schema,
                 clock,
+                history: ClockHistory::new(clock.last()),
+                parked_tables,
+                // Parked changes are retried as soon as the thread runs: the schema or the data they wait
+                // for may have changed while the node was stopped.
+                last_parked_retry: Instant::now() - PARKED_RETRY_INTERVAL,
                 data_version,
                 outputs,
                 last_outbox_id,
@@ -366,6 +373,7 @@ impl DbWorker {
         let mut last_stamp = Instant::now();
         // Whatever the app committed while we were not running.
         self.stamp_all();
+        self.retry_parked(None);
         loop {
             let mut woken = false;
             let mut idle = false;
@@ -420,6 +428,11 @@ impl DbWorker {
             {
                 self.store_deferred_writes();
             }
+            if !self.parked_tables.is_empty()
+                && self.last_parked_retry.elapsed() >= PARKED_RETRY_INTERVAL
+            {
+                self.retry_parked(None);
+            }
             self.checkpoint_if_due(idle);
         }
         // Last chance to move committed changes into the outbox; whatever stays goes out next open.
@@ -469,9 +482,16 @@ impl DbWorker {
             Command::Position { shard, reply } => {
                 let result = match self.unsaved_positions.get(&shard) {
                     Some(seq) => Ok(*seq),
-                    None => applier::stored_position(&self.conn, shard),
+                    None => positions::read(&self.conn, shard),
                 };
                 let _ = reply.send(result);
+            }
+            Command::Conflicts {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(library::conflicts::list(&self.conn, after, limit));
             }
             Command::Status { reply } => {
                 // Exact counts: what JetStream acknowledged is not "unsent".
@@ -495,19 +515,111 @@ impl DbWorker {
         }
         self.schema = schema;
         // Changes that waited for this schema may apply now.
-        let tx = begin_write(&self.conn, self.busy_limit(), "retrying deferred changes")?;
-        let mark = capture::change_log_mark(&tx)?;
-        let events = applier::retry_deferred(&tx, &self.schema)?;
-        capture::discard_own_changes(&tx, mark)?;
-        tx.commit().ctx("retrying deferred changes")?;
-        if !events.is_empty() {
-            info!(
-                applied = events.len(),
-                "deferred changes applied after a schema change"
-            );
-        }
-        self.outputs.events.emit(events);
+        self.retry_parked(None);
         Ok(true)
+    }
+
+    /// Retries parked changes (of the given tables, or all) in one write transaction.
+    fn retry_parked(&mut self, tables: Option<&[String]>) {
+        self.last_parked_retry = Instant::now();
+        let waiting = match tables {
+            Some(tables) => tables.iter().any(|t| self.parked_tables.contains(t)),
+            None => !self.parked_tables.is_empty(),
+        };
+        if !waiting {
+            return;
+        }
+        let settings = StampSettings {
+            max_changes: u32::MAX,
+            ..self.stamp_settings()
+        };
+        let publish = self.config.publish;
+        let result = (|| -> Result<(ApplyOutcome, Option<stamp::Stamped>, Clock)> {
+            let tx = begin_write(&self.conn, self.busy_limit(), "retrying parked changes")?;
+            let mut clock = self.clock;
+            let run = BatchRun {
+                schema: &self.schema,
+                node_id: self.node_id,
+                stamp: publish.then_some(&settings),
+                history: &self.history,
+                parked_tables: &self.parked_tables,
+            };
+            let result = retry_parked_batch(&tx, &run, &mut clock, tables)?;
+            outbox::delete(&tx, &self.acked)?;
+            let wall = crate::clock::wall_millis();
+            tx.commit().ctx("retrying parked changes")?;
+            if result.outcome.applied > 0 {
+                self.history.record(wall, clock.last());
+            }
+            if let Some(now_parked) = result.parked_tables {
+                self.parked_tables = now_parked;
+            }
+            Ok((result.outcome, result.stamped, clock))
+        })();
+        match result {
+            Ok((outcome, stamped, clock)) => {
+                self.clock = clock;
+                self.acked.clear();
+                if let Some(stamped) = stamped {
+                    self.after_stamp(stamped.outbox, stamped.events);
+                }
+                if outcome.applied > 0 {
+                    info!(
+                        applied = outcome.applied,
+                        "parked changes applied: what they waited for is here now"
+                    );
+                }
+                self.writes_since_checkpoint += 1;
+                let follow_ups = !outcome.follow_ups.is_empty();
+                self.publish_outcome(outcome);
+                if follow_ups {
+                    self.stamp_all();
+                }
+            }
+            Err(err) => warn!(error = %err, "retrying parked changes failed; will retry"),
+        }
+    }
+
+    /// Events, conflicts and counters of applied changes, for the app.
+    fn publish_outcome(&mut self, mut outcome: ApplyOutcome) {
+        let counters = &self.outputs.counters;
+        counters
+            .applied_rows
+            .fetch_add(outcome.applied, Ordering::Relaxed);
+        counters
+            .kept_rows
+            .fetch_add(outcome.kept, Ordering::Relaxed);
+        counters
+            .deferred_rows
+            .fetch_add(outcome.deferred, Ordering::Relaxed);
+        counters
+            .moved_keys
+            .fetch_add(outcome.moved_keys, Ordering::Relaxed);
+        counters
+            .conflicts
+            .fetch_add(outcome.conflicts.len() as u64, Ordering::Relaxed);
+        if outcome.applied > 0 {
+            counters
+                .last_apply_ms
+                .store(crate::clock::wall_millis(), Ordering::Relaxed);
+        }
+        for conflict in &outcome.conflicts {
+            info!(table = %conflict.table, kind = conflict.kind.as_str(), detail = %conflict.detail, "conflict resolved and recorded");
+        }
+        self.outputs
+            .conflicts
+            .emit(std::mem::take(&mut outcome.conflicts));
+        // Events before positions: whoever waits for a position also finds its events delivered.
+        self.outputs
+            .events
+            .emit(std::mem::take(&mut outcome.events));
+        if !outcome.positions.is_empty() {
+            self.outputs.positions.send_modify(|positions| {
+                for (shard, seq) in &outcome.positions {
+                    positions.insert(*shard, *seq);
+                }
+            });
+        }
     }
 
     fn busy_limit(&self) -> Duration {
@@ -515,13 +627,7 @@ impl DbWorker {
     }
 
     fn stamp_settings(&self) -> StampSettings {
-        StampSettings {
-            node_id: self.node_id,
-            shards: self.config.replication_log.shards,
-            compress: self.config.replication_log.compress,
-            max_message_bytes: self.config.replication_log.max_message_bytes,
-            max_changes: self.config.scan_max_changes,
-        }
+        StampSettings::from_config(&self.config, self.node_id)
     }
 
     /// Stamps every captured change, one bounded transaction at a time.
@@ -572,19 +678,27 @@ impl DbWorker {
         let settings = self.stamp_settings();
         let tx = begin_write(&self.conn, self.busy_limit(), "stamping local changes")?;
         let mut clock = self.clock;
-        let stamped = stamp::stamp_pending(&tx, &self.schema, &mut clock, &settings)?;
+        let stamped =
+            stamp::stamp_pending(&tx, &self.schema, &mut clock, &self.history, &settings)?;
         if stamped.log_entries == 0 {
             return Ok(0);
         }
-        delete_outbox_entries(&tx, &self.acked)?;
-        store_positions(&tx, &self.unsaved_positions)?;
+        outbox::delete(&tx, &self.acked)?;
+        positions::store_all(&tx, &self.unsaved_positions)?;
+        let log_empty = stamped.log_entries < settings.max_changes as usize;
         tx.commit().ctx("committing stamped changes")?;
+        if log_empty {
+            self.history.compact();
+        }
+        let touched = stamped.tables.clone();
         self.unsaved_positions.clear();
         self.writes_since_checkpoint += 1;
         self.acked.clear();
         self.deferred_since = None;
         self.clock = clock;
         self.after_stamp(stamped.outbox, stamped.events);
+        // A local change may free what a parked change waits for (a UNIQUE value, for one).
+        self.retry_parked(Some(&touched));
         Ok(stamped.log_entries)
     }
 
@@ -609,7 +723,7 @@ impl DbWorker {
         for message in messages {
             let position = match self.unsaved_positions.get(&message.shard) {
                 Some(seq) => *seq,
-                None => applier::stored_position(&self.conn, message.shard)?,
+                None => positions::read(&self.conn, message.shard)?,
             };
             if message.seq > position {
                 self.unsaved_positions.insert(message.shard, message.seq);
@@ -661,33 +775,34 @@ impl DbWorker {
         };
         let publish = self.config.publish;
         let node_id = self.node_id;
-        let (mut outcome, stamped, clock) = {
+        let (outcome, stamped, clock) = {
             let schema = &self.schema;
             let start_clock = self.clock;
             let conn = &mut self.conn;
             let acked = &self.acked;
             let unsaved = &self.unsaved_positions;
+            let history = &mut self.history;
+            let parked_tables = &mut self.parked_tables;
             with_busy_retry(limit, || {
                 let mut clock = start_clock;
                 let tx = begin_write(conn, limit, "starting an apply transaction")?;
-                store_positions(&tx, unsaved)?;
-                // Received clocks first, so local changes not yet stamped order after everything received:
-                // the app wrote them against what it could see, and they must not be overwritten here.
-                clock.observe(newest_received);
-                let stamped = if publish {
-                    Some(stamp::stamp_pending(&tx, schema, &mut clock, &settings)?)
-                } else {
-                    None
+                positions::store_all(&tx, unsaved)?;
+                let run = BatchRun {
+                    schema,
+                    node_id,
+                    stamp: publish.then_some(&settings),
+                    history,
+                    parked_tables,
                 };
-                // Whatever the log holds from here on, this transaction wrote (see `change_log_mark`).
-                let mark = capture::change_log_mark(&tx)?;
-                let outcome = applier::apply_messages(&tx, schema, &mut clock, node_id, messages)?;
-                if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
-                    stamp::save_clock(&tx, &clock)?;
-                }
-                capture::discard_own_changes(&tx, mark)?;
-                delete_outbox_entries(&tx, acked)?;
+                let result = apply_batch(&tx, &run, &mut clock, messages)?;
+                outbox::delete(&tx, acked)?;
+                let wall = crate::clock::wall_millis();
                 tx.commit().ctx("committing an apply transaction")?;
+                history.record(wall, clock.last());
+                if let Some(now_parked) = result.parked_tables {
+                    *parked_tables = now_parked;
+                }
+                let (outcome, stamped) = (result.outcome, result.stamped);
                 Ok((outcome, stamped, clock))
             })?
         };
@@ -699,34 +814,23 @@ impl DbWorker {
         if let Some(stamped) = stamped {
             self.after_stamp(stamped.outbox, stamped.events);
         }
+        let has_follow_ups = !outcome.follow_ups.is_empty();
+        let summary = ApplyOutcome {
+            dead_letters: outcome.dead_letters.clone(),
+            positions: outcome.positions.clone(),
+            applied: outcome.applied,
+            kept: outcome.kept,
+            deferred: outcome.deferred,
+            moved_keys: outcome.moved_keys,
+            ..ApplyOutcome::default()
+        };
         // Counters before positions, so whoever waits on a position sees the counts that go with it.
-        let counters = &self.outputs.counters;
-        counters
-            .applied_rows
-            .fetch_add(outcome.applied, Ordering::Relaxed);
-        counters
-            .kept_rows
-            .fetch_add(outcome.kept, Ordering::Relaxed);
-        counters
-            .deferred_rows
-            .fetch_add(outcome.deferred, Ordering::Relaxed);
-        if outcome.applied > 0 {
-            counters
-                .last_apply_ms
-                .store(crate::clock::wall_millis(), Ordering::Relaxed);
+        self.publish_outcome(outcome);
+        if has_follow_ups {
+            // Rows moved off a colliding key go out now, not at the next commit of the app.
+            self.stamp_all();
         }
-        // Events before positions: whoever waits for a position also finds its events delivered.
-        self.outputs
-            .events
-            .emit(std::mem::take(&mut outcome.events));
-        if !outcome.positions.is_empty() {
-            self.outputs.positions.send_modify(|positions| {
-                for (shard, seq) in &outcome.positions {
-                    positions.insert(*shard, *seq);
-                }
-            });
-        }
-        Ok(outcome)
+        Ok(summary)
     }
 
     fn checkpoint_if_due(&mut self, idle: bool) {
@@ -760,8 +864,8 @@ impl DbWorker {
             "deleting acknowledged outbox entries",
         )
         .and_then(|tx| {
-            delete_outbox_entries(&tx, &self.acked)?;
-            store_positions(&tx, &self.unsaved_positions)?;
+            outbox::delete(&tx, &self.acked)?;
+            positions::store_all(&tx, &self.unsaved_positions)?;
             tx.commit().ctx("deleting acknowledged outbox entries")
         });
         match result {
@@ -792,17 +896,9 @@ impl DbWorker {
         let result = (|| -> Result<()> {
             let tx = begin_write(&self.conn, self.busy_limit(), "recording a rejected change")?;
             for (table, pk) in &rows {
-                tx.execute(
-                    "INSERT INTO __harmonylite__rejected(tbl, pk, reason, at) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![table, pk, reason, crate::clock::wall_millis() as i64],
-                )
-                .ctx("recording a rejected change")?;
+                library::record_rejected(&tx, table, pk, reason)?;
             }
-            tx.execute(
-                "DELETE FROM __harmonylite__outbox WHERE id = ?1",
-                [entry.id],
-            )
-            .ctx("recording a rejected change")?;
+            outbox::delete(&tx, &[entry.id])?;
             tx.commit().ctx("recording a rejected change")
         })();
         if let Err(err) = result {
@@ -811,69 +907,23 @@ impl DbWorker {
     }
 
     fn status(&self) -> Result<DbStatus> {
-        let count = |sql: &str| -> Result<u64> {
-            self.conn
-                .query_row(sql, [], |row| row.get::<_, i64>(0))
-                .ctx("reading status")
-                .map(|n| n.max(0) as u64)
-        };
-        let mut paused_tables = BTreeMap::new();
-        let rows: Vec<(String, i64, String)> = self
-            .conn
-            .prepare("SELECT tbl, count(*), max(reason) FROM __harmonylite__deferred GROUP BY tbl")
-            .and_then(|mut stmt| {
-                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .ctx("reading status")?;
-        for (table, waiting, reason) in rows {
-            paused_tables.insert(table, (waiting.max(0) as u64, reason));
-        }
+        let counts = library::counts(&self.conn)?;
         Ok(DbStatus {
-            pending_changes: count("SELECT count(*) FROM __harmonylite__change_log")?,
-            outbox_messages: count("SELECT count(*) FROM __harmonylite__outbox")?,
-            outbox_rows: count("SELECT coalesce(sum(rows), 0) FROM __harmonylite__outbox")?,
-            paused_tables,
-            rejected_local: count("SELECT count(*) FROM __harmonylite__rejected")?,
-            dead_lettered: count("SELECT count(*) FROM __harmonylite__dead_letters")?,
-            positions: applier::read_positions(&self.conn)?,
+            pending_changes: counts.pending_changes,
+            outbox_messages: counts.outbox_messages,
+            outbox_rows: counts.outbox_rows,
+            paused_tables: parked::summary(&self.conn)?,
+            conflicts: counts.conflicts,
+            rejected_local: counts.rejected_local,
+            dead_lettered: counts.dead_lettered,
+            positions: positions::read_all(&self.conn)?,
             replicated_tables: self.schema.tables.keys().cloned().collect(),
         })
     }
 }
 
-fn store_positions(conn: &Connection, positions: &BTreeMap<u32, u64>) -> Result<()> {
-    for (shard, seq) in positions {
-        applier::store_position(conn, *shard, *seq)?;
-    }
-    Ok(())
-}
-
-fn delete_outbox_entries(conn: &Connection, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached("DELETE FROM __harmonylite__outbox WHERE id = ?1")
-        .ctx("deleting acknowledged outbox entries")?;
-    for id in ids {
-        stmt.execute([id])
-            .ctx("deleting acknowledged outbox entries")?;
-    }
-    Ok(())
-}
-
 fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
-    let rows: Vec<(i64, i64, i64, Vec<u8>)> = conn
-        .prepare("SELECT id, shard, rows, payload FROM __harmonylite__outbox ORDER BY id")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .ctx("loading the outbox")?;
-    Ok(rows
+    Ok(outbox::load(conn)?
         .into_iter()
         .map(|(id, shard, rows, payload)| {
             let max_hlc = decode(&payload)
@@ -881,8 +931,8 @@ fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
                 .unwrap_or(0);
             OutboxEntry {
                 id,
-                shard: shard.max(0) as u32,
-                rows: rows.max(0) as u32,
+                shard,
+                rows,
                 msg_id: stamp::message_id(node_id, id, max_hlc),
                 payload: payload.into(),
             }

@@ -19,9 +19,12 @@ use crate::apply::consumer::ShardConsumer;
 use crate::config::Config;
 use crate::db_thread::{self, Command, DbHandle, DbOutputs};
 use crate::error::{Error, Result};
-use crate::events::{ChangeEvent, EventHub, Listener, Subscription};
+use crate::events::{
+    ChangeEvent, ConflictHub, ConflictSubscription, EventHub, Listener, Subscription,
+};
 use crate::publish::publisher::{PublishProgress, Publisher};
 use crate::snapshot::{self, service::SnapshotService};
+use crate::state::conflicts::Conflict;
 use crate::transport::embedded::{EmbeddedOptions, EmbeddedServer};
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::{self, Names, StreamKeeper};
@@ -90,6 +93,10 @@ pub(crate) struct Counters {
     pub applied_rows: AtomicU64,
     pub kept_rows: AtomicU64,
     pub deferred_rows: AtomicU64,
+    /// Rows this node moved off a key another node's row took (since open).
+    pub moved_keys: AtomicU64,
+    /// Conflict-log entries recorded (since open).
+    pub conflicts: AtomicU64,
     pub errors: AtomicU64,
     pub last_publish_ms: AtomicU64,
     pub last_apply_ms: AtomicU64,
@@ -213,7 +220,12 @@ pub struct ShardStatus {
 pub struct PausedTable {
     pub table: String,
     pub waiting_changes: u64,
+    /// Why the oldest waiting change waits, in words.
     pub reason: String,
+    /// What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
+    /// NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
+    /// hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -244,6 +256,13 @@ pub struct Status {
     /// Received changes that lost to a newer version already here.
     pub skipped_rows: u64,
     pub deferred_rows: u64,
+    /// Entries in the conflict log (bounded; see `Replica::conflicts`).
+    pub conflicts: u64,
+    /// Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+    pub conflicts_recorded: u64,
+    /// Rows this node moved to a fresh key since open, because another node created a different row under
+    /// the same auto-assigned key first.
+    pub moved_keys: u64,
     pub dead_lettered: u64,
     /// Local changes that could not be published (larger than the server's max payload).
     pub rejected_local: u64,
@@ -284,6 +303,7 @@ pub(crate) struct Inner {
     snapshots: Arc<SnapshotService>,
     /// Taken on close, so that subscriptions end once the database thread's copy is gone too.
     events: Mutex<Option<EventHub>>,
+    conflict_feed: Mutex<Option<ConflictHub>>,
     positions: watch::Receiver<BTreeMap<u32, u64>>,
     progress: watch::Receiver<PublishProgress>,
     ready: watch::Receiver<bool>,
@@ -374,10 +394,12 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
 
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let events = EventHub::new();
+    let conflict_feed = ConflictHub::new();
     let (positions_tx, positions_rx) = watch::channel(BTreeMap::new());
     let counters = Arc::new(Counters::default());
     let db_handle_positions = positions_tx.clone();
     let outputs = DbOutputs {
+        conflicts: conflict_feed.clone(),
         counters: counters.clone(),
         outbox: outbox_tx,
         events: events.clone(),
@@ -488,6 +510,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             embedded,
             snapshots: snapshots.clone(),
             events: Mutex::new(Some(events)),
+            conflict_feed: Mutex::new(Some(conflict_feed)),
             positions: positions_rx,
             progress: progress_rx,
             ready: ready_rx,
@@ -632,6 +655,58 @@ impl Replica {
             Some(hub) => hub.subscribe(),
             None => EventHub::new().subscribe(), // closed: its only sender is dropped right here
         }
+    }
+
+    /// Conflict-log entries from now on, as they are recorded (merge losers, moved keys, constraint
+    /// resolutions). Dropping the subscription unsubscribes; it ends when the replica is closed.
+    pub fn subscribe_conflicts(&self) -> ConflictSubscription {
+        match self
+            .inner
+            .conflict_feed
+            .lock()
+            .ok()
+            .and_then(|hub| hub.clone())
+        {
+            Some(hub) => hub.subscribe(),
+            None => ConflictHub::new().subscribe(),
+        }
+    }
+
+    /// Calls `callback` for every conflict recorded from now on, on the core runtime, until the listener
+    /// is dropped. A panicking callback is reported and does not stop later calls.
+    pub fn on_conflict(&self, callback: impl Fn(Conflict) + Send + Sync + 'static) -> Listener {
+        let mut subscription = self.subscribe_conflicts();
+        let callback = Arc::new(callback);
+        let task = runtime().spawn(async move {
+            while let Some(conflict) = subscription.recv().await {
+                let callback = callback.clone();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    callback(conflict)
+                }));
+                if outcome.is_err() {
+                    warn!("a conflict callback panicked; later conflicts are still delivered");
+                }
+            }
+        });
+        Listener { task: Some(task) }
+    }
+
+    /// The conflict log: up to `limit` of the newest entries with an id above `after` (0: from the start),
+    /// oldest first. The log keeps the newest 10,000 entries.
+    pub async fn conflicts(&self, after: i64, limit: usize) -> Result<Vec<Conflict>> {
+        let commands = self.commands()?;
+        on_runtime(async move {
+            let (reply, answer) = oneshot::channel();
+            commands
+                .send(Command::Conflicts {
+                    after,
+                    limit,
+                    reply,
+                })
+                .map_err(|_| Error::Closed)?;
+            answer.await.map_err(|_| Error::Closed)?
+        })
+        .await
     }
 
     /// Calls `callback` for every change event, on the core runtime, until the listener is dropped.
@@ -818,15 +893,19 @@ impl Replica {
             applied_rows: counters.applied_rows.load(Ordering::Relaxed),
             skipped_rows: counters.kept_rows.load(Ordering::Relaxed),
             deferred_rows: counters.deferred_rows.load(Ordering::Relaxed),
+            conflicts: db.conflicts,
+            conflicts_recorded: counters.conflicts.load(Ordering::Relaxed),
+            moved_keys: counters.moved_keys.load(Ordering::Relaxed),
             dead_lettered: db.dead_lettered,
             rejected_local: db.rejected_local,
             paused_tables: db
                 .paused_tables
                 .into_iter()
-                .map(|(table, (waiting_changes, reason))| PausedTable {
+                .map(|(table, (waiting_changes, reason, kind))| PausedTable {
                     table,
                     waiting_changes,
                     reason,
+                    kind,
                 })
                 .collect(),
             last_publish_ms: nonzero(counters.last_publish_ms.load(Ordering::Relaxed)),
@@ -948,6 +1027,9 @@ impl Replica {
                 .map_err(|err| Error::Internal(format!("stopping the database thread: {err}")))?;
         }
         if let Ok(mut hub) = inner.events.lock() {
+            hub.take();
+        }
+        if let Ok(mut hub) = inner.conflict_feed.lock() {
             hub.take();
         }
         // Bounded: with NATS unreachable a flush would wait forever, and nothing unsent is lost anyway.

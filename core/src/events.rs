@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Hlc;
 use crate::log::Value;
+use crate::state::conflicts::Conflict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,71 +43,77 @@ pub struct ChangeEvent {
 /// How many events a slow subscriber may fall behind before it misses some (and is told so).
 pub const EVENT_BUFFER: usize = 65_536;
 
+/// Fan-out of one kind of record (change events, conflicts) to every subscriber.
 #[derive(Clone)]
-pub(crate) struct EventHub {
-    sender: broadcast::Sender<ChangeEvent>,
+pub(crate) struct Hub<T: Clone> {
+    sender: broadcast::Sender<T>,
 }
 
-impl EventHub {
-    pub fn new() -> EventHub {
+pub(crate) type EventHub = Hub<ChangeEvent>;
+pub(crate) type ConflictHub = Hub<Conflict>;
+
+impl<T: Clone> Hub<T> {
+    pub fn new() -> Hub<T> {
         let (sender, _) = broadcast::channel(EVENT_BUFFER);
-        EventHub { sender }
+        Hub { sender }
     }
 
-    pub fn emit(&self, events: Vec<ChangeEvent>) {
+    pub fn emit(&self, items: Vec<T>) {
         if self.sender.receiver_count() == 0 {
             return;
         }
-        for event in events {
+        for item in items {
             // An error only means every subscriber left meanwhile.
-            let _ = self.sender.send(event);
+            let _ = self.sender.send(item);
         }
     }
 
-    pub fn subscribe(&self) -> Subscription {
-        Subscription {
+    pub fn subscribe(&self) -> Feed<T> {
+        Feed {
             receiver: self.sender.subscribe(),
             missed: 0,
         }
     }
 }
 
-/// A stream of change events. Dropping it unsubscribes.
-pub struct Subscription {
-    receiver: broadcast::Receiver<ChangeEvent>,
+/// A stream of records from a [`Hub`]. Dropping it unsubscribes.
+pub struct Feed<T: Clone> {
+    receiver: broadcast::Receiver<T>,
     missed: u64,
 }
 
-impl Subscription {
-    /// The next event; `None` once the replica is closed.
-    pub async fn recv(&mut self) -> Option<ChangeEvent> {
+/// Change events, local and remote.
+pub type Subscription = Feed<ChangeEvent>;
+/// Conflict-log entries as they are recorded.
+pub type ConflictSubscription = Feed<Conflict>;
+
+impl<T: Clone> Feed<T> {
+    /// The next record; `None` once the replica is closed.
+    pub async fn recv(&mut self) -> Option<T> {
         loop {
             match self.receiver.recv().await {
-                Ok(event) => return Some(event),
+                Ok(item) => return Some(item),
                 Err(broadcast::error::RecvError::Lagged(count)) => {
                     self.missed += count;
-                    tracing::warn!(
-                        missed = count,
-                        "a change-event subscriber fell behind and missed events"
-                    );
+                    tracing::warn!(missed = count, "a subscriber fell behind and missed events");
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
 
-    /// The next event if one is ready.
-    pub fn try_recv(&mut self) -> Option<ChangeEvent> {
+    /// The next record if one is ready.
+    pub fn try_recv(&mut self) -> Option<T> {
         loop {
             match self.receiver.try_recv() {
-                Ok(event) => return Some(event),
+                Ok(item) => return Some(item),
                 Err(broadcast::error::TryRecvError::Lagged(count)) => self.missed += count,
                 Err(_) => return None,
             }
         }
     }
 
-    /// Events this subscriber missed by falling more than [`EVENT_BUFFER`] behind.
+    /// Records this subscriber missed by falling more than [`EVENT_BUFFER`] behind.
     pub fn missed(&self) -> u64 {
         self.missed
     }

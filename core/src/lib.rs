@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The pipeline (see ARCHITECTURE.md): capture triggers → change log → stamping into the outbox → publisher
-//! → JetStream → each node's consumer → applier (last-writer-wins by hybrid logical clock) → change events.
+//! → JetStream → each node's consumer → applier (column-level last-writer-wins by hybrid logical clock,
+//! key collisions and constraint conflicts resolved and logged) → change events.
 
 pub mod apply;
 pub mod capture;
@@ -26,6 +27,7 @@ pub mod health;
 pub mod log;
 pub mod publish;
 pub mod snapshot;
+pub mod state;
 pub mod transport;
 
 pub use config::Config;
@@ -35,7 +37,8 @@ pub use engine::{
     ConnectionState, PausedTable, Replica, ShardStatus, Status, Token,
 };
 pub use error::{Error, ErrorCode, Result};
-pub use events::{ChangeEvent, ChangeOp, Listener, Subscription};
+pub use events::{ChangeEvent, ChangeOp, ConflictSubscription, Listener, Subscription};
 pub use health::{Health, HealthLimits};
 pub use log::Value;
+pub use state::conflicts::{Conflict, ConflictKind, ConflictSide};
 pub use transport::stream_health::BrokerDataLoss;

@@ -1,22 +1,41 @@
-//! Conflicts resolve by `(hlc, node_id)` on every node, never by arrival order.
+//! Conflicts resolve by `(hlc, node_id)` per column and by causal length per row, on every node, never by
+//! arrival order (ADR 0011).
 
 mod support;
 
+use harmonylite::clock::Version;
 use harmonylite::log::{encode, Batch, Op, RowChange, Value};
 use harmonylite::Token;
 use support::*;
 
 const SCHEMA: &str = "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);";
 
+/// A row's newest change (hlc, node) and whether it is deleted.
 fn version_of(node: &Node, k: i64) -> (i64, i64, i64) {
+    let (cl, _, hlc, node_id) = state_of(node, k);
+    (hlc, node_id, i64::from(cl % 2 == 0))
+}
+
+/// A row's causal length, incarnation, and newest change (hlc, node).
+fn state_of(node: &Node, k: i64) -> (i64, Version, i64, i64) {
     let pk = harmonylite::log::pk_key(&[Value::Integer(k)]);
     node.conn()
         .query_row(
-            "SELECT hlc, node, deleted FROM __harmonylite__versions WHERE tbl = 'kv' AND pk = ?1",
+            "SELECT cl, born_hlc, born_node, hlc, node FROM __harmonylite__rows WHERE tbl = 'kv' AND pk = ?1",
             [pk],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    Version {
+                        hlc: r.get::<_, i64>(1)? as u64,
+                        node: r.get::<_, i64>(2)? as u64,
+                    },
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            },
         )
-        .expect("version row")
+        .expect("row state")
 }
 
 /// Publishes a hand-made change from a fake node, as if it arrived late from the network.
@@ -41,16 +60,19 @@ async fn inject(server: &NatsServer, node_id: u64, change: RowChange) -> Token {
     token
 }
 
-fn upsert(k: i64, v: &str, hlc: u64) -> RowChange {
+/// An update of `v` in the row's life `cl`, incarnation `born`.
+fn update(k: i64, v: &str, hlc: u64, cl: i64, born: Version) -> RowChange {
     RowChange {
         table: "kv".into(),
-        op: Op::Upsert,
+        op: Op::Update,
         hlc,
+        cl: cl as u64,
+        born,
+        born_hash: 0,
+        life: born,
+        seen: None,
         pk: vec![Value::Integer(k)],
-        columns: vec![
-            ("k".into(), Value::Integer(k)),
-            ("v".into(), Value::Text(v.into())),
-        ],
+        columns: vec![("v".into(), Value::Text(v.into()))],
     }
 }
 
@@ -113,35 +135,65 @@ async fn late_arrivals_do_not_win_and_deletes_are_not_resurrected() {
     let b = Node::start(config_for(&server, 2), SCHEMA).await;
     a.exec("INSERT INTO kv VALUES (1, 'current'), (2, 'doomed')");
     converge(&[&a, &b]).await;
-    let (hlc1, _, _) = version_of(&a, 1);
+    let (cl1, born1, hlc1, _) = state_of(&a, 1);
 
-    // An older update arrives last: it must lose everywhere.
-    let token = inject(&server, 99, upsert(1, "stale", hlc1 as u64 - 1000)).await;
+    // An older update arrives last: it loses everywhere, and the conflict log says so.
+    let token = inject(
+        &server,
+        99,
+        update(1, "stale", hlc1 as u64 - 1000, cl1, born1),
+    )
+    .await;
     for n in [&a, &b] {
         n.replica().wait_for(&token, WAIT).await.expect("wait");
         assert_eq!(n.dump("kv")[0][1], "tcurrent");
+        let logged = n.replica().conflicts(0, 100).await.expect("conflicts");
+        assert!(
+            logged
+                .iter()
+                .any(|c| c.kind == harmonylite::ConflictKind::ChangeLost
+                    && c.loser.as_ref().is_some_and(|l| l.node == 99)),
+            "the stale edit is in the conflict log: {logged:?}"
+        );
     }
 
-    // A newer delete, then an older update of the same row arriving after it: the row stays deleted.
+    // A delete, then an update of the row's earlier life arriving after it — even with a newer clock: the
+    // row stays deleted (a delete wins over a concurrent update).
     a.exec("DELETE FROM kv WHERE k = 2");
     converge(&[&a, &b]).await;
     let (delete_hlc, _, deleted) = version_of(&b, 2);
     assert_eq!(deleted, 1, "the delete is versioned (tombstone)");
-    let token = inject(&server, 99, upsert(2, "zombie", delete_hlc as u64 - 1)).await;
+    let (_, born2, _, _) = state_of(&b, 2);
+    let token = inject(
+        &server,
+        99,
+        update(2, "zombie", delete_hlc as u64 + 5, 1, born2),
+    )
+    .await;
     for n in [&a, &b] {
         n.replica().wait_for(&token, WAIT).await.expect("wait");
         assert_eq!(
             n.dump("kv").len(),
             1,
-            "a late update resurrected a newer delete"
+            "a late update resurrected a deleted row"
         );
     }
 
-    // A late delete older than the row's version does not remove it.
+    // Deleted and created again: a late delete of the earlier life does not remove the new one.
+    a.exec("DELETE FROM kv WHERE k = 1");
+    a.exec("INSERT INTO kv VALUES (1, 'again')");
+    converge(&[&a, &b]).await;
+    let (cl, born, _, _) = state_of(&b, 1);
+    assert_eq!(cl, 3, "insert, delete, insert");
     let late_delete = RowChange {
         table: "kv".into(),
         op: Op::Delete,
-        hlc: hlc1 as u64 - 1,
+        hlc: hlc1 as u64 + 1,
+        cl: 2,
+        born: born1,
+        born_hash: 0,
+        life: born1,
+        seen: None,
         pk: vec![Value::Integer(1)],
         columns: vec![],
     };
@@ -149,11 +201,12 @@ async fn late_arrivals_do_not_win_and_deletes_are_not_resurrected() {
     for n in [&a, &b] {
         n.replica().wait_for(&token, WAIT).await.expect("wait");
         assert_eq!(n.dump("kv").len(), 1);
+        assert_eq!(n.dump("kv")[0][1], "tagain");
     }
 
-    // And a newer one from elsewhere wins everywhere; the local clock moves past it.
+    // A newer change from elsewhere wins everywhere; a local write made after seeing it orders after it.
     let future = (harmonylite::clock::wall_millis() + 60_000) << 16;
-    let token = inject(&server, 99, upsert(1, "future", future)).await;
+    let token = inject(&server, 99, update(1, "future", future, cl, born)).await;
     for n in [&a, &b] {
         n.replica().wait_for(&token, WAIT).await.expect("wait");
         assert_eq!(n.dump("kv")[0][1], "tfuture");

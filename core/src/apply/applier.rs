@@ -1,19 +1,35 @@
-//! The applier's database side: writes a run of received messages in one transaction, row by row under
-//! the LWW rule, and stores each shard's stream position in the same transaction (exactly-once effect).
+//! The applier's database side: writes a run of received messages in one transaction under the merge rules
+//! (`merge.rs`, ADR 0011) and stores each shard's stream position in the same transaction (exactly-once
+//! effect).
 //!
-//! The caller has already inserted the control row that mutes the capture triggers, and has stamped this
-//! node's pending local changes in the same transaction, so every local change has a version to compare.
+//! The caller has stamped this node's pending local changes in the same transaction, so every local change
+//! has a state to compare with, and it drops what this transaction's own writes logged before committing.
+//! A change that cannot be applied for a reason of its own (the schema lacks something, a constraint
+//! refuses it, a value the column cannot hold, a forged clock or key) is parked on its own with the reason
+//! and the rest of the batch goes on; only an error of the database itself (busy, I/O) fails the batch.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use std::collections::BTreeSet;
+
+use rusqlite::{params_from_iter, Transaction};
 use tracing::warn;
 
-use super::lww::{decide, Decision, Version};
-use crate::capture::schema::upsert_sql;
+use super::merge::{plan, Plan};
+use crate::capture::schema::{insert_sql, update_sql};
+use crate::capture::triggers::{quote, OP_INSERT, OP_UPDATE};
 use crate::capture::{Schema, TableInfo};
-use crate::clock::Clock;
-use crate::error::{Result, SqlContext};
+use crate::clock::{physical_millis, wall_millis, Clock, MAX_HLC};
+use crate::error::{Error, Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
-use crate::log::{decode, pk_key, Op, RowChange};
+use crate::log::{decode, pk_key, value_hash, Op, RowChange, Value};
+use crate::publish::stamp::read_row;
+use crate::state::conflicts::{self, Conflict, ConflictKind, ConflictSide};
+use crate::state::parked::{self, ParkKind};
+use crate::state::positions;
+use crate::state::rows::{self, RowState};
+
+/// A stamp more than this far ahead of the local clock is parked until the local clock gets there: a
+/// forged or broken clock would otherwise freeze the row (no later write could beat it).
+pub const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
 
 /// A message as received from a shard's stream.
 #[derive(Debug, Clone)]
@@ -26,6 +42,7 @@ pub struct Incoming {
 #[derive(Debug, Default)]
 pub struct ApplyOutcome {
     pub events: Vec<ChangeEvent>,
+    pub conflicts: Vec<Conflict>,
     /// (shard, stream sequence, reason) of messages that could not be decoded.
     pub dead_letters: Vec<(u32, u64, String)>,
     /// Newest stored position per shard after this transaction.
@@ -33,42 +50,89 @@ pub struct ApplyOutcome {
     pub applied: u64,
     pub kept: u64,
     pub deferred: u64,
+    pub moved_keys: u64,
+    /// Changes the library made for the app (a row moved off a colliding key, children that follow it):
+    /// (table, op, key), to be logged — and so stamped and published — after the own-write discard.
+    pub follow_ups: Vec<(String, i64, Vec<Value>)>,
+    /// Tables this transaction wrote (changes parked behind their data may apply now).
+    pub tables: BTreeSet<String>,
+    /// Messages the library's own changes for the app were stamped into (see `flush_follow_ups`), and
+    /// their events.
+    pub stamped: Vec<crate::publish::OutboxEntry>,
+    pub stamped_events: Vec<ChangeEvent>,
 }
 
-enum RowResult {
-    Applied(ChangeOp),
+impl ApplyOutcome {
+    fn moved_keys_mut(&mut self) -> &mut u64 {
+        &mut self.moved_keys
+    }
+
+    /// Adds a retry's outcome to this one.
+    pub fn absorb(&mut self, more: ApplyOutcome) {
+        self.events.extend(more.events);
+        self.conflicts.extend(more.conflicts);
+        self.applied += more.applied;
+        self.kept += more.kept;
+        self.deferred += more.deferred;
+        self.moved_keys += more.moved_keys;
+        self.follow_ups.extend(more.follow_ups);
+        self.tables.extend(more.tables);
+        self.stamped.extend(more.stamped);
+        self.stamped_events.extend(more.stamped_events);
+    }
+}
+
+/// What the applier needs besides the transaction.
+pub struct ApplyContext<'a> {
+    pub schema: &'a Schema,
+    pub node_id: u64,
+    /// Tables that have parked changes: a later change of a parked row waits behind it.
+    pub parked_tables: &'a BTreeSet<String>,
+    /// How to stamp the changes the library makes for the app at once (None on a node that publishes
+    /// nothing: they are logged for later instead).
+    pub stamp: Option<&'a crate::publish::stamp::StampSettings>,
+    pub history: &'a crate::clock::ClockHistory,
+}
+
+/// Stamps what the library just changed for the app (a row moved to a fresh key, rows that follow it) in
+/// the same transaction: those rows then have their state before anything else in the batch meets them.
+fn flush_follow_ups(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    let Some(settings) = ctx.stamp else {
+        return Ok(());
+    };
+    if outcome.follow_ups.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, Vec<Value>)> = outcome
+        .follow_ups
+        .drain(..)
+        .map(|(table, _, key)| (table, key))
+        .collect();
+    let stamped =
+        crate::publish::stamp::stamp_now(tx, ctx.schema, clock, ctx.history, settings, &keys)?;
+    outcome.stamped.extend(stamped.outbox);
+    outcome.stamped_events.extend(stamped.events);
+    Ok(())
+}
+
+/// How one change ended.
+enum Applied {
+    Written,
     Kept,
-    Deferred(String),
-}
-
-/// Every shard's applied stream position.
-pub fn read_positions(conn: &rusqlite::Connection) -> Result<std::collections::BTreeMap<u32, u64>> {
-    conn.prepare("SELECT shard, seq FROM __harmonylite__positions")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)? as u32,
-                    row.get::<_, i64>(1)?.max(0) as u64,
-                ))
-            })?
-            .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()
-        })
-        .ctx("reading stream positions")
-}
-
-pub fn stored_position(conn: &rusqlite::Connection, shard: u32) -> Result<u64> {
-    let seq: Option<i64> = conn
-        .prepare_cached("SELECT seq FROM __harmonylite__positions WHERE shard = ?1")
-        .and_then(|mut stmt| stmt.query_row([shard], |row| row.get(0)).optional())
-        .ctx("reading the stream position")?;
-    Ok(seq.unwrap_or(0).max(0) as u64)
+    /// The change's row lost its auto-assigned key to a row created earlier elsewhere.
+    Displaced,
+    Park(ParkKind, String),
 }
 
 pub fn apply_messages(
     tx: &Transaction<'_>,
-    schema: &Schema,
+    ctx: &ApplyContext<'_>,
     clock: &mut Clock,
-    node_id: u64,
     messages: &[Incoming],
 ) -> Result<ApplyOutcome> {
     let mut outcome = ApplyOutcome::default();
@@ -76,7 +140,7 @@ pub fn apply_messages(
     for message in messages {
         let position = match positions.iter().find(|(s, _)| *s == message.shard) {
             Some((_, seq)) => *seq,
-            None => stored_position(tx, message.shard)?,
+            None => positions::read(tx, message.shard)?,
         };
         if message.seq <= position {
             continue; // Redelivery of something this transaction or an earlier one already applied.
@@ -84,47 +148,16 @@ pub fn apply_messages(
         match decode(&message.payload) {
             Err(err) => {
                 warn!(shard = message.shard, seq = message.seq, error = %err, "malformed message parked on the dead-letter subject");
-                tx.prepare_cached(
-                    "INSERT INTO __harmonylite__dead_letters(shard, seq, reason, at) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        message.shard,
-                        message.seq as i64,
-                        err.to_string(),
-                        crate::clock::wall_millis() as i64
-                    ])
-                })
-                .ctx("recording a dead letter")?;
+                crate::state::record_dead_letter(tx, message.shard, message.seq, &err.to_string())?;
                 outcome
                     .dead_letters
                     .push((message.shard, message.seq, err.to_string()));
             }
             Ok(batch) => {
-                for change in &batch.changes {
-                    clock.observe(change.hlc);
-                }
-                // Our own messages: the rows and versions are already here.
-                if batch.node_id != node_id {
-                    for change in batch.changes {
-                        match apply_change(tx, schema, batch.node_id, &change)? {
-                            RowResult::Applied(op) => {
-                                outcome.applied += 1;
-                                outcome.events.push(ChangeEvent {
-                                    table: change.table,
-                                    op,
-                                    pk: change.pk,
-                                    origin_node: batch.node_id,
-                                    hlc: change.hlc,
-                                    local: false,
-                                });
-                            }
-                            RowResult::Kept => outcome.kept += 1,
-                            RowResult::Deferred(reason) => {
-                                outcome.deferred += 1;
-                                defer(tx, batch.node_id, &change, &reason)?;
-                            }
-                        }
+                // Our own messages: the rows and their state are already here.
+                if batch.node_id != ctx.node_id {
+                    for change in &batch.changes {
+                        apply_or_park(tx, ctx, clock, batch.node_id, change, &mut outcome)?;
                     }
                 }
             }
@@ -135,69 +168,263 @@ pub fn apply_messages(
         }
     }
     for (shard, seq) in &positions {
-        store_position(tx, *shard, *seq)?;
+        positions::store(tx, *shard, *seq)?;
     }
     outcome.positions = positions;
     Ok(outcome)
 }
 
-/// Records that a shard's stream has been applied up to `seq`.
-pub fn store_position(conn: &rusqlite::Connection, shard: u32, seq: u64) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO __harmonylite__positions(shard, seq) VALUES (?1, ?2)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![shard, seq as i64]))
-    .ctx("storing the stream position")?;
-    Ok(())
-}
-
-/// Stores a row's winning version (a tombstone when `deleted`).
-pub fn record_version(
-    tx: &Transaction<'_>,
-    table: &str,
-    pk: &[u8],
-    version: Version,
-    deleted: bool,
-) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO __harmonylite__versions(tbl, pk, hlc, node, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![table, pk, version.hlc as i64, version.node as i64, deleted]))
-    .ctx("recording a row version")?;
-    Ok(())
-}
-
-/// Applies every change of a batch under the LWW rule, whoever made it (used to carry this node's
-/// unpublished changes into a restored snapshot). Returns how many changes waited for the schema.
+/// Applies every change of a batch under the merge rules, whoever made it (used to carry this node's
+/// unpublished changes into a restored snapshot). Returns how many changes were parked.
 pub fn apply_batch_any_origin(
     tx: &Transaction<'_>,
     schema: &Schema,
+    node_id: u64,
     batch: &crate::log::Batch,
 ) -> Result<u64> {
-    let mut deferred = 0;
+    let parked_tables = parked::tables(tx)?;
+    let history = crate::clock::ClockHistory::new(0);
+    let ctx = ApplyContext {
+        schema,
+        node_id,
+        parked_tables: &parked_tables,
+        stamp: None,
+        history: &history,
+    };
+    let mut clock = Clock::default();
+    let mut outcome = ApplyOutcome::default();
     for change in &batch.changes {
-        if let RowResult::Deferred(reason) = apply_change(tx, schema, batch.node_id, change)? {
-            defer(tx, batch.node_id, change, &reason)?;
-            deferred += 1;
-        }
+        apply_or_park(tx, &ctx, &mut clock, batch.node_id, change, &mut outcome)?;
     }
-    Ok(deferred)
+    for (table, op, pk) in &outcome.follow_ups {
+        crate::capture::log_local_change(tx, table, *op, pk)?;
+    }
+    Ok(outcome.deferred)
 }
 
-/// Checks a change against the local schema; `Err(reason)` means it must wait for the schema to catch up.
-fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableInfo, String> {
+fn apply_or_park(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    origin: u64,
+    change: &RowChange,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    if ctx.parked_tables.contains(&change.table) && waits_behind(tx, ctx, change)? {
+        outcome.deferred += 1;
+        if change.op == Op::Update && parked::fold_update(tx, change)? {
+            return Ok(());
+        }
+        return parked::park(
+            tx,
+            origin,
+            change,
+            ParkKind::Queued,
+            "waits behind an earlier change of the same row",
+        );
+    }
+    let applied = apply_change(tx, ctx, origin, change, outcome)?;
+    flush_follow_ups(tx, ctx, clock, outcome)?;
+    match applied {
+        Applied::Written => {
+            clock.observe(change.hlc);
+            outcome.applied += 1;
+        }
+        Applied::Kept | Applied::Displaced => {
+            clock.observe(change.hlc);
+            outcome.kept += 1;
+        }
+        Applied::Park(kind, reason) => {
+            outcome.deferred += 1;
+            parked::park(tx, origin, change, kind, &reason)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an earlier change of the same row waits (then this one waits behind it, in order). On a table
+/// with auto-assigned keys only the same lineage counts: another lineage is a different row.
+fn waits_behind(tx: &Transaction<'_>, ctx: &ApplyContext<'_>, change: &RowChange) -> Result<bool> {
+    let waiting = parked::lineages_waiting(tx, &change.table, &pk_key(&change.pk))?;
+    let movable = ctx
+        .schema
+        .tables
+        .get(&change.table)
+        .is_some_and(|t| t.auto_key);
+    Ok(if movable {
+        waiting.contains(&change.born)
+    } else {
+        !waiting.is_empty()
+    })
+}
+
+/// Retries parked changes (of one table, or all), oldest first, at most `limit`; returns the events of
+/// those that applied now. A row's later changes stay parked while an earlier one still waits.
+pub fn retry_parked(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    table: Option<&str>,
+    limit: usize,
+) -> Result<ApplyOutcome> {
+    let mut outcome = ApplyOutcome::default();
+    // Rows whose earlier insert or delete still waits: their later changes wait behind it. On a table with
+    // auto-assigned keys a row is its key and lineage (another lineage under the key is another row).
+    let mut still_blocked: BTreeSet<(String, Vec<u8>, Option<crate::clock::Version>)> =
+        BTreeSet::new();
+    for waiting in parked::waiting(tx, table, limit)? {
+        let movable = ctx
+            .schema
+            .tables
+            .get(&waiting.change.table)
+            .is_some_and(|t| t.auto_key);
+        let key = (
+            waiting.change.table.clone(),
+            pk_key(&waiting.change.pk),
+            movable.then_some(waiting.change.born),
+        );
+        let holds_back = waiting.change.op != Op::Update;
+        if still_blocked.contains(&key) {
+            if waiting.kind != ParkKind::Queued {
+                parked::update_reason(
+                    tx,
+                    waiting.id,
+                    ParkKind::Queued,
+                    "waits behind an earlier change of the same row",
+                )?;
+            }
+            continue;
+        }
+        if waiting.publish && key_taken(tx, ctx, &waiting.change)? {
+            // This node's waiting row, moved to a key that something else took since: nobody else has
+            // the row yet, so it gives way again.
+            rekey_parked(tx, ctx, &waiting, outcome.moved_keys_mut())?;
+            if holds_back {
+                still_blocked.insert(key);
+            }
+            continue;
+        }
+        let applied = apply_change(tx, ctx, waiting.origin, &waiting.change, &mut outcome)?;
+        flush_follow_ups(tx, ctx, clock, &mut outcome)?;
+        match applied {
+            Applied::Park(kind, reason) => {
+                parked::update_reason(tx, waiting.id, kind, &reason)?;
+                if holds_back {
+                    still_blocked.insert(key);
+                }
+            }
+            Applied::Written => {
+                clock.observe(waiting.change.hlc);
+                outcome.applied += 1;
+                parked::remove(tx, waiting.id)?;
+                if waiting.publish {
+                    // This node's row, moved while it waited: published now as a new row of this node.
+                    let table = &waiting.change.table;
+                    rows::remove(tx, table, &pk_key(&waiting.change.pk))?;
+                    outcome
+                        .follow_ups
+                        .push((table.clone(), OP_INSERT, waiting.change.pk.clone()));
+                    flush_follow_ups(tx, ctx, clock, &mut outcome)?;
+                }
+            }
+            Applied::Displaced
+                if waiting.change.life.node == ctx.node_id && waiting.change.op != Op::Delete =>
+            {
+                // A row of this node that waits lost its key meanwhile: it takes a fresh key and keeps
+                // waiting (nobody else has it; it is published when it applies).
+                rekey_parked(tx, ctx, &waiting, outcome.moved_keys_mut())?;
+                if holds_back {
+                    still_blocked.insert(key);
+                }
+            }
+            Applied::Kept | Applied::Displaced => {
+                clock.observe(waiting.change.hlc);
+                outcome.kept += 1;
+                parked::remove(tx, waiting.id)?;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Whether a key holds a row, or a row's state, here.
+fn key_taken(tx: &Transaction<'_>, ctx: &ApplyContext<'_>, change: &RowChange) -> Result<bool> {
+    let Some(table) = ctx.schema.tables.get(&change.table) else {
+        return Ok(false);
+    };
+    Ok(rows::read(tx, &table.name, &pk_key(&change.pk))?.is_some()
+        || read_row(tx, table, &change.pk)?.is_some())
+}
+
+fn rekey_parked(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    waiting: &parked::Parked,
+    moved: &mut u64,
+) -> Result<()> {
+    let Some(table) = ctx.schema.tables.get(&waiting.change.table) else {
+        return Ok(());
+    };
+    let Some(next_key) = &table.sql.next_key else {
+        return Ok(());
+    };
+    let mut key: i64 = tx
+        .prepare_cached(next_key)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+        .ctx("choosing a fresh key")?;
+    loop {
+        let bytes = pk_key(&[Value::Integer(key)]);
+        if !parked::has_key(tx, &table.name, &bytes)?
+            && rows::read(tx, &table.name, &bytes)?.is_none()
+        {
+            break;
+        }
+        key += 1;
+    }
+    let mut change = waiting.change.clone();
+    let old = describe_key(&change.pk);
+    change.pk = vec![Value::Integer(key)];
+    for (name, value) in change.columns.iter_mut() {
+        if *name == table.pk[0] {
+            *value = Value::Integer(key);
+        }
+    }
+    *moved += 1;
+    parked::rekey(
+        tx,
+        waiting.id,
+        waiting.origin,
+        &change,
+        &format!(
+            "moved from key {old} to {} (a row created earlier elsewhere took the key); waits to apply",
+            describe_key(&change.pk)
+        ),
+    )
+}
+
+/// Checks a change against the local schema and its own consistency; `Err` says why it must wait.
+fn validate<'a>(
+    schema: &'a Schema,
+    change: &RowChange,
+) -> std::result::Result<&'a TableInfo, (ParkKind, String)> {
     let Some(table) = schema.tables.get(&change.table) else {
-        return Err(format!(
-            "table `{}` does not exist here (or is not replicated)",
-            change.table
+        return Err((
+            ParkKind::Schema,
+            format!(
+                "table `{}` does not exist here (or is not replicated)",
+                change.table
+            ),
         ));
     };
     if change.pk.len() != table.pk.len() {
-        return Err(format!(
-            "primary key of `{}` has {} columns here, {} in the message",
-            change.table,
-            table.pk.len(),
-            change.pk.len()
+        return Err((
+            ParkKind::Schema,
+            format!(
+                "the primary key of `{}` has {} columns here, {} in the change",
+                change.table,
+                table.pk.len(),
+                change.pk.len()
+            ),
         ));
     }
     if let Some((missing, _)) = change
@@ -205,9 +432,52 @@ fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableI
         .iter()
         .find(|(name, _)| !table.columns.iter().any(|c| c == name))
     {
-        return Err(format!(
-            "column `{missing}` of table `{}` does not exist here",
+        return Err((
+            ParkKind::Schema,
+            format!(
+                "column `{missing}` of table `{}` does not exist here",
+                change.table
+            ),
+        ));
+    }
+    let invalid = |why: String| Err((ParkKind::Invalid, why));
+    if change.pk.contains(&Value::Null) {
+        return invalid(format!(
+            "a key of `{}` holds NULL, which cannot identify a row",
             change.table
+        ));
+    }
+    for (i, key_column) in table.pk.iter().enumerate() {
+        if let Some((_, value)) = change.columns.iter().find(|(n, _)| n == key_column) {
+            if !value.same_as(&change.pk[i]) {
+                return invalid(format!(
+                    "the row image of `{}` disagrees with its key in column `{key_column}`",
+                    change.table
+                ));
+            }
+        }
+    }
+    let odd = change.cl % 2 == 1;
+    if change.cl == 0 || odd == (change.op == Op::Delete) {
+        return invalid(format!(
+            "a change of `{}` carries an impossible causal length {} for a {:?}",
+            change.table, change.cl, change.op
+        ));
+    }
+    if change.hlc > MAX_HLC || change.born.hlc > MAX_HLC {
+        return invalid(format!(
+            "a change of `{}` carries a clock beyond the largest valid stamp",
+            change.table
+        ));
+    }
+    if physical_millis(change.hlc) > wall_millis().saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err((
+            ParkKind::Clock,
+            format!(
+                "a change of `{}` is stamped {} s ahead of this node's clock; it applies when this clock gets there",
+                change.table,
+                (physical_millis(change.hlc) - wall_millis()) / 1000
+            ),
         ));
     }
     Ok(table)
@@ -215,141 +485,1130 @@ fn check_schema<'a>(schema: &'a Schema, change: &RowChange) -> Result<&'a TableI
 
 fn apply_change(
     tx: &Transaction<'_>,
-    schema: &Schema,
+    ctx: &ApplyContext<'_>,
     origin: u64,
     change: &RowChange,
-) -> Result<RowResult> {
-    let table = match check_schema(schema, change) {
+    outcome: &mut ApplyOutcome,
+) -> Result<Applied> {
+    let table = match validate(ctx.schema, change) {
         Ok(table) => table,
-        Err(reason) => return Ok(RowResult::Deferred(reason)),
+        Err((kind, reason)) => return Ok(Applied::Park(kind, reason)),
     };
     let pk_bytes = pk_key(&change.pk);
-    let stored: Option<(i64, i64, bool)> = tx
-        .prepare_cached(
-            "SELECT hlc, node, deleted FROM __harmonylite__versions WHERE tbl = ?1 AND pk = ?2",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_row(params![change.table, pk_bytes], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
-            .optional()
-        })
-        .ctx("reading a row version")?;
-    let incoming = Version {
-        hlc: change.hlc,
-        node: origin,
-    };
-    let stored_version = stored.map(|(hlc, node, _)| Version {
-        hlc: hlc as u64,
-        node: node as u64,
-    });
-    if decide(incoming, stored_version) == Decision::Keep {
-        return Ok(RowResult::Kept);
-    }
-    let write = match change.op {
-        Op::Upsert => upsert(tx, table, change),
-        Op::Delete => delete(tx, table, change),
-    };
-    if let Err(err) = write {
-        // A constraint the local schema adds (UNIQUE, CHECK, NOT NULL) rolls back only this statement.
-        if matches!(
-            err.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::ConstraintViolation)
-        ) {
-            return Ok(RowResult::Deferred(format!(
-                "constraint failed on `{}`: {err}",
-                change.table
-            )));
+    let stored = rows::read(tx, &table.name, &pk_bytes)?;
+    let hashes: Vec<u64> = change.columns.iter().map(|(_, v)| value_hash(v)).collect();
+    let decided = plan(
+        stored.as_ref(),
+        change,
+        origin,
+        &hashes,
+        table.merge,
+        table.auto_key,
+    );
+    match decided {
+        Plan::Keep { lost, stale } => {
+            if !lost.is_empty() || (stale && change.op != Op::Delete) {
+                let current = read_row(tx, table, &change.pk)?;
+                let stored = stored.as_ref();
+                let kind = if stale && stored.is_some_and(|s| !s.exists()) {
+                    ConflictKind::DeletedWithEdits
+                } else {
+                    ConflictKind::ChangeLost
+                };
+                let indices: Vec<usize> = if lost.is_empty() {
+                    (0..change.columns.len()).collect()
+                } else {
+                    lost
+                };
+                let columns: Vec<String> = indices
+                    .iter()
+                    .map(|i| change.columns[*i].0.clone())
+                    .collect();
+                let detail = match kind {
+                    ConflictKind::DeletedWithEdits => format!(
+                        "an edit from node {origin} arrived for a row deleted concurrently; the delete wins"
+                    ),
+                    _ => format!(
+                        "an edit from node {origin} lost to newer values of {}",
+                        columns.join(", ")
+                    ),
+                };
+                record_conflict(
+                    tx,
+                    outcome,
+                    Conflict {
+                        id: 0,
+                        at_ms: wall_millis(),
+                        table: table.name.clone(),
+                        pk: change.pk.clone(),
+                        kind,
+                        winner: stored.map(|s| side_of(table, s, current.as_deref(), &columns)),
+                        loser: Some(ConflictSide {
+                            node: origin,
+                            hlc: change.hlc,
+                            values: indices.iter().map(|i| change.columns[*i].clone()).collect(),
+                        }),
+                        columns,
+                        moved_to: None,
+                        detail,
+                    },
+                )?;
+            }
+            Ok(Applied::Kept)
         }
-        return Err(err).ctx("applying a remote change");
+        Plan::Write {
+            write,
+            lost,
+            overwritten,
+            fresh,
+            state,
+        } => {
+            let before = if overwritten.is_empty() && lost.is_empty() {
+                None
+            } else {
+                read_row(tx, table, &change.pk)?
+            };
+            let existed = stored.as_ref().is_some_and(RowState::exists);
+            if let Some(parked) =
+                write_change(tx, ctx, table, origin, change, &write, fresh, outcome)?
+            {
+                return Ok(parked);
+            }
+            rows::write(tx, &table.name, &pk_bytes, &state)?;
+            if !overwritten.is_empty() {
+                let values = named_values(table, before.as_deref(), &overwritten);
+                let previous = stored.as_ref().map(|s| {
+                    overwritten
+                        .iter()
+                        .map(|c| s.column_version(c))
+                        .max()
+                        .unwrap_or_default()
+                });
+                record_conflict(
+                    tx,
+                    outcome,
+                    Conflict {
+                        id: 0,
+                        at_ms: wall_millis(),
+                        table: table.name.clone(),
+                        pk: change.pk.clone(),
+                        kind: ConflictKind::ValuesOverwritten,
+                        winner: Some(ConflictSide {
+                            node: origin,
+                            hlc: change.hlc,
+                            values: write
+                                .iter()
+                                .filter(|i| overwritten.contains(&change.columns[**i].0))
+                                .map(|i| change.columns[*i].clone())
+                                .collect(),
+                        }),
+                        loser: previous.map(|v| ConflictSide {
+                            node: v.node,
+                            hlc: v.hlc,
+                            values,
+                        }),
+                        detail: format!(
+                            "concurrent edits of {}: node {origin}'s newer values replaced ones it had not seen",
+                            overwritten.join(", ")
+                        ),
+                        columns: overwritten,
+                        moved_to: None,
+                    },
+                )?;
+            }
+            if !lost.is_empty() {
+                let columns: Vec<String> =
+                    lost.iter().map(|i| change.columns[*i].0.clone()).collect();
+                let stored_state = stored.as_ref();
+                record_conflict(
+                    tx,
+                    outcome,
+                    Conflict {
+                        id: 0,
+                        at_ms: wall_millis(),
+                        table: table.name.clone(),
+                        pk: change.pk.clone(),
+                        kind: ConflictKind::ChangeLost,
+                        winner: stored_state
+                            .map(|s| side_of(table, s, before.as_deref(), &columns)),
+                        loser: Some(ConflictSide {
+                            node: origin,
+                            hlc: change.hlc,
+                            values: lost.iter().map(|i| change.columns[*i].clone()).collect(),
+                        }),
+                        detail: format!(
+                            "part of an edit from node {origin} lost to newer values of {}",
+                            columns.join(", ")
+                        ),
+                        columns,
+                        moved_to: None,
+                    },
+                )?;
+            }
+            outcome.tables.insert(table.name.clone());
+            outcome.events.push(event(
+                table,
+                change,
+                origin,
+                if fresh || !existed {
+                    ChangeOp::Insert
+                } else {
+                    ChangeOp::Update
+                },
+            ));
+            Ok(Applied::Written)
+        }
+        Plan::Delete {
+            state,
+            unseen_edits,
+        } => {
+            let before = if unseen_edits {
+                read_row(tx, table, &change.pk)?
+            } else {
+                None
+            };
+            let existed = stored.as_ref().is_some_and(RowState::exists)
+                || (stored.is_none() && read_row(tx, table, &change.pk)?.is_some());
+            execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+                .ctx("applying a remote delete")?;
+            rows::write(tx, &table.name, &pk_bytes, &state)?;
+            if unseen_edits {
+                if let Some(stored) = &stored {
+                    let columns = table.columns.clone();
+                    record_conflict(
+                        tx,
+                        outcome,
+                        Conflict {
+                            id: 0,
+                            at_ms: wall_millis(),
+                            table: table.name.clone(),
+                            pk: change.pk.clone(),
+                            kind: ConflictKind::DeletedWithEdits,
+                            winner: Some(ConflictSide {
+                                node: origin,
+                                hlc: change.hlc,
+                                values: Vec::new(),
+                            }),
+                            loser: Some(side_of(table, stored, before.as_deref(), &columns)),
+                            columns,
+                            moved_to: None,
+                            detail: format!(
+                                "node {origin} deleted a row holding edits it had not seen; the delete wins"
+                            ),
+                        },
+                    )?;
+                }
+            }
+            outcome.tables.insert(table.name.clone());
+            if existed {
+                outcome
+                    .events
+                    .push(event(table, change, origin, ChangeOp::Delete));
+                Ok(Applied::Written)
+            } else {
+                Ok(Applied::Kept)
+            }
+        }
+        Plan::Collision { incoming_wins } => {
+            let Some(stored) = stored else {
+                return Ok(Applied::Kept); // a collision needs a stored incarnation
+            };
+            let resolved = resolve_collision(
+                tx,
+                ctx,
+                table,
+                origin,
+                change,
+                &stored,
+                &hashes,
+                incoming_wins,
+                outcome,
+            )?;
+            Ok(resolved.unwrap_or(Applied::Written))
+        }
     }
-    let version = Version {
-        hlc: change.hlc,
+}
+
+/// Writes the change's winning columns. `fresh`: the row is replaced (a new life, or first seen here).
+/// Returns `Some(park)` when the change cannot be written (after resolving what can be resolved).
+#[allow(clippy::too_many_arguments)]
+fn write_change(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    origin: u64,
+    change: &RowChange,
+    write: &[usize],
+    fresh: bool,
+    outcome: &mut ApplyOutcome,
+) -> Result<Option<Applied>> {
+    let attempt = |tx: &Transaction<'_>| -> rusqlite::Result<()> {
+        if fresh {
+            execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())?;
+            insert_row(tx, table, change, write)
+        } else {
+            let updated = update_row(tx, table, change, write)?;
+            if updated == 0 {
+                // The state says the row exists but it is not here (removed behind the library's back):
+                // bring back what the change carries.
+                insert_row(tx, table, change, write)?;
+            }
+            Ok(())
+        }
+    };
+    savepoint(tx, "hl_write")?;
+    match attempt(tx) {
+        Ok(()) => {
+            release(tx, "hl_write")?;
+            Ok(None)
+        }
+        Err(err) => {
+            rollback_to(tx, "hl_write")?;
+            if is_transient(&err) {
+                return Err(err).ctx("applying a remote change");
+            }
+            if err.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+                return resolve_constraint(
+                    tx, ctx, table, origin, change, write, fresh, &err, outcome,
+                );
+            }
+            Ok(Some(Applied::Park(
+                ParkKind::Invalid,
+                format!("`{}` cannot store this change here: {err}", table.name),
+            )))
+        }
+    }
+}
+
+/// A local UNIQUE constraint refused the change: the row created first keeps the value. If that is the
+/// incoming row, the local holder is parked (with its whole image) and removed; otherwise the incoming
+/// change is parked. Both are recorded. NOT NULL and CHECK refusals park the change.
+#[allow(clippy::too_many_arguments)]
+fn resolve_constraint(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    origin: u64,
+    change: &RowChange,
+    write: &[usize],
+    fresh: bool,
+    err: &rusqlite::Error,
+    outcome: &mut ApplyOutcome,
+) -> Result<Option<Applied>> {
+    let reason = format!("a constraint of `{}` refuses the change: {err}", table.name);
+    let Some((blocker_pk, columns)) = find_unique_holder(tx, table, change)? else {
+        return Ok(Some(Applied::Park(ParkKind::Constraint, reason)));
+    };
+    let blocker_bytes = pk_key(&blocker_pk);
+    let blocker_state = rows::read(tx, &table.name, &blocker_bytes)?;
+    let blocker_image = read_row(tx, table, &blocker_pk)?.unwrap_or_default();
+    // A holder without state is a row this transaction just moved off a colliding key: it is this node's
+    // newest row, created after anything received.
+    let blocker_born = blocker_state
+        .as_ref()
+        .map(|s| s.born)
+        .unwrap_or(crate::clock::Version {
+            hlc: MAX_HLC,
+            node: u64::MAX,
+        });
+    let incoming_first = change.born < blocker_born;
+    let blocker_values: Vec<(String, Value)> = table
+        .columns
+        .iter()
+        .cloned()
+        .zip(blocker_image.iter().cloned())
+        .collect();
+    let key_text = describe_key(&blocker_pk);
+    let detail;
+    let result = if incoming_first {
+        // Evict the later row: it waits, whole, until the value is free again.
+        let Some(blocker_state) = blocker_state.clone() else {
+            // The row just moved here by this transaction: nobody has it yet; it waits here and is
+            // published under its key once it applies.
+            let now = crate::clock::from_millis(wall_millis());
+            let waiting = RowChange {
+                table: table.name.clone(),
+                op: Op::Insert,
+                hlc: now,
+                cl: 1,
+                born: crate::clock::Version {
+                    hlc: now,
+                    node: ctx.node_id,
+                },
+                born_hash: 0,
+                life: crate::clock::Version {
+                    hlc: now,
+                    node: ctx.node_id,
+                },
+                seen: None,
+                pk: blocker_pk.clone(),
+                columns: blocker_values.clone(),
+            };
+            execute_row_sql(tx, &table.sql.delete_row, blocker_pk.iter())
+                .ctx("moving a row aside")?;
+            outcome
+                .follow_ups
+                .retain(|(t, _, key)| !(t == &table.name && *key == blocker_pk));
+            parked::park_own(
+                tx,
+                ctx.node_id,
+                &waiting,
+                &format!(
+                    "UNIQUE({}) of `{}`: the value is held by the row with key {}, created first",
+                    columns.join(", "),
+                    table.name,
+                    describe_key(&change.pk)
+                ),
+            )?;
+            outcome.deferred += 1;
+            return write_change_again(tx, table, change, write, fresh);
+        };
+        let newest = blocker_state.newest();
+        let evicted = RowChange {
+            table: table.name.clone(),
+            op: Op::Insert,
+            hlc: newest.hlc,
+            cl: blocker_state.cl,
+            born: blocker_state.born,
+            born_hash: blocker_state.born_hash,
+            life: blocker_state.life,
+            seen: None,
+            pk: blocker_pk.clone(),
+            columns: blocker_values.clone(),
+        };
+        execute_row_sql(tx, &table.sql.delete_row, blocker_pk.iter()).ctx("moving a row aside")?;
+        rows::remove(tx, &table.name, &blocker_bytes)?;
+        parked::park(
+            tx,
+            newest.node,
+            &evicted,
+            ParkKind::Constraint,
+            &format!(
+                "UNIQUE({}) of `{}`: the value is held by the row with key {}, created first",
+                columns.join(", "),
+                table.name,
+                describe_key(&change.pk)
+            ),
+        )?;
+        outcome.deferred += 1;
+        detail = format!(
+            "UNIQUE({}): the row with key {} (created first, on node {}) keeps the value; the row with key {key_text} waits until it is free",
+            columns.join(", "),
+            describe_key(&change.pk),
+            change.born.node
+        );
+        // Now the change itself fits (unless another constraint refuses it too).
+        savepoint(tx, "hl_write")?;
+        let retried = if fresh {
+            execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+                .and_then(|_| insert_row(tx, table, change, write))
+        } else {
+            update_row(tx, table, change, write).map(|_| ())
+        };
+        match retried {
+            Ok(()) => {
+                release(tx, "hl_write")?;
+                None
+            }
+            Err(err) => {
+                rollback_to(tx, "hl_write")?;
+                if is_transient(&err) {
+                    return Err(err).ctx("applying a remote change");
+                }
+                Some(Applied::Park(
+                    ParkKind::Constraint,
+                    format!("a constraint of `{}` refuses the change: {err}", table.name),
+                ))
+            }
+        }
+    } else {
+        detail = format!(
+            "UNIQUE({}): the row with key {key_text} (created first) keeps the value; the row with key {} waits, with node {origin}'s change, until it is free",
+            columns.join(", "),
+            describe_key(&change.pk)
+        );
+        let reason = format!(
+            "UNIQUE({}) of `{}`: the value is held by the row with key {key_text}, created first",
+            columns.join(", "),
+            table.name
+        );
+        let own_bytes = pk_key(&change.pk);
+        match (
+            fresh,
+            rows::read(tx, &table.name, &own_bytes)?,
+            read_row(tx, table, &change.pk)?,
+        ) {
+            // An edit of a row that is here: the row waits whole, as it is on the node that made the edit
+            // (which moved it aside the same way), so every node holds the same.
+            (false, Some(own_state), Some(own_image)) => {
+                let mut image: Vec<(String, Value)> =
+                    table.columns.iter().cloned().zip(own_image).collect();
+                for i in write {
+                    let (name, value) = &change.columns[*i];
+                    if let Some(slot) = image.iter_mut().find(|(n, _)| n == name) {
+                        slot.1 = value.clone();
+                    }
+                }
+                let newest = own_state.newest().max(crate::clock::Version {
+                    hlc: change.hlc,
+                    node: origin,
+                });
+                let waiting = RowChange {
+                    table: table.name.clone(),
+                    op: Op::Insert,
+                    hlc: newest.hlc,
+                    cl: own_state.cl,
+                    born: own_state.born,
+                    born_hash: own_state.born_hash,
+                    life: own_state.life,
+                    seen: None,
+                    pk: change.pk.clone(),
+                    columns: image,
+                };
+                execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+                    .ctx("moving a row aside")?;
+                rows::remove(tx, &table.name, &own_bytes)?;
+                parked::park(tx, newest.node, &waiting, ParkKind::Constraint, &reason)?;
+                outcome.deferred += 1;
+                Some(Applied::Kept)
+            }
+            _ => Some(Applied::Park(ParkKind::Constraint, reason)),
+        }
+    };
+    let incoming_side = ConflictSide {
         node: origin,
+        hlc: change.hlc,
+        values: change.columns.clone(),
     };
-    record_version(
+    let blocker_side = ConflictSide {
+        node: blocker_born.node,
+        hlc: blocker_state.map(|s| s.newest().hlc).unwrap_or(0),
+        values: blocker_values,
+    };
+    let (winner, loser) = if incoming_first {
+        (incoming_side, blocker_side)
+    } else {
+        (blocker_side, incoming_side)
+    };
+    let _ = ctx;
+    record_conflict(
         tx,
-        &change.table,
-        &pk_bytes,
-        version,
-        change.op == Op::Delete,
+        outcome,
+        Conflict {
+            id: 0,
+            at_ms: wall_millis(),
+            table: table.name.clone(),
+            pk: change.pk.clone(),
+            kind: ConflictKind::Constraint,
+            columns,
+            winner: Some(winner),
+            loser: Some(loser),
+            moved_to: None,
+            detail,
+        },
     )?;
-    let op = match (change.op, stored) {
-        (Op::Delete, _) => ChangeOp::Delete,
-        (Op::Upsert, Some((_, _, false))) => ChangeOp::Update,
-        (Op::Upsert, _) => ChangeOp::Insert,
+    Ok(result)
+}
+
+/// Writes a change once more after its obstacle was moved aside; parks it if something else refuses it.
+fn write_change_again(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    change: &RowChange,
+    write: &[usize],
+    fresh: bool,
+) -> Result<Option<Applied>> {
+    savepoint(tx, "hl_write")?;
+    let retried = if fresh {
+        execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+            .and_then(|_| insert_row(tx, table, change, write))
+    } else {
+        update_row(tx, table, change, write).map(|_| ())
     };
-    Ok(RowResult::Applied(op))
-}
-
-fn upsert(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
-    let values = rusqlite::params_from_iter(change.columns.iter().map(|(_, v)| v));
-    if table.has_columns_in_order(change.columns.iter().map(|(n, _)| n.as_str())) {
-        return tx
-            .prepare_cached(&table.sql.upsert_all_columns)?
-            .execute(values);
+    match retried {
+        Ok(()) => {
+            release(tx, "hl_write")?;
+            Ok(None)
+        }
+        Err(err) => {
+            rollback_to(tx, "hl_write")?;
+            if is_transient(&err) {
+                return Err(err).ctx("applying a remote change");
+            }
+            Ok(Some(Applied::Park(
+                ParkKind::Constraint,
+                format!("a constraint of `{}` refuses the change: {err}", table.name),
+            )))
+        }
     }
-    // A sender with another column set (a column added on one side first): its own statement.
-    let names: Vec<&str> = change.columns.iter().map(|(n, _)| n.as_str()).collect();
-    tx.prepare_cached(&upsert_sql(&table.name, &names, &table.pk))?
-        .execute(values)
 }
 
-fn delete(tx: &Transaction<'_>, table: &TableInfo, change: &RowChange) -> rusqlite::Result<usize> {
-    tx.prepare_cached(&table.sql.delete_row)?
-        .execute(rusqlite::params_from_iter(change.pk.iter()))
+/// The row (other than the change's own) that holds a value the change needs under a UNIQUE constraint.
+fn find_unique_holder(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    change: &RowChange,
+) -> Result<Option<(Vec<Value>, Vec<String>)>> {
+    let current = read_row(tx, table, &change.pk)?;
+    for set in &table.unique {
+        let mut values = Vec::with_capacity(set.len());
+        for column in set {
+            let carried = change
+                .columns
+                .iter()
+                .find(|(n, _)| n == column)
+                .map(|(_, v)| v);
+            let value = match carried {
+                Some(v) => Some(v.clone()),
+                None => table
+                    .pk
+                    .iter()
+                    .position(|k| k == column)
+                    .map(|i| change.pk[i].clone())
+                    .or_else(|| {
+                        let index = table.columns.iter().position(|c| c == column)?;
+                        current.as_ref().map(|row| row[index].clone())
+                    }),
+            };
+            match value {
+                Some(v) if v != Value::Null => values.push(v),
+                _ => break,
+            }
+        }
+        if values.len() != set.len() {
+            continue; // NULLs never collide under UNIQUE
+        }
+        let filter: Vec<String> = set
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
+            .collect();
+        let not_self: Vec<String> = table
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", quote(c), set.len() + i + 1))
+            .collect();
+        let keys: Vec<String> = table.pk.iter().map(|c| quote(c)).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} AND NOT ({}) LIMIT 1",
+            keys.join(", "),
+            quote(&table.name),
+            filter.join(" AND "),
+            not_self.join(" AND ")
+        );
+        let bound: Vec<&Value> = values.iter().chain(change.pk.iter()).collect();
+        let found: Option<Vec<Value>> = tx
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query(params_from_iter(bound))?;
+                match rows.next()? {
+                    Some(row) => {
+                        let mut key = Vec::with_capacity(table.pk.len());
+                        for i in 0..table.pk.len() {
+                            key.push(Value::from(row.get_ref(i)?));
+                        }
+                        Ok(Some(key))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .ctx("finding the row that holds a unique value")?;
+        if let Some(key) = found {
+            return Ok(Some((key, set.clone())));
+        }
+    }
+    Ok(None)
 }
 
-fn defer(tx: &Transaction<'_>, origin: u64, change: &RowChange, reason: &str) -> Result<()> {
-    let blob = rmp_serde::to_vec(&(origin, change)).unwrap_or_default();
-    tx.prepare_cached(
-        "INSERT INTO __harmonylite__deferred(tbl, reason, change) VALUES (?1, ?2, ?3)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![change.table, reason, blob]))
-    .ctx("deferring a change")?;
+/// Two nodes created different rows under one auto-assigned key. The incarnation created first keeps the
+/// key everywhere. The node that created the other one moves it (and the rows that reference it by a
+/// declared foreign key and were written here) to a fresh key and publishes that as its own change; every
+/// other node drops it when it arrives and gets it back under the new key.
+#[allow(clippy::too_many_arguments)]
+fn resolve_collision(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    origin: u64,
+    change: &RowChange,
+    stored: &RowState,
+    hashes: &[u64],
+    incoming_wins: bool,
+    outcome: &mut ApplyOutcome,
+) -> Result<Option<Applied>> {
+    let local = read_row(tx, table, &change.pk)?;
+    let local_values: Vec<(String, Value)> = local
+        .as_ref()
+        .map(|row| {
+            table
+                .columns
+                .iter()
+                .cloned()
+                .zip(row.iter().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let key_text = describe_key(&change.pk);
+    if !incoming_wins {
+        if change.op == Op::Delete {
+            return Ok(Some(Applied::Displaced)); // a later lineage's row was deleted: nothing of it is here
+        }
+        if change.life.node == ctx.node_id && change.op == Op::Insert {
+            // A row of this node's lineage, created again elsewhere, that lost the key: this node moves its
+            // lineage's rows, so it gives this one a fresh key (as if it had held it when the key was lost).
+            return rehome(
+                tx,
+                ctx,
+                table,
+                origin,
+                change,
+                stored,
+                local_values,
+                outcome,
+            );
+        }
+        record_conflict(
+            tx,
+            outcome,
+            Conflict {
+                id: 0,
+                at_ms: wall_millis(),
+                table: table.name.clone(),
+                pk: change.pk.clone(),
+                kind: ConflictKind::KeyMoved,
+                columns: table.pk.clone(),
+                winner: Some(ConflictSide {
+                    node: stored.life.node,
+                    hlc: stored.born.hlc,
+                    values: local_values,
+                }),
+                loser: Some(ConflictSide {
+                    node: origin,
+                    hlc: change.hlc,
+                    values: change.columns.clone(),
+                }),
+                moved_to: None,
+                detail: format!(
+                    "node {} created a different row under key {key_text} later than node {}; node {} moves it to a fresh key",
+                    change.life.node, stored.life.node, change.life.node
+                ),
+            },
+        )?;
+        return Ok(Some(Applied::Displaced));
+    }
+    let moved_to = if stored.life.node == ctx.node_id && local.is_some() {
+        savepoint(tx, "hl_move")?;
+        match move_row(tx, ctx, table, &change.pk, outcome) {
+            Ok(new_key) => {
+                release(tx, "hl_move")?;
+                Some(new_key)
+            }
+            Err(err) => {
+                rollback_to(tx, "hl_move")?;
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    // The key now belongs to the incoming lineage: its row, or its tombstone.
+    let all: Vec<usize> = (0..change.columns.len()).collect();
+    let (fresh_state, deleted) = match plan(None, change, origin, hashes, table.merge, false) {
+        Plan::Write { state, .. } => (state, false),
+        Plan::Delete { state, .. } => (state, true),
+        _ => return Ok(Some(Applied::Kept)),
+    };
+    if deleted {
+        execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+            .ctx("applying a remote delete")?;
+    } else if let Some(parked) = write_change(tx, ctx, table, origin, change, &all, true, outcome)?
+    {
+        // A constraint refuses the row that keeps the key (a row just moved off it may hold one of its
+        // UNIQUE values until it is stamped): it waits, and the usual rule settles it when retried. The
+        // other row leaves the key all the same — its creator moves it, every node alike — and the key is
+        // reserved for the waiting lineage (causal length 0: known, nothing applied yet).
+        execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+            .ctx("clearing a key for the row created first")?;
+        let reserved = RowState {
+            cl: 0,
+            born: change.born,
+            born_hash: change.born_hash,
+            life: change.life,
+            last: crate::clock::Version {
+                hlc: change.hlc,
+                node: origin,
+            },
+            columns: Vec::new(),
+        };
+        rows::write(tx, &table.name, &pk_key(&change.pk), &reserved)?;
+        return Ok(Some(parked));
+    }
+    rows::write(tx, &table.name, &pk_key(&change.pk), &fresh_state)?;
+    let detail = match &moved_to {
+        Some(new_key) => format!(
+            "this node and node {} both created a row under key {key_text}; node {}'s was first and keeps it, this node's row moved to key {}",
+            change.born.node, change.born.node, describe_key(new_key)
+        ),
+        None => format!(
+            "node {} and node {} both created a row under key {key_text}; node {}'s was first and keeps it, node {} moves the other",
+            stored.life.node, change.life.node, change.life.node, stored.life.node
+        ),
+    };
+    if moved_to.is_some() {
+        outcome.moved_keys += 1;
+    }
+    record_conflict(
+        tx,
+        outcome,
+        Conflict {
+            id: 0,
+            at_ms: wall_millis(),
+            table: table.name.clone(),
+            pk: change.pk.clone(),
+            kind: ConflictKind::KeyMoved,
+            columns: table.pk.clone(),
+            winner: Some(ConflictSide {
+                node: origin,
+                hlc: change.hlc,
+                values: change.columns.clone(),
+            }),
+            loser: Some(ConflictSide {
+                node: stored.life.node,
+                hlc: stored.newest().hlc,
+                values: local_values,
+            }),
+            moved_to,
+            detail,
+        },
+    )?;
+    outcome.tables.insert(table.name.clone());
+    let op = match (deleted, local.is_some()) {
+        (true, _) => ChangeOp::Delete,
+        (false, true) => ChangeOp::Update,
+        (false, false) => ChangeOp::Insert,
+    };
+    if !(deleted && local.is_none()) {
+        outcome.events.push(event(table, change, origin, op));
+    }
+    Ok(None)
+}
+
+/// Writes a displaced row of this node's lineage under a fresh key, as this node's new row.
+#[allow(clippy::too_many_arguments)]
+fn rehome(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    origin: u64,
+    change: &RowChange,
+    stored: &RowState,
+    holder: Vec<(String, Value)>,
+    outcome: &mut ApplyOutcome,
+) -> Result<Option<Applied>> {
+    let Some(next_key) = &table.sql.next_key else {
+        return Ok(Some(Applied::Displaced));
+    };
+    let key: i64 = tx
+        .prepare_cached(next_key)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+        .ctx("choosing a fresh key")?;
+    let new_key = vec![Value::Integer(key)];
+    let mut moved = change.clone();
+    moved.pk = new_key.clone();
+    for (name, value) in moved.columns.iter_mut() {
+        if *name == table.pk[0] {
+            *value = Value::Integer(key);
+        }
+    }
+    let all: Vec<usize> = (0..moved.columns.len()).collect();
+    if let Some(parked) = write_change(tx, ctx, table, origin, &moved, &all, true, outcome)? {
+        return Ok(Some(parked));
+    }
+    outcome
+        .follow_ups
+        .push((table.name.clone(), OP_INSERT, new_key.clone()));
+    outcome.moved_keys += 1;
+    record_conflict(
+        tx,
+        outcome,
+        Conflict {
+            id: 0,
+            at_ms: wall_millis(),
+            table: table.name.clone(),
+            pk: change.pk.clone(),
+            kind: ConflictKind::KeyMoved,
+            columns: table.pk.clone(),
+            winner: Some(ConflictSide {
+                node: stored.life.node,
+                hlc: stored.born.hlc,
+                values: holder,
+            }),
+            loser: Some(ConflictSide {
+                node: origin,
+                hlc: change.hlc,
+                values: change.columns.clone(),
+            }),
+            moved_to: Some(new_key.clone()),
+            detail: format!(
+                "a row of this node's lineage under key {}, created again on node {origin}, lost the key to an earlier row; it moved to key {}",
+                describe_key(&change.pk),
+                describe_key(&new_key)
+            ),
+        },
+    )?;
+    Ok(None)
+}
+
+/// Moves this node's row off `key` to a fresh one, with the rows that reference it by a declared foreign
+/// key and were written on this node; logs them as local changes. Returns the new key.
+fn move_row(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    key: &[Value],
+    outcome: &mut ApplyOutcome,
+) -> Result<Vec<Value>> {
+    let Some(next_key) = &table.sql.next_key else {
+        return Err(Error::Internal(format!(
+            "table `{}` has no single-column key to move a row to",
+            table.name
+        )));
+    };
+    let new_key: i64 = tx
+        .prepare_cached(next_key)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+        .ctx("choosing a fresh key")?;
+    let new_key = vec![Value::Integer(new_key)];
+    let key_column = &table.pk[0];
+    tx.prepare_cached(&format!(
+        "UPDATE {} SET {k} = ?1 WHERE {k} = ?2",
+        quote(&table.name),
+        k = quote(key_column)
+    ))
+    .and_then(|mut stmt| stmt.execute(rusqlite::params![&new_key[0], &key[0]]))
+    .ctx("moving a row to a fresh key")?;
+    outcome
+        .follow_ups
+        .push((table.name.clone(), OP_INSERT, new_key.clone()));
+    for (child_name, column) in &table.referenced_by {
+        let Some(child) = ctx.schema.tables.get(child_name) else {
+            continue;
+        };
+        let keys: Vec<String> = child.pk.iter().map(|c| quote(c)).collect();
+        let children: Vec<Vec<Value>> = tx
+            .prepare(&format!(
+                "SELECT {} FROM {} WHERE {} = ?1",
+                keys.join(", "),
+                quote(&child.name),
+                quote(column)
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map([&key[0]], |row| {
+                    (0..child.pk.len())
+                        .map(|i| row.get_ref(i).map(Value::from))
+                        .collect::<rusqlite::Result<Vec<Value>>>()
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .ctx("finding the rows that reference a moved row")?;
+        for child_key in children {
+            // Only references this node wrote point at its own row; one received from elsewhere points at
+            // the row that keeps the key.
+            let state = rows::read(tx, &child.name, &pk_key(&child_key))?;
+            let written_here = state.is_none_or(|s| s.column_version(column).node == ctx.node_id);
+            if !written_here {
+                continue;
+            }
+            let filter = crate::capture::triggers::key_filter(&child.pk);
+            let sql = format!(
+                "UPDATE {} SET {} = ?{} WHERE {filter}",
+                quote(&child.name),
+                quote(column),
+                child.pk.len() + 1
+            );
+            let mut bound: Vec<&Value> = child_key.iter().collect();
+            bound.push(&new_key[0]);
+            tx.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute(params_from_iter(bound)))
+                .ctx("pointing a row at its parent's new key")?;
+            outcome
+                .follow_ups
+                .push((child.name.clone(), OP_UPDATE, child_key));
+        }
+    }
+    Ok(new_key)
+}
+
+fn record_conflict(
+    tx: &Transaction<'_>,
+    outcome: &mut ApplyOutcome,
+    conflict: Conflict,
+) -> Result<()> {
+    let stored = conflicts::record(tx, conflict)?;
+    outcome.conflicts.push(stored);
     Ok(())
 }
 
-/// Retries deferred changes (after a schema change); returns the events of those that now applied.
-pub fn retry_deferred(tx: &Transaction<'_>, schema: &Schema) -> Result<Vec<ChangeEvent>> {
-    let waiting: Vec<(i64, Vec<u8>)> = tx
-        .prepare("SELECT id, change FROM __harmonylite__deferred ORDER BY id")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
+fn side_of(
+    table: &TableInfo,
+    state: &RowState,
+    row: Option<&[Value]>,
+    columns: &[String],
+) -> ConflictSide {
+    let newest = columns
+        .iter()
+        .map(|c| state.column_version(c))
+        .max()
+        .unwrap_or(state.last);
+    ConflictSide {
+        node: newest.node,
+        hlc: newest.hlc,
+        values: named_values(table, row, columns),
+    }
+}
+
+fn named_values(
+    table: &TableInfo,
+    row: Option<&[Value]>,
+    columns: &[String],
+) -> Vec<(String, Value)> {
+    let Some(row) = row else {
+        return Vec::new();
+    };
+    columns
+        .iter()
+        .filter_map(|name| {
+            let index = table.columns.iter().position(|c| c == name)?;
+            Some((name.clone(), row.get(index)?.clone()))
         })
-        .ctx("reading deferred changes")?;
-    let mut events = Vec::new();
-    for (id, blob) in waiting {
-        let Ok((origin, change)) = rmp_serde::from_slice::<(u64, RowChange)>(&blob) else {
-            warn!(id, "unreadable deferred change dropped");
-            tx.execute("DELETE FROM __harmonylite__deferred WHERE id = ?1", [id])
-                .ctx("dropping a deferred change")?;
-            continue;
-        };
-        match apply_change(tx, schema, origin, &change)? {
-            RowResult::Deferred(reason) => {
-                tx.execute(
-                    "UPDATE __harmonylite__deferred SET reason = ?2 WHERE id = ?1",
-                    params![id, reason],
-                )
-                .ctx("updating a deferred change")?;
-            }
-            result => {
-                if let RowResult::Applied(op) = result {
-                    events.push(ChangeEvent {
-                        table: change.table,
-                        op,
-                        pk: change.pk,
-                        origin_node: origin,
-                        hlc: change.hlc,
-                        local: false,
-                    });
-                }
-                tx.execute("DELETE FROM __harmonylite__deferred WHERE id = ?1", [id])
-                    .ctx("clearing a deferred change")?;
-            }
+        .collect()
+}
+
+fn event(table: &TableInfo, change: &RowChange, origin: u64, op: ChangeOp) -> ChangeEvent {
+    ChangeEvent {
+        table: table.name.clone(),
+        op,
+        pk: change.pk.clone(),
+        origin_node: origin,
+        hlc: change.hlc,
+        local: false,
+    }
+}
+
+fn describe_key(key: &[Value]) -> String {
+    let parts: Vec<String> = key
+        .iter()
+        .map(|v| match v {
+            Value::Null => "NULL".into(),
+            Value::Integer(i) => i.to_string(),
+            Value::Real(f) => f.to_string(),
+            Value::Text(t) => format!("'{t}'"),
+            Value::Blob(b) => format!(
+                "x'{}'",
+                b.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+        })
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// INSERT of the key and the listed columns of the change (key values always from `change.pk`).
+fn insert_row(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    change: &RowChange,
+    write: &[usize],
+) -> rusqlite::Result<()> {
+    let mut names: Vec<&str> = Vec::with_capacity(table.columns.len());
+    let mut values: Vec<&Value> = Vec::with_capacity(table.columns.len());
+    for column in &table.columns {
+        if let Some(k) = table.pk.iter().position(|p| p == column) {
+            names.push(column);
+            values.push(&change.pk[k]);
+        } else if let Some(i) = write.iter().find(|i| change.columns[**i].0 == *column) {
+            names.push(column);
+            values.push(&change.columns[*i].1);
         }
     }
-    Ok(events)
+    if names.len() == table.columns.len() {
+        tx.prepare_cached(&table.sql.insert_row)?
+            .execute(params_from_iter(values))?;
+    } else {
+        // A sender that lacks some of this table's columns: they take their defaults.
+        tx.prepare_cached(&insert_sql(&table.name, &names))?
+            .execute(params_from_iter(values))?;
+    }
+    Ok(())
+}
+
+/// UPDATE of the listed non-key columns of the change; returns the rows updated (0: the row is not here).
+fn update_row(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    change: &RowChange,
+    write: &[usize],
+) -> rusqlite::Result<usize> {
+    let mut names: Vec<&str> = Vec::with_capacity(write.len());
+    let mut values: Vec<&Value> = Vec::with_capacity(write.len() + change.pk.len());
+    for i in write {
+        let (name, value) = &change.columns[*i];
+        if !table.is_key_column(name) {
+            names.push(name);
+            values.push(value);
+        }
+    }
+    if names.is_empty() {
+        // Only key columns: the row exists or it does not; make sure it does.
+        let exists = tx
+            .prepare_cached(&table.sql.select_row)?
+            .exists(params_from_iter(change.pk.iter()))?;
+        return Ok(usize::from(exists));
+    }
+    values.extend(change.pk.iter());
+    tx.prepare_cached(&update_sql(&table.name, &names, &table.pk))?
+        .execute(params_from_iter(values))
+}
+
+fn execute_row_sql<'v>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    values: impl Iterator<Item = &'v Value>,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params_from_iter(values))
+}
+
+fn savepoint(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute_batch(&format!("SAVEPOINT {name}"))
+        .ctx("starting a savepoint")
+}
+
+fn release(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute_batch(&format!("RELEASE {name}"))
+        .ctx("releasing a savepoint")
+}
+
+fn rollback_to(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+        .ctx("rolling back a savepoint")
+}
+
+/// Errors of the database itself, not of one change: the whole batch is retried later.
+fn is_transient(err: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        err.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | SystemIoFailure
+                | DiskFull
+                | OutOfMemory
+                | CannotOpen
+                | ReadOnly
+                | DatabaseCorrupt
+                | NotADatabase
+                | OperationInterrupted
+        )
+    )
 }

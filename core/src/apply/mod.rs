@@ -1,5 +1,6 @@
-//! Apply: the pure last-writer-wins rule, and the applier that writes remote changes.
+//! Apply: the pure merge rules, and the applier that writes remote changes under them.
 
 pub mod applier;
 pub(crate) mod consumer;
-pub mod lww;
+pub mod merge;
+pub mod transaction;

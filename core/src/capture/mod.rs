@@ -16,40 +16,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
+use crate::log::Value;
+pub use crate::state::{create_library_tables, CHANGE_LOG, MAX_PK_COLUMNS, PREFIX, TABLES};
 pub use schema::{Schema, TableInfo};
-
-/// Prefix of every object the library creates; `cleanup` removes exactly these. (The outbox uses
-/// AUTOINCREMENT: its ids must never repeat, since read-your-writes progress is tracked by id.)
-pub const PREFIX: &str = "__harmonylite__";
-pub const CHANGE_LOG: &str = "__harmonylite__change_log";
-pub const TABLES: &str = "__harmonylite__tables";
-/// Most primary-key columns a table may have (the change log has this many key slots).
-pub const MAX_PK_COLUMNS: usize = 8;
-
-/// Creates the library's own tables if missing. Idempotent.
-pub fn create_library_tables(conn: &Connection) -> Result<()> {
-    let key_columns: String = (0..MAX_PK_COLUMNS).map(|i| format!(", k{i}")).collect();
-    conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS __harmonylite__meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {TABLES}(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-         CREATE TABLE IF NOT EXISTS {CHANGE_LOG}(seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL,
-             op INTEGER NOT NULL{key_columns});
-         DROP TABLE IF EXISTS __harmonylite__applying;
-         CREATE TABLE IF NOT EXISTS __harmonylite__versions(tbl TEXT NOT NULL, pk BLOB NOT NULL,
-             hlc INTEGER NOT NULL, node INTEGER NOT NULL, deleted INTEGER NOT NULL,
-             PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, shard INTEGER NOT NULL,
-             rows INTEGER NOT NULL, payload BLOB NOT NULL);
-         CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
-             reason TEXT NOT NULL, change BLOB NOT NULL);
-         CREATE TABLE IF NOT EXISTS __harmonylite__dead_letters(id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
-             seq INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS __harmonylite__rejected(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
-             pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
-    ))
-    .ctx("creating the library's tables")
-}
 
 /// Where the change log ends now (0 when empty).
 ///
@@ -82,30 +51,21 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .ctx("starting capture install")?;
     let mut schema = Schema::read(&tx, config)?;
-    // After the first install, a table seen for the first time was created while the app ran: rows it got
-    // before its triggers existed are logged now, so none is missed.
-    let first_install: bool = tx
-        .query_row(
-            "SELECT NOT EXISTS (SELECT 1 FROM __harmonylite__meta WHERE key = 'capture_installed')",
-            [],
-            |row| row.get(0),
-        )
-        .ctx("reading capture state")?;
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for table in schema.tables.values().filter(|_| config.publish) {
         let (id, new) = table_id(&tx, &table.name)?;
-        if new && !first_install {
+        // Rows a table holds before its triggers exist are logged now, so every row reaches the cluster:
+        // the rows of a database replicated for the first time (it seeds the cluster), and those a table
+        // created while the app ran got before this install. A row whose replication state matches its
+        // values is not sent again (the stamper compares).
+        if new {
             backfill(&tx, table, id)?;
         }
         for trigger in triggers::for_table(table, id) {
             wanted.insert(trigger.name, trigger.sql);
         }
     }
-    tx.execute(
-        "INSERT OR IGNORE INTO __harmonylite__meta(key, value) VALUES ('capture_installed', 1)",
-        [],
-    )
-    .ctx("recording capture state")?;
+    crate::state::meta::mark_capture_installed(&tx)?;
     let existing: Vec<(String, String)> = tx
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'")
         .and_then(|mut stmt| {
@@ -177,16 +137,37 @@ fn backfill(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
     let logged = conn
         .execute(
             &format!(
-                "INSERT INTO {CHANGE_LOG}(tbl, op{slots}) SELECT {id}, {}{keys} FROM {}",
+                "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) SELECT {id}, {}, {}{keys} FROM {}",
                 triggers::OP_INSERT,
+                triggers::COMMIT_MILLIS,
                 triggers::quote(&table.name)
             ),
             [],
         )
         .ctx("logging the rows of a new table")?;
     if logged > 0 {
-        info!(table = %table.name, rows = logged, "new table: rows written before capture was installed are logged");
+        info!(table = %table.name, rows = logged, "rows written before capture was installed are logged, to be sent to the cluster");
     }
+    Ok(())
+}
+
+/// Logs a change the library itself makes on the app's behalf (a row moved to a fresh key, a child that
+/// follows it): like an app's write, it is stamped and published. Call after [`discard_own_changes`].
+pub fn log_local_change(conn: &Connection, table: &str, op: i64, pk: &[Value]) -> Result<()> {
+    let (id, _) = table_id(conn, table)?;
+    let slots: String = (0..pk.len()).map(|i| format!(", k{i}")).collect();
+    let values: String = (0..pk.len()).map(|i| format!(", ?{}", i + 3)).collect();
+    let sql = format!(
+        "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) VALUES (?1, ?2, {}{values})",
+        triggers::COMMIT_MILLIS
+    );
+    let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&id, &op];
+    for value in pk {
+        bound.push(value);
+    }
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.execute(bound.as_slice()))
+        .ctx("logging a change made for the app")?;
     Ok(())
 }
 
@@ -197,7 +178,7 @@ pub fn cleanup(conn: &mut Connection) -> Result<usize> {
         .ctx("starting cleanup")?;
     let objects: Vec<(String, String)> = tx
         .prepare(
-            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'table')
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'index', 'table')
              AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\' ORDER BY type = 'table'",
         )
         .and_then(|mut stmt| {
@@ -206,10 +187,10 @@ pub fn cleanup(conn: &mut Connection) -> Result<usize> {
         })
         .ctx("listing library objects")?;
     for (kind, name) in &objects {
-        let statement = if kind == "trigger" {
-            "DROP TRIGGER"
-        } else {
-            "DROP TABLE"
+        let statement = match kind.as_str() {
+            "trigger" => "DROP TRIGGER",
+            "index" => "DROP INDEX",
+            _ => "DROP TABLE",
         };
         tx.execute_batch(&format!("{statement} IF EXISTS {}", triggers::quote(name)))
             .ctx("dropping a library object")?;

@@ -3,8 +3,8 @@
 use super::schema::TableInfo;
 use super::CHANGE_LOG;
 
-/// Ops recorded in the change log. The row image is read at stamp time, so they only tell inserts from
-/// updates for local change events.
+/// Ops recorded in the change log. The stamper compares the row as it is with the row's replication state
+/// (`state::rows`), so these only tell it which rows to look at.
 pub const OP_INSERT: i64 = 1;
 pub const OP_UPDATE: i64 = 2;
 pub const OP_DELETE: i64 = 3;
@@ -22,6 +22,10 @@ pub fn key_filter(pk: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(" AND ")
 }
+
+/// The commit time a trigger records, in Unix milliseconds: SQLite's `'now'` is fixed for one statement,
+/// and `julianday` exists on every SQLite an app may link (`unixepoch('subsec')` needs 3.42).
+pub const COMMIT_MILLIS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 pub struct Trigger {
     pub name: String,
@@ -45,9 +49,27 @@ pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
     };
     let log = |op: i64, row: &str| {
         format!(
-            "INSERT INTO {CHANGE_LOG}(tbl, op{slots}) VALUES ({table_id}, {op}{});",
+            "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) VALUES ({table_id}, {op}, {COMMIT_MILLIS}{});",
             keys(row)
         )
+    };
+    // A NULL in a key column cannot identify the row elsewhere (NULLs never match each other in a key):
+    // the app's statement fails with this message instead of diverging silently.
+    let refuse_null_key = if table.nullable_pk.is_empty() {
+        String::new()
+    } else {
+        let any_null = table
+            .nullable_pk
+            .iter()
+            .map(|c| format!("NEW.{} IS NULL", quote(c)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let message = format!(
+            "harmonylite: table {} cannot replicate a row whose primary key holds NULL (declare the key columns NOT NULL)",
+            table.name
+        )
+        .replace('\'', "''");
+        format!("SELECT RAISE(ABORT, '{message}') WHERE {any_null}; ")
     };
     let name = |suffix: &str| format!("__harmonylite__{}__{suffix}", table.name);
     let pk_changed = table
@@ -75,8 +97,18 @@ pub fn for_table(table: &TableInfo, table_id: i64) -> Vec<Trigger> {
         }
     };
     vec![
-        make("insert", "INSERT".into(), None, log(OP_INSERT, "NEW")),
-        make("update", "UPDATE".into(), None, log(OP_UPDATE, "NEW")),
+        make(
+            "insert",
+            "INSERT".into(),
+            None,
+            format!("{refuse_null_key}{}", log(OP_INSERT, "NEW")),
+        ),
+        make(
+            "update",
+            "UPDATE".into(),
+            None,
+            format!("{refuse_null_key}{}", log(OP_UPDATE, "NEW")),
+        ),
         // A primary-key change also deletes the row under its old key on the other nodes.
         make(
             "update_key",

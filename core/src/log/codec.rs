@@ -6,10 +6,14 @@
 use super::record::Batch;
 
 const MAGIC: &[u8; 2] = b"HL";
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: column-level changes with causal length and incarnation (ADR 0011). Format 1 is refused.
+pub const FORMAT_VERSION: u8 = 2;
 const FLAG_ZSTD: u8 = 0b0000_0001;
-/// Upper bound of a decompressed payload; a message claiming more is refused.
-pub const MAX_DECODED_BYTES: usize = 256 * 1024 * 1024;
+/// Upper bound of a decompressed payload; a message claiming more is refused before anything is allocated
+/// for it (a message is at most the server's max payload, 8 MB on the embedded server, and compresses well
+/// only when it is repetitive: 32 MiB leaves room for that, while a 10 KB zstd bomb cannot make every node
+/// allocate hundreds of MB).
+pub const MAX_DECODED_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -52,8 +56,16 @@ pub fn encode(batch: &Batch, compress: bool) -> Vec<u8> {
 /// us allocate its claimed size up front).
 pub fn decompress_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     use std::io::Read;
+    // A frame that declares its size (ours always do) is refused before decompressing.
+    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(compressed) {
+        if declared > limit as u64 {
+            return Err(format!(
+                "declares {declared} decompressed bytes, over the {limit} byte limit"
+            ));
+        }
+    }
     let decoder = zstd::stream::read::Decoder::new(compressed).map_err(|err| err.to_string())?;
-    let mut body = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    let mut body = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit).min(1 << 20));
     decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut body)
@@ -100,8 +112,13 @@ mod tests {
             node_id: 42,
             changes: vec![RowChange {
                 table: "t".into(),
-                op: Op::Upsert,
+                op: Op::Insert,
                 hlc: 77,
+                cl: 1,
+                born: crate::clock::Version { hlc: 77, node: 42 },
+                born_hash: 5,
+                life: crate::clock::Version { hlc: 77, node: 42 },
+                seen: None,
                 pk: vec![Value::Integer(i64::MIN)],
                 columns: vec![
                     ("a".into(), Value::Real(-0.0)),
@@ -135,23 +152,41 @@ mod tests {
             Err(DecodeError::UnknownVersion(9))
         );
         assert!(matches!(
-            decode(b"HL\x01\x01garbage"),
+            decode(b"HL\x02\x01garbage"),
             Err(DecodeError::Decompress(_))
         ));
         assert!(matches!(
-            decode(b"HL\x01\x00\xc1\xc1"),
+            decode(b"HL\x02\x00\xc1\xc1"),
             Err(DecodeError::Payload(_))
         ));
+        // A format-1 message (the row-level wire form) is refused by version, not misread.
+        assert_eq!(
+            decode(b"HL\x01\x00\x90"),
+            Err(DecodeError::UnknownVersion(1))
+        );
         let mut truncated = encode(&sample(), false);
         truncated.truncate(truncated.len() / 2);
         assert!(decode(&truncated).is_err());
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_before_allocating() {
+        let huge = vec![0u8; MAX_DECODED_BYTES + 1];
+        let bomb = zstd::bulk::compress(&huge, 3).expect("compress");
+        assert!(bomb.len() < 64 * 1024, "the bomb is small: {}", bomb.len());
+        let mut framed = b"HL\x02\x01".to_vec();
+        framed.extend_from_slice(&bomb);
+        match decode(&framed) {
+            Err(DecodeError::Decompress(reason)) => assert!(reason.contains("limit"), "{reason}"),
+            other => panic!("bomb not refused: {other:?}"),
+        }
     }
 
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
-            let mut framed = b"HL\x01\x00".to_vec();
+            let mut framed = b"HL\x02\x00".to_vec();
             framed.extend_from_slice(&bytes);
             let _ = decode(&framed);
         }

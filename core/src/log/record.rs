@@ -1,8 +1,9 @@
-//! What travels: row changes with their stamp, grouped into batches published as one message.
+//! What travels: row changes with their stamp and row identity, grouped into batches published as one
+//! message (format 2: column-level changes, see ADR 0011).
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Hlc;
+use crate::clock::{Hlc, Version};
 
 /// One SQLite value. Every storage class round-trips exactly (REAL bit for bit, all of i64).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,8 +55,11 @@ impl From<rusqlite::types::ValueRef<'_>> for Value {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Insert or update: `columns` holds the full row image.
-    Upsert,
+    /// A new incarnation of the row: `columns` holds its full image.
+    Insert,
+    /// Some columns of an existing incarnation changed: `columns` holds only those.
+    Update,
+    /// The incarnation was deleted: `columns` is empty.
     Delete,
 }
 
@@ -63,10 +67,24 @@ pub enum Op {
 pub struct RowChange {
     pub table: String,
     pub op: Op,
+    /// This change's stamp; with the batch's node it is the change's version.
     pub hlc: Hlc,
+    /// The row's causal length after this change (odd: it exists, even: deleted).
+    pub cl: u64,
+    /// The incarnation the change belongs to (the version of the insert that created it).
+    pub born: Version,
+    /// Hash of that insert's full image ([`image_hash`]).
+    pub born_hash: u64,
+    /// The insert that started the row's current life (equal to `born` until the key is deleted and
+    /// created again): on a table with auto-assigned keys, two lives created independently under one key
+    /// are two rows.
+    pub life: Version,
+    /// The newest version of the changed columns the writer held before writing (None for inserts and
+    /// deletes of rows it never saw): a stored value newer than this was not seen, so losing it is a conflict.
+    pub seen: Option<Version>,
     /// Primary-key values in the table's primary-key order.
     pub pk: Vec<Value>,
-    /// Column names and values of the row image (empty for deletes).
+    /// Column names and values: the full image of an insert, the changed columns of an update.
     pub columns: Vec<(String, Value)>,
 }
 
@@ -75,6 +93,29 @@ pub struct RowChange {
 pub struct Batch {
     pub node_id: u64,
     pub changes: Vec<RowChange>,
+}
+
+/// A value's hash: storage class and bytes (REAL by bits), xxh3 — the same on every platform and node.
+pub fn value_hash(value: &Value) -> u64 {
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+    match value {
+        Value::Null => 0x9e37_79b9_7f4a_7c15,
+        Value::Integer(i) => xxh3_64_with_seed(&i.to_le_bytes(), 1),
+        Value::Real(f) => xxh3_64_with_seed(&f.to_bits().to_le_bytes(), 2),
+        Value::Text(t) => xxh3_64_with_seed(t.as_bytes(), 3),
+        Value::Blob(b) => xxh3_64_with_seed(b, 4),
+    }
+}
+
+/// Hash of a full row image, independent of column order: two nodes that inserted identical rows get the
+/// same hash whatever order their columns were declared in.
+pub fn image_hash<'a>(columns: impl Iterator<Item = (&'a str, u64)>) -> u64 {
+    let mut sum = 0u64;
+    for (name, hash) in columns {
+        let named = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), hash);
+        sum = sum.wrapping_add(named.rotate_left(7) ^ named);
+    }
+    sum
 }
 
 /// Canonical bytes of a primary key, used as the key of the version table.

@@ -18,14 +18,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::apply::applier::{apply_batch_any_origin, read_positions};
+use crate::apply::applier::apply_batch_any_origin;
 use crate::capture::{self, Schema};
 use crate::clock::{wall_millis, Clock};
 use crate::config::Config;
-use crate::db_thread::meta_get;
 use crate::error::{Error, Result, SqlContext};
 use crate::log::decode;
-use crate::publish::stamp::{save_clock, stamp_pending, StampSettings};
+use crate::publish::stamp::{stamp_pending, StampSettings};
+use crate::state::{meta, outbox, positions::read_all as read_positions};
 pub use nats_store::{Lease, NatsObjectStore};
 pub use store::{DirStore, SnapshotStore};
 
@@ -264,15 +264,9 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Mani
         conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA secure_delete = ON;")
             .ctx("preparing the snapshot copy")?;
         capture::create_library_tables(&conn)?;
-        conn.execute_batch(
-            "DELETE FROM __harmonylite__change_log; DELETE FROM __harmonylite__outbox;
-             DELETE FROM __harmonylite__deferred; DELETE FROM __harmonylite__dead_letters;
-             DELETE FROM __harmonylite__rejected;
-             DELETE FROM __harmonylite__meta WHERE key = 'node_id';",
-        )
-        .ctx("stripping node state from the snapshot")?;
+        crate::state::strip_node_state(&conn)?;
         let positions = read_positions(&conn)?;
-        let hlc: i64 = meta_get(&conn, "hlc")?.unwrap_or(0);
+        let hlc: i64 = meta::get(&conn, "hlc")?.unwrap_or(0);
         let schema_hash = schema_hash(&conn)?;
         let page_count = |pragma: &str| -> Result<i64> {
             conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
@@ -518,15 +512,8 @@ pub fn peek_identity(db: &Path) -> (Option<u64>, BTreeMap<u32, u64>) {
     let Ok(conn) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return (None, BTreeMap::new());
     };
-    let node: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM __harmonylite__meta WHERE key = 'node_id'",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
     (
-        node.filter(|n| *n > 0).map(|n| n as u64),
+        meta::node_id(&conn).ok().flatten(),
         read_positions(&conn).unwrap_or_default(),
     )
 }
@@ -574,30 +561,22 @@ pub fn install(
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("merging local changes into the snapshot")?;
         let mark = capture::change_log_mark(&tx)?;
-        let mut clock_high = meta_get(&tx, "hlc")?.unwrap_or(0).max(0) as u64;
+        let mut clock_high = meta::clock(&tx)?.last();
         if let Some((payloads, old_clock)) = &carried {
             clock_high = clock_high.max(*old_clock);
             for (shard, rows, payload) in payloads {
                 if let Ok(batch) = decode(payload) {
-                    apply_batch_any_origin(&tx, &schema, &batch)?;
+                    apply_batch_any_origin(&tx, &schema, node_id, &batch)?;
                 }
-                tx.execute(
-                    "INSERT INTO __harmonylite__outbox(shard, rows, payload) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![shard, rows, payload],
-                )
-                .ctx("queueing local changes")?;
+                outbox::insert(&tx, *shard as u32, *rows as u32, payload)?;
             }
             info!(
                 messages = payloads.len(),
                 "unpublished local changes carried into the restored database"
             );
         }
-        save_clock(&tx, &Clock::resume(clock_high))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO __harmonylite__meta(key, value) VALUES ('node_id', ?1)",
-            [node_id as i64],
-        )
-        .ctx("recording the node id")?;
+        meta::save_clock(&tx, &Clock::resume(clock_high))?;
+        meta::set_node_id(&tx, node_id)?;
         capture::discard_own_changes(&tx, mark)?;
         tx.commit().ctx("merging local changes into the snapshot")?;
         log_step("merge", started, 0);
@@ -656,26 +635,20 @@ fn unpublished_changes(
     let mut conn = crate::db_thread::open_connection(db, Duration::from_secs(30))?;
     capture::create_library_tables(&conn)?;
     let schema = Schema::read(&conn, config)?;
-    let last: i64 = meta_get(&conn, "hlc")?.unwrap_or(0);
-    let mut clock = Clock::resume(last.max(0) as u64);
+    let mut clock = meta::clock(&conn)?;
+    let history = crate::clock::ClockHistory::new(clock.last());
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("stamping local changes before a restore")?;
     let settings = StampSettings {
-        node_id,
-        shards: config.replication_log.shards,
-        compress: config.replication_log.compress,
-        max_message_bytes: config.replication_log.max_message_bytes,
         max_changes: u32::MAX,
+        ..StampSettings::from_config(config, node_id)
     };
-    stamp_pending(&tx, &schema, &mut clock, &settings)?;
-    let payloads: Vec<(i64, i64, Vec<u8>)> = tx
-        .prepare("SELECT shard, rows, payload FROM __harmonylite__outbox ORDER BY id")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .ctx("reading the outbox")?;
+    stamp_pending(&tx, &schema, &mut clock, &history, &settings)?;
+    let payloads: Vec<(i64, i64, Vec<u8>)> = outbox::load(&tx)?
+        .into_iter()
+        .map(|(_, shard, rows, payload)| (i64::from(shard), i64::from(rows), payload))
+        .collect();
     tx.commit().ctx("stamping local changes before a restore")?;
     Ok(Some((payloads, clock.last())))
 }

@@ -349,3 +349,35 @@ pub fn assert_same(nodes: &[&Node], tables: &[&str]) {
         }
     }
 }
+
+/// Like [`converge`], repeated until a round publishes nothing new: changes the nodes make in reaction to
+/// what they receive (a row moved off a colliding key, a parked change applied) travel too.
+pub async fn settle(nodes: &[&Node]) {
+    let started = Instant::now();
+    let mut previous: Option<Token> = None;
+    loop {
+        let mut token = Token::default();
+        for node in nodes {
+            token.merge(&node.sync().await);
+        }
+        for node in nodes {
+            node.replica()
+                .wait_for(&token, WAIT)
+                .await
+                .expect("wait_for");
+        }
+        let mut quiet = previous.as_ref() == Some(&token);
+        for node in nodes {
+            let status = node.replica().status().await.expect("status");
+            quiet &= status.pending_changes == 0 && status.unsent_messages == 0;
+        }
+        if quiet {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "nodes still exchanging changes after {WAIT:?}"
+        );
+        previous = Some(token);
+    }
+}

@@ -1,0 +1,164 @@
+//! One apply transaction, start to end: stamp what the app committed, apply the received messages under
+//! the merge rules, retry what was parked on the tables they wrote, drop the transaction's own captured
+//! writes and log the changes the library made for the app (moved keys). The caller owns the transaction
+//! (begin, positions of its own messages, commit); the database thread and the property tests both run
+//! exactly this.
+
+use std::collections::BTreeSet;
+
+use rusqlite::Transaction;
+
+use super::applier::{self, ApplyContext, ApplyOutcome, Incoming};
+use crate::capture::{self, Schema};
+use crate::clock::{Clock, ClockHistory};
+use crate::error::Result;
+use crate::publish::stamp::{self, StampSettings, Stamped};
+use crate::state::{meta, parked};
+
+/// Parked changes retried per table after a write to it.
+pub const PARKED_RETRY_BATCH: usize = 2048;
+
+pub struct BatchRun<'a> {
+    pub schema: &'a Schema,
+    pub node_id: u64,
+    /// How to stamp local changes first; None on a node that publishes nothing.
+    pub stamp: Option<&'a StampSettings>,
+    pub history: &'a ClockHistory,
+    /// Tables with parked changes before this transaction.
+    pub parked_tables: &'a BTreeSet<String>,
+}
+
+pub struct BatchResult {
+    pub outcome: ApplyOutcome,
+    pub stamped: Option<Stamped>,
+    /// The tables with parked changes after this transaction, when that may have changed.
+    pub parked_tables: Option<BTreeSet<String>>,
+}
+
+pub fn apply_batch(
+    tx: &Transaction<'_>,
+    run: &BatchRun<'_>,
+    clock: &mut Clock,
+    messages: &[Incoming],
+) -> Result<BatchResult> {
+    // Local changes not yet stamped are stamped first, from their commit times: the merge then compares
+    // them with what arrived like any other change.
+    let stamped = match run.stamp {
+        Some(settings) => Some(stamp::stamp_pending(
+            tx,
+            run.schema,
+            clock,
+            run.history,
+            settings,
+        )?),
+        None => None,
+    };
+    // Whatever the log holds from here on, this transaction wrote (see `capture::change_log_mark`).
+    let mark = capture::change_log_mark(tx)?;
+    let ctx = ApplyContext {
+        schema: run.schema,
+        node_id: run.node_id,
+        parked_tables: run.parked_tables,
+        stamp: run.stamp,
+        history: run.history,
+    };
+    let mut outcome = applier::apply_messages(tx, &ctx, clock, messages)?;
+    let touched: Vec<String> = outcome
+        .tables
+        .iter()
+        .filter(|t| run.parked_tables.contains(*t))
+        .cloned()
+        .collect();
+    for table in &touched {
+        // What this batch wrote may unblock changes parked on the same table.
+        let retried = applier::retry_parked(tx, &ctx, clock, Some(table), PARKED_RETRY_BATCH)?;
+        outcome.absorb(retried);
+    }
+    capture::discard_own_changes(tx, mark)?;
+    // On a node that publishes nothing, what the library changed for the app is logged, like the app's
+    // own writes, after the discard (elsewhere it was stamped at once: `applier::flush_follow_ups`).
+    for (table, op, pk) in &outcome.follow_ups {
+        capture::log_local_change(tx, table, *op, pk)?;
+    }
+    if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
+        meta::save_clock(tx, clock)?;
+    }
+    let parked_tables = if outcome.deferred > 0 || !touched.is_empty() {
+        Some(parked::tables(tx)?)
+    } else {
+        None
+    };
+    let stamped = with_own_changes(stamped, &mut outcome);
+    Ok(BatchResult {
+        outcome,
+        stamped,
+        parked_tables,
+    })
+}
+
+/// Retries the parked changes of `tables` (all tables with parked changes when None) in the caller's
+/// transaction, with the same bookkeeping as [`apply_batch`].
+pub fn retry_parked_batch(
+    tx: &Transaction<'_>,
+    run: &BatchRun<'_>,
+    clock: &mut Clock,
+    tables: Option<&[String]>,
+) -> Result<BatchResult> {
+    let wanted: Vec<String> = match tables {
+        Some(tables) => tables
+            .iter()
+            .filter(|t| run.parked_tables.contains(*t))
+            .cloned()
+            .collect(),
+        None => run.parked_tables.iter().cloned().collect(),
+    };
+    // As before applying anything: what the app committed is stamped first, so a parked change that
+    // applies now is merged with it rather than written over it.
+    let stamped = match run.stamp {
+        Some(settings) => Some(stamp::stamp_pending(
+            tx,
+            run.schema,
+            clock,
+            run.history,
+            settings,
+        )?),
+        None => None,
+    };
+    let mark = capture::change_log_mark(tx)?;
+    let ctx = ApplyContext {
+        schema: run.schema,
+        node_id: run.node_id,
+        parked_tables: run.parked_tables,
+        stamp: run.stamp,
+        history: run.history,
+    };
+    let mut outcome = ApplyOutcome::default();
+    for table in &wanted {
+        let retried = applier::retry_parked(tx, &ctx, clock, Some(table), PARKED_RETRY_BATCH)?;
+        outcome.absorb(retried);
+    }
+    capture::discard_own_changes(tx, mark)?;
+    for (table, op, pk) in &outcome.follow_ups {
+        capture::log_local_change(tx, table, *op, pk)?;
+    }
+    if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
+        meta::save_clock(tx, clock)?;
+    }
+    let stamped = with_own_changes(stamped, &mut outcome);
+    Ok(BatchResult {
+        outcome,
+        stamped,
+        parked_tables: Some(parked::tables(tx)?),
+    })
+}
+
+/// The messages stamped before applying, plus those of the changes the applier made for the app.
+fn with_own_changes(stamped: Option<Stamped>, outcome: &mut ApplyOutcome) -> Option<Stamped> {
+    if outcome.stamped.is_empty() {
+        return stamped;
+    }
+    let mut stamped = stamped.unwrap_or_default();
+    stamped.outbox.append(&mut outcome.stamped);
+    stamped.events.append(&mut outcome.stamped_events);
+    Some(stamped)
+}

@@ -1,0 +1,118 @@
+//! `__harmonylite__conflicts`: a bounded log of everything a merge did not keep as it came — the loser of
+//! each concurrent edit, rows moved off a colliding key, changes a local constraint refused — with both
+//! sides, so nothing is lost silently. Oldest entries go first once `MAX_ENTRIES` is reached.
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SqlContext};
+use crate::log::{pk_key, Value};
+
+/// Entries kept; older ones are dropped as new ones arrive.
+pub const MAX_ENTRIES: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    /// A received change lost to newer values for some columns (`loser`: the received values).
+    ChangeLost,
+    /// A received change replaced values the writer had not seen (`loser`: the values replaced).
+    ValuesOverwritten,
+    /// A delete removed a row holding edits its writer had not seen, or an edit arrived for a row deleted
+    /// concurrently (delete wins; `loser`: the edit).
+    DeletedWithEdits,
+    /// Two nodes created different rows under one auto-assigned key; the later one was moved (by the node
+    /// that created it) to `moved_to`.
+    KeyMoved,
+    /// A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row created first
+    /// keeps the value and the other waits (parked) until the blocking data changes.
+    Constraint,
+}
+
+impl ConflictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::ChangeLost => "change_lost",
+            ConflictKind::ValuesOverwritten => "values_overwritten",
+            ConflictKind::DeletedWithEdits => "deleted_with_edits",
+            ConflictKind::KeyMoved => "key_moved",
+            ConflictKind::Constraint => "constraint",
+        }
+    }
+}
+
+/// One side of a conflict: who wrote it, when, and the values involved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictSide {
+    pub node: u64,
+    pub hlc: u64,
+    pub values: Vec<(String, Value)>,
+}
+
+/// An entry of the conflict log (`Replica::conflicts`, `Replica::subscribe_conflicts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Position in this node's log (0 until stored).
+    pub id: i64,
+    pub at_ms: u64,
+    pub table: String,
+    pub pk: Vec<Value>,
+    pub kind: ConflictKind,
+    /// The columns involved.
+    pub columns: Vec<String>,
+    pub winner: Option<ConflictSide>,
+    pub loser: Option<ConflictSide>,
+    /// The key the losing row now lives under (key moves).
+    pub moved_to: Option<Vec<Value>>,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+/// Stores a conflict; returns it with its id.
+pub fn record(conn: &Connection, mut conflict: Conflict) -> Result<Conflict> {
+    let blob = rmp_serde::to_vec(&conflict).unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT INTO __harmonylite__conflicts(at, tbl, pk, kind, detail, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            conflict.at_ms as i64,
+            conflict.table,
+            pk_key(&conflict.pk),
+            conflict.kind.as_str(),
+            conflict.detail,
+            blob
+        ])
+    })
+    .ctx("recording a conflict")?;
+    conflict.id = conn.last_insert_rowid();
+    conn.prepare_cached("DELETE FROM __harmonylite__conflicts WHERE id <= ?1")
+        .and_then(|mut stmt| stmt.execute([conflict.id - MAX_ENTRIES]))
+        .ctx("trimming the conflict log")?;
+    Ok(conflict)
+}
+
+/// The newest `limit` conflicts with an id above `after`, oldest first.
+pub fn list(conn: &Connection, after: i64, limit: usize) -> Result<Vec<Conflict>> {
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, record FROM (SELECT id, record FROM __harmonylite__conflicts WHERE id > ?1
+             ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![after, limit as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading the conflict log")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, blob)| {
+            rmp_serde::from_slice::<Conflict>(&blob).ok().map(|mut c| {
+                c.id = id;
+                c
+            })
+        })
+        .collect())
+}

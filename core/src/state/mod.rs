@@ -1,0 +1,210 @@
+//! The library's own tables (`__harmonylite__*`): every statement that reads or writes them lives in this
+//! module and its children, so their layout exists once.
+//!
+//! | table | what |
+//! |---|---|
+//! | `meta` | node id, clock high-water mark, capture and state-format markers |
+//! | `tables` | table name ↔ id used in the change log |
+//! | `change_log` | captured (table id, op, commit time, key) entries, written by the triggers |
+//! | `rows` | each row's replication state: causal length, incarnation, per-column versions and hashes |
+//! | `outbox` | stamped messages not yet acknowledged |
+//! | `positions` | applied stream position per shard |
+//! | `deferred` | received changes parked until the schema or the blocking data allows them |
+//! | `conflicts` | bounded log of merge losers, moved keys and constraint resolutions |
+//! | `dead_letters` | messages that could not be decoded |
+//! | `rejected` | local changes that cannot be published |
+
+pub mod conflicts;
+pub mod meta;
+pub mod outbox;
+pub mod parked;
+pub mod positions;
+pub mod rows;
+
+use rusqlite::Connection;
+use tracing::{info, warn};
+
+use crate::error::{Result, SqlContext};
+
+/// Prefix of every object the library creates; `cleanup` removes exactly these. (The outbox uses
+/// AUTOINCREMENT: its ids must never repeat, since read-your-writes progress is tracked by id.)
+pub const PREFIX: &str = "__harmonylite__";
+pub const CHANGE_LOG: &str = "__harmonylite__change_log";
+pub const TABLES: &str = "__harmonylite__tables";
+/// Most primary-key columns a table may have (the change log has this many key slots).
+pub const MAX_PK_COLUMNS: usize = 8;
+/// Layout of the library's tables. 2: per-column row state (`rows`) replaced row versions (`versions`),
+/// the change log records commit times, parked changes record their kind.
+const STATE_FORMAT: i64 = 2;
+
+/// Creates the library's own tables if missing and upgrades an older layout. Idempotent.
+pub fn create_library_tables(conn: &Connection) -> Result<()> {
+    let key_columns: String = (0..MAX_PK_COLUMNS).map(|i| format!(", k{i}")).collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS __harmonylite__meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {TABLES}(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+         CREATE TABLE IF NOT EXISTS {CHANGE_LOG}(seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL,
+             op INTEGER NOT NULL, at INTEGER{key_columns});
+         DROP TABLE IF EXISTS __harmonylite__applying;
+         CREATE TABLE IF NOT EXISTS __harmonylite__rows(tbl TEXT NOT NULL, pk BLOB NOT NULL,
+             cl INTEGER NOT NULL, born_hlc INTEGER NOT NULL, born_node INTEGER NOT NULL,
+             born_hash INTEGER NOT NULL, hlc INTEGER NOT NULL, node INTEGER NOT NULL, cols BLOB,
+             life_hlc INTEGER, life_node INTEGER, PRIMARY KEY(tbl, pk)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, shard INTEGER NOT NULL,
+             rows INTEGER NOT NULL, payload BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
+             reason TEXT NOT NULL, change BLOB NOT NULL, kind TEXT NOT NULL DEFAULT 'schema',
+             at INTEGER NOT NULL DEFAULT 0, pk BLOB);
+         CREATE INDEX IF NOT EXISTS __harmonylite__deferred_key ON __harmonylite__deferred(tbl, pk);
+         CREATE TABLE IF NOT EXISTS __harmonylite__conflicts(id INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+             tbl TEXT NOT NULL, pk BLOB NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, record BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__dead_letters(id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
+             seq INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__rejected(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
+             pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
+    ))
+    .ctx("creating the library's tables")?;
+    upgrade(conn)
+}
+
+/// Brings a database written by the format-1 library (row-level versions) to the current layout.
+fn upgrade(conn: &Connection) -> Result<()> {
+    let format = meta::get(conn, "state_format")?.unwrap_or(0);
+    if format >= STATE_FORMAT {
+        return Ok(());
+    }
+    let has_column = |table: &str, column: &str| -> Result<bool> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |row| row.get(0),
+        )
+        .ctx("reading the library's tables")
+    };
+    if !has_column(CHANGE_LOG, "at")? {
+        conn.execute_batch(&format!("ALTER TABLE {CHANGE_LOG} ADD COLUMN at INTEGER"))
+            .ctx("upgrading the change log")?;
+    }
+    if !has_column("__harmonylite__deferred", "kind")? {
+        // Format-1 parked changes are in the old wire form: they cannot be read any more.
+        let dropped: i64 = conn
+            .query_row("SELECT count(*) FROM __harmonylite__deferred", [], |r| {
+                r.get(0)
+            })
+            .ctx("upgrading parked changes")?;
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "parked changes of the previous storage format dropped on upgrade"
+            );
+        }
+        conn.execute_batch(
+            "DROP TABLE __harmonylite__deferred;
+             CREATE TABLE __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
+                 reason TEXT NOT NULL, change BLOB NOT NULL, kind TEXT NOT NULL DEFAULT 'schema',
+                 at INTEGER NOT NULL DEFAULT 0, pk BLOB);
+             CREATE INDEX __harmonylite__deferred_key ON __harmonylite__deferred(tbl, pk);",
+        )
+        .ctx("upgrading parked changes")?;
+    }
+    let old_versions: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '__harmonylite__versions')",
+            [],
+            |r| r.get(0),
+        )
+        .ctx("reading the library's tables")?;
+    if old_versions {
+        // A row version becomes the row's incarnation and last change; its columns carry no hash yet, so
+        // the next local change of such a row is sent with every column.
+        let moved = conn
+            .execute(
+                "INSERT OR IGNORE INTO __harmonylite__rows(tbl, pk, cl, born_hlc, born_node, born_hash, hlc, node, cols)
+                 SELECT tbl, pk, CASE WHEN deleted THEN 2 ELSE 1 END, hlc, node, 0, hlc, node, NULL
+                 FROM __harmonylite__versions",
+                [],
+            )
+            .ctx("upgrading row versions")?;
+        conn.execute_batch("DROP TABLE __harmonylite__versions")
+            .ctx("upgrading row versions")?;
+        info!(rows = moved, "row versions upgraded to per-column state");
+    }
+    meta::set(conn, "state_format", STATE_FORMAT)
+}
+
+/// What `status()` reads from the library's tables.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub pending_changes: u64,
+    pub outbox_messages: u64,
+    pub outbox_rows: u64,
+    pub rejected_local: u64,
+    pub dead_lettered: u64,
+    pub conflicts: u64,
+}
+
+pub fn counts(conn: &Connection) -> Result<Counts> {
+    let count = |sql: &str| -> Result<u64> {
+        conn.prepare_cached(sql)
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)))
+            .ctx("reading status")
+            .map(|n| n.max(0) as u64)
+    };
+    Ok(Counts {
+        pending_changes: count(&format!("SELECT count(*) FROM {CHANGE_LOG}"))?,
+        outbox_messages: count("SELECT count(*) FROM __harmonylite__outbox")?,
+        outbox_rows: count("SELECT coalesce(sum(rows), 0) FROM __harmonylite__outbox")?,
+        rejected_local: count("SELECT count(*) FROM __harmonylite__rejected")?,
+        dead_lettered: count("SELECT count(*) FROM __harmonylite__dead_letters")?,
+        conflicts: count("SELECT count(*) FROM __harmonylite__conflicts")?,
+    })
+}
+
+/// Records a message that could not be decoded.
+pub fn record_dead_letter(conn: &Connection, shard: u32, seq: u64, reason: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO __harmonylite__dead_letters(shard, seq, reason, at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(rusqlite::params![
+            shard,
+            seq as i64,
+            reason,
+            crate::clock::wall_millis() as i64
+        ])
+    })
+    .ctx("recording a dead letter")?;
+    Ok(())
+}
+
+/// Records a local change that cannot be published (too large for the server, or a key that cannot
+/// identify a row elsewhere).
+pub fn record_rejected(conn: &Connection, table: &str, pk: &[u8], reason: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO __harmonylite__rejected(tbl, pk, reason, at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(rusqlite::params![
+            table,
+            pk,
+            reason,
+            crate::clock::wall_millis() as i64
+        ])
+    })
+    .ctx("recording a rejected change")?;
+    Ok(())
+}
+
+/// Empties what is specific to one node before a snapshot copy leaves it (its queues, records and identity).
+/// Parked changes stay: a node restoring the copy replays the stream only after the positions it records,
+/// so the changes parked before them would otherwise be lost to it.
+pub fn strip_node_state(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "DELETE FROM {CHANGE_LOG}; DELETE FROM __harmonylite__outbox;
+         DELETE FROM __harmonylite__dead_letters;
+         DELETE FROM __harmonylite__rejected; DELETE FROM __harmonylite__conflicts;
+         DELETE FROM __harmonylite__meta WHERE key = 'node_id';"
+    ))
+    .ctx("stripping node state from the snapshot")
+}

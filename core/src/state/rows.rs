@@ -1,0 +1,253 @@
+//! `__harmonylite__rows`: each replicated row's state — its causal length (odd: the row exists, even: it was
+//! deleted), the incarnation it belongs to (the version and image hash of the insert that created it), the
+//! newest change of any kind, and per column the version that wrote the value and a hash of the value.
+//!
+//! Hashes let the stamper tell which columns a local UPDATE changed without the triggers naming columns
+//! (a trigger that names a column makes SQLite refuse `ALTER TABLE … DROP COLUMN`).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::clock::Version;
+use crate::error::{Result, SqlContext};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnState {
+    pub name: String,
+    pub version: Version,
+    pub hash: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowState {
+    /// Causal length: 1 after the first insert, +1 for each delete and each insert after a delete.
+    pub cl: u64,
+    /// The insert that created the current incarnation (of the last one, when deleted).
+    pub born: Version,
+    /// Hash of that insert's full image: two nodes that created identical rows created the same row.
+    pub born_hash: u64,
+    /// The insert that started the current life (see `RowChange::life`).
+    pub life: Version,
+    /// The newest change applied to the row (insert, update or delete).
+    pub last: Version,
+    pub columns: Vec<ColumnState>,
+}
+
+impl RowState {
+    pub fn exists(&self) -> bool {
+        self.cl % 2 == 1
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnState> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The version that wrote a column's value; none (the lowest) for a column no change has written here
+    /// yet (one added by a migration, or a row from a format-1 database): any value received for it wins.
+    pub fn column_version(&self, name: &str) -> Version {
+        self.column(name).map(|c| c.version).unwrap_or_default()
+    }
+
+    pub fn set_column(&mut self, name: &str, version: Version, hash: u64) {
+        match self.columns.iter_mut().find(|c| c.name == name) {
+            Some(column) => {
+                column.version = version;
+                column.hash = hash;
+            }
+            None => self.columns.push(ColumnState {
+                name: name.to_string(),
+                version,
+                hash,
+            }),
+        }
+    }
+
+    /// The newest version among the row's columns and its last change.
+    pub fn newest(&self) -> Version {
+        self.columns
+            .iter()
+            .map(|c| c.version)
+            .fold(self.last.max(self.born), Version::max)
+    }
+}
+
+pub fn read(conn: &Connection, table: &str, pk: &[u8]) -> Result<Option<RowState>> {
+    conn.prepare_cached(
+        "SELECT cl, born_hlc, born_node, born_hash, hlc, node, cols, life_hlc, life_node
+         FROM __harmonylite__rows WHERE tbl = ?1 AND pk = ?2",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row(params![table, pk], |row| {
+            let cols: Option<Vec<u8>> = row.get(6)?;
+            let born = version(row.get(1)?, row.get(2)?);
+            Ok(RowState {
+                cl: row.get::<_, i64>(0)?.max(0) as u64,
+                born,
+                born_hash: row.get::<_, i64>(3)? as u64,
+                life: life(row.get(7)?, row.get(8)?, born),
+                last: version(row.get(4)?, row.get(5)?),
+                columns: cols.map(|blob| decode_columns(&blob)).unwrap_or_default(),
+            })
+        })
+        .optional()
+    })
+    .ctx("reading a row's state")
+}
+
+pub fn write(conn: &Connection, table: &str, pk: &[u8], state: &RowState) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO __harmonylite__rows(tbl, pk, cl, born_hlc, born_node, born_hash, hlc, node, cols,
+             life_hlc, life_node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            table,
+            pk,
+            state.cl as i64,
+            state.born.hlc as i64,
+            state.born.node as i64,
+            state.born_hash as i64,
+            state.last.hlc as i64,
+            state.last.node as i64,
+            encode_columns(&state.columns),
+            state.life.hlc as i64,
+            state.life.node as i64,
+        ])
+    })
+    .ctx("recording a row's state")?;
+    Ok(())
+}
+
+pub fn remove(conn: &Connection, table: &str, pk: &[u8]) -> Result<()> {
+    conn.prepare_cached("DELETE FROM __harmonylite__rows WHERE tbl = ?1 AND pk = ?2")
+        .and_then(|mut stmt| stmt.execute(params![table, pk]))
+        .ctx("removing a row's state")?;
+    Ok(())
+}
+
+/// Every key of a table that has state, with it (for the divergence checksum and full re-publication).
+pub fn for_table(conn: &Connection, table: &str) -> Result<Vec<(Vec<u8>, RowState)>> {
+    conn.prepare(
+        "SELECT pk, cl, born_hlc, born_node, born_hash, hlc, node, cols, life_hlc, life_node
+         FROM __harmonylite__rows WHERE tbl = ?1 ORDER BY pk",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_map([table], |row| {
+            let cols: Option<Vec<u8>> = row.get(7)?;
+            let born = version(row.get(2)?, row.get(3)?);
+            Ok((
+                row.get(0)?,
+                RowState {
+                    cl: row.get::<_, i64>(1)?.max(0) as u64,
+                    born,
+                    born_hash: row.get::<_, i64>(4)? as u64,
+                    life: life(row.get(8)?, row.get(9)?, born),
+                    last: version(row.get(5)?, row.get(6)?),
+                    columns: cols.map(|blob| decode_columns(&blob)).unwrap_or_default(),
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .ctx("reading row states")
+}
+
+/// A row state stored without a life (upgraded from format 1) lives the life it was born with.
+fn life(hlc: Option<i64>, node: Option<i64>, born: Version) -> Version {
+    match (hlc, node) {
+        (Some(hlc), Some(node)) => version(hlc, node),
+        _ => born,
+    }
+}
+
+fn version(hlc: i64, node: i64) -> Version {
+    Version {
+        hlc: hlc as u64,
+        node: node as u64,
+    }
+}
+
+/// `count:u16`, then per column `len:u16 name hlc:u64 node:u64 hash:u64`, little-endian.
+fn encode_columns(columns: &[ColumnState]) -> Vec<u8> {
+    let size: usize = columns.iter().map(|c| c.name.len() + 26).sum();
+    let mut out = Vec::with_capacity(size + 2);
+    out.extend_from_slice(&(columns.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    for column in columns.iter().take(u16::MAX as usize) {
+        let name = &column.name.as_bytes()[..column.name.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&column.version.hlc.to_le_bytes());
+        out.extend_from_slice(&column.version.node.to_le_bytes());
+        out.extend_from_slice(&column.hash.to_le_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode_columns`]; a damaged blob yields the columns read before the damage (their
+/// versions then default to the incarnation's, and the next local change sends every column).
+fn decode_columns(blob: &[u8]) -> Vec<ColumnState> {
+    let mut columns = Vec::new();
+    let Some(count) = blob.get(0..2) else {
+        return columns;
+    };
+    let count = u16::from_le_bytes([count[0], count[1]]) as usize;
+    let mut at = 2usize;
+    let u64_at = |at: usize| -> Option<u64> {
+        blob.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    for _ in 0..count {
+        let Some(len) = blob.get(at..at + 2) else {
+            break;
+        };
+        let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+        at += 2;
+        let Some(name) = blob.get(at..at + len) else {
+            break;
+        };
+        at += len;
+        let (Some(hlc), Some(node), Some(hash)) = (u64_at(at), u64_at(at + 8), u64_at(at + 16))
+        else {
+            break;
+        };
+        at += 24;
+        columns.push(ColumnState {
+            name: String::from_utf8_lossy(name).into_owned(),
+            version: Version { hlc, node },
+            hash,
+        });
+    }
+    columns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_states_round_trip_and_damage_is_survived() {
+        let columns = vec![
+            ColumnState {
+                name: "a".into(),
+                version: Version { hlc: 7, node: 9 },
+                hash: u64::MAX,
+            },
+            ColumnState {
+                name: "zé".into(),
+                version: Version {
+                    hlc: 1 << 60,
+                    node: 1,
+                },
+                hash: 0,
+            },
+        ];
+        let blob = encode_columns(&columns);
+        assert_eq!(decode_columns(&blob), columns);
+        assert_eq!(
+            decode_columns(&blob[..blob.len() - 3]),
+            columns[..1].to_vec()
+        );
+        assert!(decode_columns(&[]).is_empty());
+        assert!(decode_columns(&[0xff, 0xff, 0x01]).is_empty());
+    }
+}
