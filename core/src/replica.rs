@@ -209,6 +209,19 @@ fn holder_text(state_dir: &Path) -> String {
 
 /// Folds newer positions in; positions never move back (a replicator that takes over may start from stored
 /// positions a little behind what the previous one announced).
+fn replace_positions(positions: &watch::Sender<BTreeMap<u32, u64>>, now: &BTreeMap<u32, u64>) {
+    positions.send_if_modified(|current| {
+        let mut changed = false;
+        for (shard, seq) in now {
+            if current.get(shard) != Some(seq) {
+                current.insert(*shard, *seq);
+                changed = true;
+            }
+        }
+        changed
+    });
+}
+
 fn merge_positions(positions: &watch::Sender<BTreeMap<u32, u64>>, newer: &BTreeMap<u32, u64>) {
     positions.send_if_modified(|current| {
         let mut changed = false;
@@ -269,8 +282,10 @@ impl Shared {
             let to = self.positions.clone();
             tokio::spawn(async move {
                 loop {
+                    // In the replicator's own process its positions are the truth, also when they go back:
+                    // a consumer that finds its stream recreated (broker data loss) restarts it from 0.
                     let now = from.borrow_and_update().clone();
-                    merge_positions(&to, &now);
+                    replace_positions(&to, &now);
                     if from.changed().await.is_err() {
                         return;
                     }

@@ -2,87 +2,94 @@
 //! each is a HarmonyLite message (current wire format) that a node must survive without halting,
 //! diverging or letting it freeze a row.
 
-use harmonylite::clock::{from_millis, wall_millis};
+use harmonylite::clock::{from_millis, wall_millis, Version};
 use harmonylite::log::{encode, pk_key, shard_of, Batch, Op, RowChange, Value};
 
 pub const KINDS: &[&str] = &["type-mismatch", "future-clock", "forged-origin", "null-key"];
 
-/// The message of `kind`, and the table and key it targets (for its shard).
-fn message(kind: &str, victim_node: u64) -> Result<(Batch, String, Vec<Value>), String> {
-    let now = from_millis(wall_millis());
-    let upsert = |table: &str, hlc: u64, pk: Vec<Value>, columns: Vec<(&str, Value)>| RowChange {
+/// A change creating a row (its first life) as `node` at `hlc`, in the current wire format.
+fn insert(
+    node: u64,
+    table: &str,
+    hlc: u64,
+    pk: Vec<Value>,
+    columns: Vec<(&str, Value)>,
+) -> RowChange {
+    let born = Version { hlc, node };
+    RowChange {
         table: table.into(),
         op: Op::Insert,
         hlc,
         cl: 1,
-        born: harmonylite::clock::Version { hlc, node: 1 },
-        born_hash: 0,
-        life: harmonylite::clock::Version { hlc, node: 1 },
+        born,
+        born_hash: hlc,
+        life: born,
         seen: None,
         pk,
         columns: columns
             .into_iter()
             .map(|(c, v)| (c.to_string(), v))
             .collect(),
+    }
+}
+
+fn rows_image(id: Value, writer: i64) -> Vec<(&'static str, Value)> {
+    vec![
+        ("id", id),
+        ("writer", Value::Integer(writer)),
+        ("generation", Value::Integer(0)),
+        ("n", Value::Integer(0)),
+        ("payload", Value::Null),
+    ]
+}
+
+/// The message of `kind`, and the table and key it targets (for its shard).
+fn message(kind: &str, victim_node: u64) -> Result<(Batch, String, Vec<Value>), String> {
+    let now = from_millis(wall_millis());
+    let hot = |k: Value, v: &str, writer: i64| {
+        vec![
+            ("k", k),
+            ("v", Value::Text(v.into())),
+            ("writer", Value::Integer(writer)),
+        ]
     };
     let (node_id, change) = match kind {
         // An INTEGER PRIMARY KEY given a text value: SQLite's "datatype mismatch".
-        "type-mismatch" => (
-            990,
-            upsert(
-                "hot",
-                now,
-                vec![Value::Text("poison".into())],
-                vec![
-                    ("k", Value::Text("poison".into())),
-                    ("v", Value::Text("poison".into())),
-                    ("writer", Value::Integer(990)),
-                ],
-            ),
-        ),
+        "type-mismatch" => {
+            let key = Value::Text("poison".into());
+            (
+                990,
+                insert(990, "hot", now, vec![key.clone()], hot(key, "poison", 990)),
+            )
+        }
         // A stamp no later write can beat.
         "future-clock" => (
             991,
-            upsert(
+            insert(
+                991,
                 "hot",
                 u64::MAX,
                 vec![Value::Integer(1)],
-                vec![
-                    ("k", Value::Integer(1)),
-                    ("v", Value::Text("from the future".into())),
-                    ("writer", Value::Integer(991)),
-                ],
+                hot(Value::Integer(1), "from the future", 991),
             ),
         ),
         // Claims to come from a real node: every other node applies it, that node skips it as its own.
-        "forged-origin" => (
-            victim_node,
-            upsert(
-                "rows",
-                now,
-                vec![Value::Text("forged-origin".into())],
-                vec![
-                    ("id", Value::Text("forged-origin".into())),
-                    ("writer", Value::Integer(victim_node as i64)),
-                    ("generation", Value::Integer(0)),
-                    ("n", Value::Integer(0)),
-                    ("payload", Value::Null),
-                ],
-            ),
-        ),
+        "forged-origin" => {
+            let id = Value::Text("forged-origin".into());
+            let image = rows_image(id.clone(), victim_node as i64);
+            (
+                victim_node,
+                insert(victim_node, "rows", now, vec![id], image),
+            )
+        }
         "null-key" => (
             993,
-            upsert(
+            insert(
+                993,
                 "rows",
                 now,
                 vec![Value::Null],
-                vec![
-                    ("id", Value::Null),
-                    ("writer", Value::Integer(993)),
-                    ("generation", Value::Integer(0)),
-                    ("n", Value::Integer(0)),
-                    ("payload", Value::Null),
-                ],
+                rows_image(Value::Null, 993),
             ),
         ),
         other => return Err(format!("unknown message kind {other} (one of {KINDS:?})")),
@@ -130,74 +137,47 @@ pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
         .iter()
         .filter_map(|kind| message(kind, 7).ok().map(|(batch, _, _)| batch))
         .collect();
-    let row = |id: &str| RowChange {
-        table: "items".into(),
-        op: Op::Insert,
-        hlc: from_millis(1_700_000_000_000),
-        cl: 1,
-        born: harmonylite::clock::Version {
-            hlc: from_millis(1_700_000_000_000),
-            node: 1,
-        },
-        born_hash: 0,
-        life: harmonylite::clock::Version {
-            hlc: from_millis(1_700_000_000_000),
-            node: 1,
-        },
-        seen: None,
-        pk: vec![Value::Integer(3)],
-        columns: vec![
-            ("id".into(), Value::Integer(3)),
-            ("name".into(), Value::Text(id.into())),
-            ("qty".into(), Value::Integer(4)),
-            ("price".into(), Value::Real(2.5)),
+    let item = |name: &str| {
+        insert(
+            9,
+            "items",
+            from_millis(1_700_000_000_000),
+            vec![Value::Integer(3)],
+            vec![
+                ("id", Value::Integer(3)),
+                ("name", Value::Text(name.into())),
+                ("qty", Value::Integer(4)),
+                ("price", Value::Real(2.5)),
+            ],
+        )
+    };
+    let pair = insert(
+        9,
+        "pairs",
+        1 << 20,
+        vec![Value::Text("a".into()), Value::Integer(1)],
+        vec![
+            ("a", Value::Text("a".into())),
+            ("b", Value::Integer(1)),
+            ("v", Value::Blob(vec![0, 1, 2])),
         ],
+    );
+    let update = RowChange {
+        op: Op::Update,
+        hlc: from_millis(1_700_000_000_001),
+        columns: vec![("qty".into(), Value::Integer(5))],
+        ..item("x")
+    };
+    let delete = RowChange {
+        op: Op::Delete,
+        hlc: from_millis(1_700_000_000_002),
+        cl: 2,
+        columns: vec![],
+        ..item("x")
     };
     batches.push(Batch {
         node_id: 9,
-        changes: vec![
-            row("x"),
-            RowChange {
-                table: "pairs".into(),
-                op: Op::Insert,
-                hlc: 1 << 20,
-                cl: 1,
-                born: harmonylite::clock::Version {
-                    hlc: 1 << 20,
-                    node: 1,
-                },
-                born_hash: 0,
-                life: harmonylite::clock::Version {
-                    hlc: 1 << 20,
-                    node: 1,
-                },
-                seen: None,
-                pk: vec![Value::Text("a".into()), Value::Integer(1)],
-                columns: vec![
-                    ("a".into(), Value::Text("a".into())),
-                    ("b".into(), Value::Integer(1)),
-                    ("v".into(), Value::Blob(vec![0, 1, 2])),
-                ],
-            },
-            RowChange {
-                table: "items".into(),
-                op: Op::Delete,
-                hlc: 2 << 20,
-                cl: 2,
-                born: harmonylite::clock::Version {
-                    hlc: 2 << 20,
-                    node: 1,
-                },
-                born_hash: 0,
-                life: harmonylite::clock::Version {
-                    hlc: 2 << 20,
-                    node: 1,
-                },
-                seen: None,
-                pk: vec![Value::Integer(1)],
-                columns: vec![],
-            },
-        ],
+        changes: vec![item("x"), pair, update, delete],
     });
     batches.push(Batch {
         node_id: 1,

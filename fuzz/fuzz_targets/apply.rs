@@ -5,9 +5,12 @@
 
 use std::sync::Mutex;
 
-use harmonylite::apply::applier::{apply_messages, Incoming};
+use std::collections::BTreeSet;
+
+use harmonylite::apply::applier::Incoming;
+use harmonylite::apply::transaction::{apply_batch, BatchRun};
 use harmonylite::capture::{self, Schema};
-use harmonylite::clock::Clock;
+use harmonylite::clock::{Clock, ClockHistory};
 use harmonylite::Config;
 use libfuzzer_sys::fuzz_target;
 use rusqlite::Connection;
@@ -79,6 +82,15 @@ fuzz_target!(|data: &[u8]| {
             payload: bytes::Bytes::from(payload),
         },
     ];
-    let _ = apply_messages(&tx, &db.schema, &mut clock, 2, &messages);
+    let history = ClockHistory::new(0);
+    let parked_tables = BTreeSet::new();
+    let run = BatchRun {
+        schema: &db.schema,
+        node_id: 2,
+        stamp: None,
+        history: &history,
+        parked_tables: &parked_tables,
+    };
+    let _ = apply_batch(&tx, &run, &mut clock, &messages);
     drop(tx); // rolled back
 });

@@ -7,6 +7,8 @@
 //! from the old position would skip the new stream's first messages silently. Then the position is reset
 //! to the start of the stream, the loss is recorded in `status()`, and the republish hook is called.
 
+#![deny(clippy::unchecked_time_subtraction)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -505,9 +507,9 @@ impl ShardConsumer {
 }
 
 /// Stores `seq` as `shard`'s position from a connection of its own, in one write transaction.
-/// INTEGRATION: this belongs to the database thread (a `Command::ResetPosition`) once the state module
-/// owns the positions; until then the caller first flushes the thread's in-memory positions
-/// (`Command::StoreDeferred`) and checks the result through `Command::Position`.
+/// INTEGRATION: this belongs to the database thread (a `Command::ResetPosition` calling
+/// `state::positions::store` and clearing its in-memory position); until then the caller first flushes the
+/// thread's in-memory positions (`Command::StoreDeferred`) and checks the result through `Command::Position`.
 fn store_position_directly(
     db: &std::path::Path,
     shard: u32,

@@ -2,6 +2,8 @@
 //! tells the database thread to delete an entry only after JetStream acknowledged it. Failures are retried
 //! with backoff, forever; the message id makes a retried publish a no-op if the first one had landed.
 
+#![deny(clippy::unchecked_time_subtraction)]
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
