@@ -449,6 +449,18 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 {
                     let id = tx.last_insert_rowid();
                     ledger.created.insert(tag.clone());
+                    // SQLite handed out a rowid that was deleted before (the highest one): the key's next
+                    // life, which merges with a concurrent one elsewhere (ADR 0011).
+                    let reused: bool = tx
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM __harmonylite__rows WHERE tbl = 'item' AND pk = ?1)",
+                            [harmonylite::log::pk_key(&[harmonylite::Value::Integer(id)])],
+                            |row| row.get(0),
+                        )
+                        .unwrap_or(false);
+                    if reused {
+                        ledger.rewritten.insert(tag.clone());
+                    }
                     if child {
                         let part = format!("part-{node}-{counter}");
                         tx.execute(

@@ -90,14 +90,10 @@ pub fn plan(
             incoming_wins: change.born < stored.born,
         };
     }
-    if movable && change.born == stored.born && change.life != stored.life && change.cl == stored.cl
-    {
-        // The key was deleted and created again on two nodes independently (the same life number, two
-        // different rows): the earliest of the two keeps the key.
-        return Plan::Collision {
-            incoming_wins: change.life < stored.life,
-        };
-    }
+    // Two lives of one lineage (the key deleted, then created again on two nodes that both saw the
+    // delete) are one row that merges per column: an app that writes a key it chose (`INSERT OR REPLACE`
+    // by id) means the same row. A rowid SQLite hands out again after deleting the highest one is the same
+    // case and merges the same way (ADR 0011).
     if change.cl < stored.cl {
         return Plan::Keep {
             lost: all,
