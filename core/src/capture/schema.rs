@@ -48,7 +48,8 @@ pub struct TableSql {
     pub delete_row: String,
     /// `INSERT` of every column, in order (a row received whole).
     pub insert_row: String,
-    /// `SELECT max(key) + 1`, for a table with an auto-assigned key (a fresh key for a moved row).
+    /// `SELECT max(key) + MOVED_KEY_GAP`, for a table with an auto-assigned key (a fresh key for a moved
+    /// row).
     pub next_key: Option<String>,
 }
 
@@ -67,7 +68,7 @@ impl TableInfo {
             insert_row: insert_sql(&name, &all),
             next_key: (pk.len() == 1).then(|| {
                 format!(
-                    "SELECT coalesce(max({k}), 0) + 1 FROM {t}",
+                    "SELECT coalesce(max({k}), 0) + {MOVED_KEY_GAP} FROM {t}",
                     k = quote(&pk[0]),
                     t = quote(&name)
                 )
@@ -152,6 +153,10 @@ pub fn upsert_sql(table: &str, columns: &[&str], pk: &[String]) -> String {
         placeholders.join(", ")
     )
 }
+
+/// How far past the highest key a moved row lands: an app that assigns ids itself, counting up, does not
+/// meet the moved row with its next INSERT (SQLite's own next rowid is past it either way).
+pub const MOVED_KEY_GAP: i64 = 65_537;
 
 #[derive(Debug, Default)]
 pub struct Schema {
