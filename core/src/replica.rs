@@ -134,6 +134,10 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
             ));
         }
     }
+    if config.nats.urls.is_empty() {
+        // A wrong binary the user named is bad input: say so before anything is written beside the file.
+        crate::transport::embedded::check_configured_binary(&config.nats.server_binary)?;
+    }
     let state_dir = Config::state_dir_for(&db);
     tokio::fs::create_dir_all(&state_dir)
         .await

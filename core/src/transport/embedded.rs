@@ -136,6 +136,18 @@ pub fn resolve_binary(configured: Option<&Path>) -> Result<PathBuf> {
     Err(Error::NatsServerNotFound)
 }
 
+/// Checks the binaries the user named (`nats.server_binary`, then `$HARMONYLITE_NATS_SERVER`) without
+/// searching further: cheap enough to run before an open writes anything.
+pub(crate) fn check_configured_binary(configured: &str) -> Result<()> {
+    if !configured.is_empty() {
+        return check_explicit(Path::new(configured), "nats.server_binary").map(drop);
+    }
+    if let Some(value) = std::env::var_os(NATS_SERVER_ENV).filter(|v| !v.is_empty()) {
+        return check_explicit(Path::new(&value), NATS_SERVER_ENV).map(drop);
+    }
+    Ok(())
+}
+
 fn exe_name() -> &'static str {
     if cfg!(windows) {
         "nats-server.exe"
