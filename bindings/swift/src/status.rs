@@ -71,7 +71,12 @@ pub struct ShardStatus {
 pub struct PausedTable {
     pub table: String,
     pub waiting_changes: u64,
+    /// Why the oldest waiting change waits, in words.
     pub reason: String,
+    /// What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
+    /// NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
+    /// hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -112,6 +117,13 @@ pub struct Status {
     /// Received changes that lost to a newer version already here.
     pub skipped_rows: u64,
     pub deferred_rows: u64,
+    /// Entries in the conflict log (bounded; see `Replica.conflicts`).
+    pub conflicts: u64,
+    /// Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+    pub conflicts_recorded: u64,
+    /// Rows this node moved to a fresh key since open, because another node created a different row under
+    /// the same auto-assigned key first.
+    pub moved_keys: u64,
     pub dead_lettered: u64,
     /// Local changes that could not be published (larger than the server's max payload).
     pub rejected_local: u64,
@@ -127,66 +139,136 @@ pub struct Status {
     pub uptime_ms: u64,
 }
 
+// The core's structs are destructured without `..`: a field added to them stops this crate compiling
+// until it is converted here (`StatusFieldTests` also compares the records with the core's serde output).
 impl From<harmonylite::Status> for Status {
     fn from(s: harmonylite::Status) -> Status {
+        let harmonylite::Status {
+            node_id,
+            db_path,
+            connection,
+            streams_ready,
+            nats_urls,
+            embedded_server,
+            publish,
+            replicate,
+            replicated_tables,
+            shards,
+            pending_changes,
+            unsent_messages,
+            unsent_rows,
+            published_messages,
+            published_rows,
+            applied_rows,
+            skipped_rows,
+            deferred_rows,
+            conflicts,
+            conflicts_recorded,
+            moved_keys,
+            dead_lettered,
+            rejected_local,
+            paused_tables,
+            last_publish_ms,
+            last_apply_ms,
+            errors,
+            last_error,
+            behind_retention,
+            snapshot,
+            uptime_ms,
+        } = s;
         Status {
-            node_id: s.node_id,
-            db_path: s.db_path,
-            connection: match s.connection {
+            node_id,
+            db_path,
+            connection: match connection {
                 harmonylite::ConnectionState::Connected => ConnectionState::Connected,
                 harmonylite::ConnectionState::Disconnected => ConnectionState::Disconnected,
                 harmonylite::ConnectionState::Connecting => ConnectionState::Connecting,
             },
-            streams_ready: s.streams_ready,
-            nats_urls: s.nats_urls,
-            embedded_server: s.embedded_server,
-            publish: s.publish,
-            replicate: s.replicate,
-            replicated_tables: s.replicated_tables,
-            shards: s
-                .shards
-                .into_iter()
-                .map(|shard| ShardStatus {
-                    shard: shard.shard,
-                    applied_seq: shard.applied_seq,
-                    published_seq: shard.published_seq,
-                    stream_last_seq: shard.stream_last_seq,
-                    lag_messages: shard.lag_messages,
-                })
-                .collect(),
-            pending_changes: s.pending_changes,
-            unsent_messages: s.unsent_messages,
-            unsent_rows: s.unsent_rows,
-            published_messages: s.published_messages,
-            published_rows: s.published_rows,
-            applied_rows: s.applied_rows,
-            skipped_rows: s.skipped_rows,
-            deferred_rows: s.deferred_rows,
-            dead_lettered: s.dead_lettered,
-            rejected_local: s.rejected_local,
-            paused_tables: s
-                .paused_tables
-                .into_iter()
-                .map(|paused| PausedTable {
-                    table: paused.table,
-                    waiting_changes: paused.waiting_changes,
-                    reason: paused.reason,
-                })
-                .collect(),
-            last_publish_ms: s.last_publish_ms,
-            last_apply_ms: s.last_apply_ms,
-            errors: s.errors,
-            last_error: s.last_error,
-            behind_retention: s.behind_retention,
-            snapshot: SnapshotProgress {
-                phase: s.snapshot.phase,
-                bytes_done: s.snapshot.bytes_done,
-                bytes_total: s.snapshot.bytes_total,
-                restored: s.snapshot.restored,
-                saved: s.snapshot.saved,
-                saved_at_ms: s.snapshot.saved_at_ms,
-            },
-            uptime_ms: s.uptime_ms,
+            streams_ready,
+            nats_urls,
+            embedded_server,
+            publish,
+            replicate,
+            replicated_tables,
+            shards: shards.into_iter().map(ShardStatus::from).collect(),
+            pending_changes,
+            unsent_messages,
+            unsent_rows,
+            published_messages,
+            published_rows,
+            applied_rows,
+            skipped_rows,
+            deferred_rows,
+            conflicts,
+            conflicts_recorded,
+            moved_keys,
+            dead_lettered,
+            rejected_local,
+            paused_tables: paused_tables.into_iter().map(PausedTable::from).collect(),
+            last_publish_ms,
+            last_apply_ms,
+            errors,
+            last_error,
+            behind_retention,
+            snapshot: snapshot.into(),
+            uptime_ms,
+        }
+    }
+}
+
+impl From<harmonylite::ShardStatus> for ShardStatus {
+    fn from(shard: harmonylite::ShardStatus) -> ShardStatus {
+        let harmonylite::ShardStatus {
+            shard,
+            applied_seq,
+            published_seq,
+            stream_last_seq,
+            lag_messages,
+        } = shard;
+        ShardStatus {
+            shard,
+            applied_seq,
+            published_seq,
+            stream_last_seq,
+            lag_messages,
+        }
+    }
+}
+
+impl From<harmonylite::PausedTable> for PausedTable {
+    fn from(paused: harmonylite::PausedTable) -> PausedTable {
+        let harmonylite::PausedTable {
+            table,
+            waiting_changes,
+            reason,
+            kind,
+        } = paused;
+        PausedTable {
+            table,
+            waiting_changes,
+            reason,
+            kind,
+        }
+    }
+}
+
+impl From<harmonylite::snapshot::SnapshotProgress> for SnapshotProgress {
+    fn from(progress: harmonylite::snapshot::SnapshotProgress) -> SnapshotProgress {
+        let harmonylite::snapshot::SnapshotProgress {
+            phase,
+            bytes_done,
+            bytes_total,
+            restored,
+            saved,
+            saved_at_ms,
+        } = progress;
+        SnapshotProgress {
+            phase,
+            bytes_done,
+            bytes_total,
+            restored,
+            saved,
+            saved_at_ms,
         }
     }
 }
