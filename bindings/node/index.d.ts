@@ -207,6 +207,19 @@ export declare class Replica {
   /** The positions this node has applied, as a token. */
   applied(): string
   /**
+   * The conflict log, oldest first: up to `limit` (default 1000) of the newest entries whose `id` is
+   * above `after` (default 0; pass the last `id` seen to read only newer ones). The log keeps the
+   * newest 10,000 entries.
+   */
+  conflicts(options?: ConflictsOptions | undefined | null): Promise<Conflict[]>
+  /**
+   * Calls `callback` with every conflict this node records from now on (a received change that
+   * lost, values a newer change overwrote, a row moved off a colliding key, a constraint clash), until
+   * `unsubscribe()` or `close()`. Errors are reported as for `onChange`; a subscription does not keep
+   * the process alive.
+   */
+  onConflict(callback: (conflict: Conflict) => void | Promise<void>): Subscription
+  /**
    * Calls `callback` with every change event (local and remote) from now on, until
    * `unsubscribe()` or `close()`. A callback that throws (or returns a rejected promise) is
    * reported as a process warning named `HarmonyLiteCallbackError`; later events still arrive.
@@ -238,10 +251,29 @@ export declare class Replica {
   close(): Promise<void>
 }
 
-/** A callback registered with `replica.onChange(cb)`. Ends on `unsubscribe()` or when the replica closes. */
+/**
+ * A callback registered with `replica.onChange(cb)` or `replica.onConflict(cb)`. Ends on
+ * `unsubscribe()` or when the replica closes.
+ */
 export declare class Subscription {
   /** Stops calling the callback. Idempotent. */
   unsubscribe(): void
+}
+
+/** A loss of stream data on the server, as this node detected it (see {@link Status}). */
+export interface BrokerDataLoss {
+  /** The stream that lost data. */
+  stream: string
+  /** The shard whose consumer detected it (null when the stream keeper did). */
+  shard: number | null
+  /** What was seen, in words. */
+  reason: string
+  /** When (milliseconds since the epoch). */
+  detectedAtMs: number
+  /** This node's position in the shard was reset to the start of the new stream. */
+  positionReset: boolean
+  /** Rows this node published again to repair the loss (null until it has). */
+  republishedRows: number | null
 }
 
 /**
@@ -272,6 +304,59 @@ export interface ChangeStreamResult {
   done: boolean
   /** The event, unless `done`. */
   value?: ChangeEvent
+}
+
+/**
+ * An entry of the conflict log: what a merge did not keep as it came (the loser of a concurrent edit, a
+ * row moved off a colliding key, a change a local constraint refused), with both sides.
+ */
+export interface Conflict {
+  /** Position in this node's log (pass the last one seen as `after`). */
+  id: number
+  /** When it was recorded, milliseconds since the epoch. */
+  atMs: number
+  /** The table the row belongs to. */
+  table: string
+  /** The row's primary-key values, in key order. */
+  pk: Array<null | bigint | number | string | Buffer>
+  /**
+   * What happened: a received change lost (`change_lost`), a received change replaced values its
+   * writer had not seen (`values_overwritten`), a delete won over edits (`deleted_with_edits`), a row
+   * was moved to a fresh auto-assigned key (`key_moved`), a local constraint refused a change
+   * (`constraint`).
+   */
+  kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint'
+  /** The columns involved. */
+  columns: Array<string>
+  /** The side that was kept. */
+  winner: ConflictSide | null
+  /** The side that was not. */
+  loser: ConflictSide | null
+  /** The key the losing row now lives under (`key_moved`). */
+  movedTo: Array<null | bigint | number | string | Buffer> | null
+  /** What happened, in words. */
+  detail: string
+}
+
+/** One side of a {@link Conflict}: who wrote it, when, and the values involved. */
+export interface ConflictSide {
+  /** The node that wrote it. */
+  node: bigint
+  /** Its hybrid-logical-clock stamp. */
+  hlc: bigint
+  /** Column name to value (INTEGER as `bigint`, REAL as `number`, TEXT as `string`, BLOB as `Buffer`). */
+  values: Record<string, null | bigint | number | string | Buffer>
+}
+
+/**
+ * What `conflicts()` reads: entries with an id above `after` (default 0, from the start), at most `limit`
+ * of the newest of them (default 1000).
+ */
+export interface ConflictsOptions {
+  /** Only entries whose `id` is above this (default 0: from the start). */
+  after?: number
+  /** At most this many of the newest entries (default 1000). */
+  limit?: number
 }
 
 /**
@@ -313,8 +398,14 @@ export interface PausedTable {
   table: string
   /** Changes waiting to be applied. */
   waitingChanges: number
-  /** Why they wait. */
+  /** Why the oldest waiting change waits, in words. */
   reason: string
+  /**
+   * What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL /
+   * CHECK constraint (`constraint`), a value this schema cannot hold (`invalid`), a stamp ahead of this
+   * node's clock (`clock`), an earlier change of its row (`queued`).
+   */
+  kind: 'schema' | 'constraint' | 'invalid' | 'clock' | 'queued'
 }
 
 /** One shard (stream) in {@link Status}. */
@@ -325,6 +416,12 @@ export interface ShardStatus {
   appliedSeq: bigint
   /** The highest stream position of a message this node published (since open). */
   publishedSeq: bigint
+  /** The last position in the shard's stream (`null` when NATS cannot be asked right now). */
+  streamLastSeq: bigint | null
+  /** Messages in the stream this node has not applied yet (`null` when unknown). */
+  lagMessages: number | null
+  /** How long this shard has had messages waiting without applying any; null while it keeps up. */
+  stalledMs: number | null
 }
 
 /** What `saveSnapshot()` resolves to: what the snapshot covers and where it is. */
@@ -345,6 +442,22 @@ export interface SnapshotManifest {
   createdMs: number
 }
 
+/** Snapshot save/restore progress (see {@link Status}). */
+export interface SnapshotProgress {
+  /** `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`. */
+  phase: string
+  /** Bytes done in this phase. */
+  bytesDone: number
+  /** Bytes this phase handles. */
+  bytesTotal: number
+  /** The newest snapshot this node restored (manifest object key), if any. */
+  restored: string | null
+  /** The newest snapshot this node saved, if any. */
+  saved: string | null
+  /** When it was saved (milliseconds since the epoch). */
+  savedAtMs: number | null
+}
+
 /** What `status()` resolves to. */
 export interface Status {
   /** This node's id. */
@@ -361,6 +474,10 @@ export interface Status {
   connection: 'connected' | 'disconnected' | 'connecting'
   /** The JetStream streams exist (created or checked since open). */
   streamsReady: boolean
+  /** Streams this node expects that the server does not have (lost, or not created yet). */
+  missingStreams: Array<string>
+  /** How long NATS has been unreachable, while it is. */
+  natsUnreachableMs: number | null
   /** The NATS servers in use. */
   natsUrls: Array<string>
   /** True when this replica runs its own nats-server. */
@@ -371,7 +488,7 @@ export interface Status {
   replicate: boolean
   /** Tables with capture installed. */
   replicatedTables: Array<string>
-  /** Per shard (stream): positions applied here and published from here. */
+  /** Per shard (stream): positions applied here and published from here, and the lag. */
   shards: Array<ShardStatus>
   /** Captured local changes not yet stamped. */
   pendingChanges: number
@@ -387,8 +504,17 @@ export interface Status {
   appliedRows: number
   /** Received changes that lost to a newer version already here. */
   skippedRows: number
-  /** Received changes waiting for a schema change (see `pausedTables`). */
+  /** Received changes waiting (see `pausedTables`). */
   deferredRows: number
+  /** Entries in the conflict log (bounded; see `conflicts()`). */
+  conflicts: number
+  /** Conflicts recorded since open: merge losers, moved keys, constraint resolutions. */
+  conflictsRecorded: number
+  /**
+   * Rows this node moved to a fresh key since open (another node created a different row under the
+   * same auto-assigned key first).
+   */
+  movedKeys: number
   /** Messages that could not be decoded, parked in the dead-letter stream. */
   deadLettered: number
   /** Local changes larger than the server's max payload, never sent. */
@@ -396,13 +522,28 @@ export interface Status {
   /** Tables whose incoming changes wait, and why. */
   pausedTables: Array<PausedTable>
   /** When this node last published (milliseconds since the epoch). */
-  lastPublishMs?: number
+  lastPublishMs: number | null
   /** When this node last applied a batch (milliseconds since the epoch). */
-  lastApplyMs?: number
+  lastApplyMs: number | null
   /** Errors since open. */
   errors: number
   /** The last of them. */
-  lastError?: string
+  lastError: string | null
+  /**
+   * A shard's position is older than the first message its stream still holds: rows changed in the
+   * gap are stale until they change again. Restart the node to restore a snapshot.
+   */
+  behindRetention: boolean
+  /** The server lost messages this node had seen (its JetStream store was wiped or replaced). */
+  brokerDataLossDetected: boolean
+  /** How many such losses were detected since open. */
+  brokerDataLossEvents: number
+  /** The losses detected, newest last. */
+  brokerDataLoss: Array<BrokerDataLoss>
+  /** Errors in the last minute. */
+  errorsLastMinute: number
+  /** Snapshot save/restore progress. */
+  snapshot: SnapshotProgress
   /** Milliseconds since open. */
   uptimeMs: number
 }

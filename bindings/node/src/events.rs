@@ -1,5 +1,5 @@
 //! Change events in JavaScript: the `ChangeEvent` object, `onChange` callbacks (a [`Subscription`]) and
-//! the `changes()` async iterator (a [`ChangeStream`]).
+//! the `changes()` async iterator (a [`ChangeStream`]). `onConflict` callbacks use the same plumbing.
 //!
 //! Callbacks run through an unref'd threadsafe function, so a live subscription never keeps the
 //! process alive; `close()` also ends every subscription of its replica (the core's event channel
@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::{
-    BigInt, Buffer, Either5, Function, JsObjectValue, JsValue, Null, Object, PromiseRaw, Unknown,
+    BigInt, Buffer, Either5, Function, JsObjectValue, JsValue, JsValuesTupleIntoVec, Null, Object,
+    PromiseRaw, Unknown,
 };
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Env, Status};
 use napi_derive::napi;
 use tokio::sync::watch;
 
+use crate::conflicts::Conflict;
 use crate::promise::spawn_promise;
 
 /// A SQLite value: INTEGER as `bigint` (all of 64 bits), REAL as `number`, TEXT as `string`, BLOB as
@@ -57,7 +59,7 @@ impl From<harmonylite::ChangeEvent> for ChangeEvent {
     }
 }
 
-fn sql_value(value: harmonylite::Value) -> SqlValue {
+pub(crate) fn sql_value(value: harmonylite::Value) -> SqlValue {
     match value {
         harmonylite::Value::Null => Either5::A(Null),
         harmonylite::Value::Integer(v) => Either5::B(BigInt::from(v)),
@@ -91,12 +93,16 @@ impl Subscriptions {
         drop(listeners);
     }
 
-    fn add(&self, listener: harmonylite::Listener) -> u64 {
+    /// Keeps `listener` until its subscription is cancelled or the replica closes.
+    fn subscription(self: &Arc<Self>, listener: harmonylite::Listener) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut listeners) = self.listeners.lock() {
             listeners.insert(id, listener);
         }
-        id
+        Subscription {
+            id,
+            subscriptions: self.clone(),
+        }
     }
 
     fn remove(&self, id: u64) {
@@ -111,53 +117,81 @@ pub(crate) fn on_change(
     subscriptions: &Arc<Subscriptions>,
     callback: Function<ChangeEvent, Unknown<'static>>,
 ) -> napi::Result<Subscription> {
+    let listener = listen(callback, ChangeEvent::from, "change-event", |deliver| {
+        replica.on_change(deliver)
+    })?;
+    Ok(subscriptions.subscription(listener))
+}
+
+/// Registers `callback` for every conflict `replica` records.
+pub(crate) fn on_conflict(
+    replica: &harmonylite::Replica,
+    subscriptions: &Arc<Subscriptions>,
+    callback: Function<Conflict, Unknown<'static>>,
+) -> napi::Result<Subscription> {
+    let listener = listen(callback, Conflict::from, "conflict", |deliver| {
+        replica.on_conflict(deliver)
+    })?;
+    Ok(subscriptions.subscription(listener))
+}
+
+/// Wraps `callback` in an unref'd threadsafe function and hands the core `register` a closure that calls
+/// it with each record converted by `convert`; what the callback throws or rejects is reported (`what`
+/// names the kind of callback in the warning).
+fn listen<T, J>(
+    callback: Function<J, Unknown<'static>>,
+    convert: fn(T) -> J,
+    what: &'static str,
+    register: impl FnOnce(Box<dyn Fn(T) + Send + Sync + 'static>) -> harmonylite::Listener,
+) -> napi::Result<harmonylite::Listener>
+where
+    T: Send + 'static,
+    J: JsValuesTupleIntoVec + 'static,
+{
     let function = callback
-        .build_threadsafe_function::<harmonylite::ChangeEvent>()
+        .build_threadsafe_function::<T>()
         .weak::<true>()
-        .build_callback(|context| Ok(ChangeEvent::from(context.value)))?;
-    let listener = replica.on_change(move |event| {
+        .build_callback(move |context| Ok(convert(context.value)))?;
+    Ok(register(Box::new(move |record| {
         function.call_with_return_value(
-            event,
+            record,
             ThreadsafeFunctionCallMode::NonBlocking,
-            |outcome, env| {
+            move |outcome, env| {
                 match outcome {
-                    Err(thrown) => report_callback_error(&env, thrown),
-                    Ok(returned) => catch_rejection(&env, returned),
+                    Err(thrown) => report_callback_error(&env, what, thrown),
+                    Ok(returned) => catch_rejection(&env, what, returned),
                 }
                 // Never an error here: that would end the process.
                 Ok(())
             },
         );
-    });
-    let id = subscriptions.add(listener);
-    Ok(Subscription {
-        id,
-        subscriptions: subscriptions.clone(),
-    })
+    })))
 }
 
 /// An async callback's rejected promise is reported like a thrown exception.
-fn catch_rejection(env: &Env, returned: Unknown) {
+fn catch_rejection(env: &Env, what: &'static str, returned: Unknown) {
     if !returned.is_promise().unwrap_or(false) {
         return;
     }
     let promise = PromiseRaw::<Unknown>::new(env.raw(), returned.raw());
-    let caught = promise.catch(|context: napi::bindgen_prelude::CallbackContext<Unknown>| {
-        report_callback_error(&context.env, napi::Error::from(context.value));
-        Ok(())
-    });
+    let caught = promise.catch(
+        move |context: napi::bindgen_prelude::CallbackContext<Unknown>| {
+            report_callback_error(&context.env, what, napi::Error::from(context.value));
+            Ok(())
+        },
+    );
     if let Err(err) = caught {
-        report_callback_error(env, err);
+        report_callback_error(env, what, err);
     }
 }
 
 /// Reports an exception thrown by a user callback as a process warning (`process.on('warning')`,
 /// printed on stderr by default) named `HarmonyLiteCallbackError`, whose `cause` is what was thrown.
-fn report_callback_error(env: &Env, thrown: napi::Error) {
+fn report_callback_error(env: &Env, what: &str, thrown: napi::Error) {
     let reported = (|| -> napi::Result<()> {
         let thrown = env.create_error(thrown)?;
         let message = format!(
-            "a change-event callback threw (later events are still delivered): {}",
+            "a {what} callback threw (later ones are still delivered): {}",
             crate::error::describe(&thrown)
         );
         let mut warning = env.create_error(napi::Error::new(Status::GenericFailure, message))?;
@@ -170,11 +204,12 @@ fn report_callback_error(env: &Env, thrown: napi::Error) {
         Ok(())
     })();
     if let Err(err) = reported {
-        eprintln!("harmonylite: a change-event callback threw, and reporting it failed: {err}");
+        eprintln!("harmonylite: a {what} callback threw, and reporting it failed: {err}");
     }
 }
 
-/// A callback registered with `replica.onChange(cb)`. Ends on `unsubscribe()` or when the replica closes.
+/// A callback registered with `replica.onChange(cb)` or `replica.onConflict(cb)`. Ends on
+/// `unsubscribe()` or when the replica closes.
 #[napi]
 pub struct Subscription {
     id: u64,

@@ -7,6 +7,7 @@
 //! event loop and napi starts no runtime of its own.
 
 mod config;
+mod conflicts;
 mod error;
 mod events;
 mod promise;
@@ -17,9 +18,10 @@ use napi::bindgen_prelude::{Function, JsObjectValue, Object, Unknown};
 use napi::{Env, ValueType};
 use napi_derive::napi;
 
+pub use conflicts::{Conflict, ConflictSide, ConflictsOptions};
 pub use error::ErrorCode;
 pub use events::{ChangeEvent, ChangeStream, Subscription};
-pub use replica::{open_replicated, PausedTable, Replica, ShardStatus, Status};
+pub use replica::{open_replicated, PausedTable, Replica, ShardStatus, SnapshotProgress, Status};
 
 /// Module load: logging, the SQLite lock shim (before any database opens), and the symbol-keyed
 /// methods napi-rs cannot declare: `ChangeStream.prototype[Symbol.asyncIterator]` and

@@ -10,6 +10,7 @@ use napi::Env;
 use napi_derive::napi;
 
 use crate::config::JsConfig;
+use crate::conflicts::{Conflict, ConflictsOptions};
 use crate::error::{bad_argument, to_js};
 use crate::events::{ChangeEvent, ChangeStream, Subscription, Subscriptions};
 use crate::promise::{rejected, spawn_promise};
@@ -255,6 +256,67 @@ impl Replica {
         self.inner.applied().to_string()
     }
 
+    /// The conflict log, oldest first: up to `limit` (default 1000) of the newest entries whose `id` is
+    /// above `after` (default 0; pass the last `id` seen to read only newer ones). The log keeps the
+    /// newest 10,000 entries.
+    #[napi(ts_return_type = "Promise<Conflict[]>")]
+    pub fn conflicts<'env>(
+        &self,
+        env: &'env Env,
+        options: Option<ConflictsOptions>,
+    ) -> napi::Result<PromiseRaw<'env, Vec<Conflict>>> {
+        let (after, limit) = options.map_or((None, None), |o| (o.after, o.limit));
+        let after = after.unwrap_or(0);
+        let limit = limit.unwrap_or(1000) as usize;
+        let replica = self.inner.clone();
+        spawn_promise(
+            env,
+            async move { replica.conflicts(after, limit).await },
+            |conflicts| conflicts.into_iter().map(Conflict::from).collect(),
+        )
+    }
+
+    /// Calls `callback` with every conflict this node records from now on (a received change that
+    /// lost, values a newer change overwrote, a row moved off a colliding key, a constraint clash), until
+    /// `unsubscribe()` or `close()`. Errors are reported as for `onChange`; a subscription does not keep
+    /// the process alive.
+    #[napi(ts_args_type = "callback: (conflict: Conflict) => void | Promise<void>")]
+    pub fn on_conflict(
+        &self,
+        env: &Env,
+        callback: Function<Conflict, Unknown<'static>>,
+    ) -> napi::Result<Subscription> {
+        if self.subscriptions.is_closed() {
+            return Err(to_js(env, &harmonylite::Error::Closed));
+        }
+        crate::events::on_conflict(&self.inner, &self.subscriptions, callback)
+    }
+
+    /// The core's `status()` as it serializes it (JSON), for the field-drift test. Not public API.
+    #[napi(js_name = "_coreStatusJson", skip_typescript)]
+    pub fn core_status_json<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, String>> {
+        let replica = self.inner.clone();
+        spawn_promise(
+            env,
+            async move { core_json(serde_json::to_string(&replica.status().await?)) },
+            |json| json,
+        )
+    }
+
+    /// The core's conflict log as it serializes it (JSON), for the field-drift test. Not public API.
+    #[napi(js_name = "_coreConflictsJson", skip_typescript)]
+    pub fn core_conflicts_json<'env>(
+        &self,
+        env: &'env Env,
+    ) -> napi::Result<PromiseRaw<'env, String>> {
+        let replica = self.inner.clone();
+        spawn_promise(
+            env,
+            async move { core_json(serde_json::to_string(&replica.conflicts(0, 1000).await?)) },
+            |json| json,
+        )
+    }
+
     /// Calls `callback` with every change event (local and remote) from now on, until
     /// `unsubscribe()` or `close()`. A callback that throws (or returns a rejected promise) is
     /// reported as a process warning named `HarmonyLiteCallbackError`; later events still arrive.
@@ -372,7 +434,7 @@ impl From<harmonylite::snapshot::Manifest> for SnapshotManifest {
 }
 
 /// What `status()` resolves to.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, use_nullable = true)]
 pub struct Status {
     /// This node's id.
     pub node_id: BigInt,
@@ -390,6 +452,10 @@ pub struct Status {
     pub connection: String,
     /// The JetStream streams exist (created or checked since open).
     pub streams_ready: bool,
+    /// Streams this node expects that the server does not have (lost, or not created yet).
+    pub missing_streams: Vec<String>,
+    /// How long NATS has been unreachable, while it is.
+    pub nats_unreachable_ms: Option<i64>,
     /// The NATS servers in use.
     pub nats_urls: Vec<String>,
     /// True when this replica runs its own nats-server.
@@ -400,7 +466,7 @@ pub struct Status {
     pub replicate: bool,
     /// Tables with capture installed.
     pub replicated_tables: Vec<String>,
-    /// Per shard (stream): positions applied here and published from here.
+    /// Per shard (stream): positions applied here and published from here, and the lag.
     pub shards: Vec<ShardStatus>,
     /// Captured local changes not yet stamped.
     pub pending_changes: i64,
@@ -416,8 +482,15 @@ pub struct Status {
     pub applied_rows: i64,
     /// Received changes that lost to a newer version already here.
     pub skipped_rows: i64,
-    /// Received changes waiting for a schema change (see `pausedTables`).
+    /// Received changes waiting (see `pausedTables`).
     pub deferred_rows: i64,
+    /// Entries in the conflict log (bounded; see `conflicts()`).
+    pub conflicts: i64,
+    /// Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+    pub conflicts_recorded: i64,
+    /// Rows this node moved to a fresh key since open (another node created a different row under the
+    /// same auto-assigned key first).
+    pub moved_keys: i64,
     /// Messages that could not be decoded, parked in the dead-letter stream.
     pub dead_lettered: i64,
     /// Local changes larger than the server's max payload, never sent.
@@ -432,12 +505,25 @@ pub struct Status {
     pub errors: i64,
     /// The last of them.
     pub last_error: Option<String>,
+    /// A shard's position is older than the first message its stream still holds: rows changed in the
+    /// gap are stale until they change again. Restart the node to restore a snapshot.
+    pub behind_retention: bool,
+    /// The server lost messages this node had seen (its JetStream store was wiped or replaced).
+    pub broker_data_loss_detected: bool,
+    /// How many such losses were detected since open.
+    pub broker_data_loss_events: i64,
+    /// The losses detected, newest last.
+    pub broker_data_loss: Vec<BrokerDataLoss>,
+    /// Errors in the last minute.
+    pub errors_last_minute: i64,
+    /// Snapshot save/restore progress.
+    pub snapshot: SnapshotProgress,
     /// Milliseconds since open.
     pub uptime_ms: i64,
 }
 
 /// One shard (stream) in {@link Status}.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, use_nullable = true)]
 pub struct ShardStatus {
     /// The shard number.
     pub shard: u32,
@@ -445,82 +531,247 @@ pub struct ShardStatus {
     pub applied_seq: BigInt,
     /// The highest stream position of a message this node published (since open).
     pub published_seq: BigInt,
+    /// The last position in the shard's stream (`null` when NATS cannot be asked right now).
+    pub stream_last_seq: Option<BigInt>,
+    /// Messages in the stream this node has not applied yet (`null` when unknown).
+    pub lag_messages: Option<i64>,
+    /// How long this shard has had messages waiting without applying any; null while it keeps up.
+    pub stalled_ms: Option<i64>,
 }
 
 /// A table whose incoming changes wait (see {@link Status}).
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, use_nullable = true)]
 pub struct PausedTable {
     /// The table.
     pub table: String,
     /// Changes waiting to be applied.
     pub waiting_changes: i64,
-    /// Why they wait.
+    /// Why the oldest waiting change waits, in words.
     pub reason: String,
+    /// What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL /
+    /// CHECK constraint (`constraint`), a value this schema cannot hold (`invalid`), a stamp ahead of this
+    /// node's clock (`clock`), an earlier change of its row (`queued`).
+    #[napi(ts_type = "'schema' | 'constraint' | 'invalid' | 'clock' | 'queued'")]
+    pub kind: String,
+}
+
+/// A loss of stream data on the server, as this node detected it (see {@link Status}).
+#[napi(object, object_from_js = false, use_nullable = true)]
+pub struct BrokerDataLoss {
+    /// The stream that lost data.
+    pub stream: String,
+    /// The shard whose consumer detected it (null when the stream keeper did).
+    pub shard: Option<u32>,
+    /// What was seen, in words.
+    pub reason: String,
+    /// When (milliseconds since the epoch).
+    pub detected_at_ms: i64,
+    /// This node's position in the shard was reset to the start of the new stream.
+    pub position_reset: bool,
+    /// Rows this node published again to repair the loss (null until it has).
+    pub republished_rows: Option<i64>,
+}
+
+impl From<harmonylite::BrokerDataLoss> for BrokerDataLoss {
+    fn from(loss: harmonylite::BrokerDataLoss) -> BrokerDataLoss {
+        // One private field (the replacement stream's identity) stays in the core: no destructuring here.
+        BrokerDataLoss {
+            stream: loss.stream,
+            shard: loss.shard,
+            reason: loss.reason,
+            detected_at_ms: count(loss.detected_at_ms),
+            position_reset: loss.position_reset,
+            republished_rows: loss.republished_rows.map(count),
+        }
+    }
+}
+
+/// Snapshot save/restore progress (see {@link Status}).
+#[napi(object, object_from_js = false, use_nullable = true)]
+pub struct SnapshotProgress {
+    /// `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`.
+    pub phase: String,
+    /// Bytes done in this phase.
+    pub bytes_done: i64,
+    /// Bytes this phase handles.
+    pub bytes_total: i64,
+    /// The newest snapshot this node restored (manifest object key), if any.
+    pub restored: Option<String>,
+    /// The newest snapshot this node saved, if any.
+    pub saved: Option<String>,
+    /// When it was saved (milliseconds since the epoch).
+    pub saved_at_ms: Option<i64>,
 }
 
 fn count(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+// The core's structs are destructured without `..`: a field added to them stops this crate compiling
+// until it is converted here (test/conflicts.test.js also compares keys with the core's serde output).
 impl From<harmonylite::Status> for Status {
     fn from(status: harmonylite::Status) -> Status {
+        let harmonylite::Status {
+            node_id,
+            role,
+            replicator_pid,
+            attached_handles,
+            db_path,
+            connection,
+            streams_ready,
+            missing_streams,
+            nats_unreachable_ms,
+            nats_urls,
+            embedded_server,
+            publish,
+            replicate,
+            replicated_tables,
+            shards,
+            pending_changes,
+            unsent_messages,
+            unsent_rows,
+            published_messages,
+            published_rows,
+            applied_rows,
+            skipped_rows,
+            deferred_rows,
+            conflicts,
+            conflicts_recorded,
+            moved_keys,
+            dead_lettered,
+            rejected_local,
+            paused_tables,
+            last_publish_ms,
+            last_apply_ms,
+            errors,
+            last_error,
+            behind_retention,
+            broker_data_loss_detected,
+            broker_data_loss_events,
+            broker_data_loss,
+            errors_last_minute,
+            snapshot,
+            uptime_ms,
+        } = status;
         Status {
-            node_id: BigInt::from(status.node_id),
-            role: match status.role {
+            node_id: BigInt::from(node_id),
+            role: match role {
                 harmonylite::ReplicaRole::Active => "active",
                 harmonylite::ReplicaRole::Attached => "attached",
             }
             .to_string(),
-            replicator_pid: status.replicator_pid,
-            attached_handles: status.attached_handles,
-            db_path: status.db_path,
-            connection: match status.connection {
+            replicator_pid,
+            attached_handles,
+            db_path,
+            connection: match connection {
                 harmonylite::ConnectionState::Connected => "connected",
                 harmonylite::ConnectionState::Disconnected => "disconnected",
                 harmonylite::ConnectionState::Connecting => "connecting",
             }
             .to_string(),
-            streams_ready: status.streams_ready,
-            nats_urls: status.nats_urls,
-            embedded_server: status.embedded_server,
-            publish: status.publish,
-            replicate: status.replicate,
-            replicated_tables: status.replicated_tables,
-            shards: status
-                .shards
+            streams_ready,
+            missing_streams,
+            nats_unreachable_ms: nats_unreachable_ms.map(count),
+            nats_urls,
+            embedded_server,
+            publish,
+            replicate,
+            replicated_tables,
+            shards: shards.into_iter().map(ShardStatus::from).collect(),
+            pending_changes: count(pending_changes),
+            unsent_messages: count(unsent_messages),
+            unsent_rows: count(unsent_rows),
+            published_messages: count(published_messages),
+            published_rows: count(published_rows),
+            applied_rows: count(applied_rows),
+            skipped_rows: count(skipped_rows),
+            deferred_rows: count(deferred_rows),
+            conflicts: count(conflicts),
+            conflicts_recorded: count(conflicts_recorded),
+            moved_keys: count(moved_keys),
+            dead_lettered: count(dead_lettered),
+            rejected_local: count(rejected_local),
+            paused_tables: paused_tables.into_iter().map(PausedTable::from).collect(),
+            last_publish_ms: last_publish_ms.map(count),
+            last_apply_ms: last_apply_ms.map(count),
+            errors: count(errors),
+            last_error,
+            behind_retention,
+            broker_data_loss_detected,
+            broker_data_loss_events: count(broker_data_loss_events),
+            broker_data_loss: broker_data_loss
                 .into_iter()
-                .map(|shard| ShardStatus {
-                    shard: shard.shard,
-                    applied_seq: BigInt::from(shard.applied_seq),
-                    published_seq: BigInt::from(shard.published_seq),
-                })
+                .map(BrokerDataLoss::from)
                 .collect(),
-            pending_changes: count(status.pending_changes),
-            unsent_messages: count(status.unsent_messages),
-            unsent_rows: count(status.unsent_rows),
-            published_messages: count(status.published_messages),
-            published_rows: count(status.published_rows),
-            applied_rows: count(status.applied_rows),
-            skipped_rows: count(status.skipped_rows),
-            deferred_rows: count(status.deferred_rows),
-            dead_lettered: count(status.dead_lettered),
-            rejected_local: count(status.rejected_local),
-            paused_tables: status
-                .paused_tables
-                .into_iter()
-                .map(|paused| PausedTable {
-                    table: paused.table,
-                    waiting_changes: count(paused.waiting_changes),
-                    reason: paused.reason,
-                })
-                .collect(),
-            last_publish_ms: status.last_publish_ms.map(count),
-            last_apply_ms: status.last_apply_ms.map(count),
-            errors: count(status.errors),
-            last_error: status.last_error,
-            uptime_ms: count(status.uptime_ms),
+            errors_last_minute: count(errors_last_minute),
+            snapshot: SnapshotProgress::from(snapshot),
+            uptime_ms: count(uptime_ms),
         }
     }
+}
+
+impl From<harmonylite::ShardStatus> for ShardStatus {
+    fn from(shard: harmonylite::ShardStatus) -> ShardStatus {
+        let harmonylite::ShardStatus {
+            shard,
+            applied_seq,
+            published_seq,
+            stream_last_seq,
+            lag_messages,
+            stalled_ms,
+        } = shard;
+        ShardStatus {
+            shard,
+            applied_seq: BigInt::from(applied_seq),
+            published_seq: BigInt::from(published_seq),
+            stream_last_seq: stream_last_seq.map(BigInt::from),
+            lag_messages: lag_messages.map(count),
+            stalled_ms: stalled_ms.map(count),
+        }
+    }
+}
+
+impl From<harmonylite::PausedTable> for PausedTable {
+    fn from(paused: harmonylite::PausedTable) -> PausedTable {
+        let harmonylite::PausedTable {
+            table,
+            waiting_changes,
+            reason,
+            kind,
+        } = paused;
+        PausedTable {
+            table,
+            waiting_changes: count(waiting_changes),
+            reason,
+            kind,
+        }
+    }
+}
+
+impl From<harmonylite::snapshot::SnapshotProgress> for SnapshotProgress {
+    fn from(progress: harmonylite::snapshot::SnapshotProgress) -> SnapshotProgress {
+        let harmonylite::snapshot::SnapshotProgress {
+            phase,
+            bytes_done,
+            bytes_total,
+            restored,
+            saved,
+            saved_at_ms,
+        } = progress;
+        SnapshotProgress {
+            phase,
+            bytes_done: count(bytes_done),
+            bytes_total: count(bytes_total),
+            restored,
+            saved,
+            saved_at_ms: saved_at_ms.map(count),
+        }
+    }
+}
+
+/// The core's own serialization (serde) of what it returned, for the field-drift tests.
+fn core_json(json: serde_json::Result<String>) -> harmonylite::Result<String> {
+    json.map_err(|err| harmonylite::Error::Internal(format!("does not serialize: {err}")))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-// The README's quickstart runs as written (on the embedded default, with the pinned nats-server).
+// The README's quickstart and conflicts example run as written (on the embedded default, with the pinned nats-server).
 'use strict'
 
 const assert = require('node:assert/strict')
@@ -8,23 +8,36 @@ const { test } = require('node:test')
 
 const { PACKAGE_DIR, linkPackages, natsServerBinary, runNode, tempDir } = require('./support')
 
-/** The first ```js block after the "## Quickstart" heading. */
-function quickstart() {
+/** The first ```js block after the `heading`. */
+function snippet(heading) {
   const readme = fs.readFileSync(path.join(PACKAGE_DIR, 'README.md'), 'utf8')
-  const section = readme.slice(readme.indexOf('## Quickstart'))
-  const block = section.match(/```js\n([\s\S]*?)```/)
-  assert.ok(block, 'README.md has a ```js block under ## Quickstart')
+  const at = readme.indexOf(heading)
+  assert.ok(at >= 0, `README.md has a ${heading} section`)
+  const block = readme.slice(at).match(/```js\n([\s\S]*?)```/)
+  assert.ok(block, `README.md has a \`\`\`js block under ${heading}`)
   return block[1]
 }
 
-test('the README quickstart runs as written and exits by itself', async (t) => {
+/** Runs `code` as a script of an app that installed harmonylite and better-sqlite3. */
+async function runAsApp(t, code) {
   const dir = tempDir(t)
   linkPackages(dir)
-  fs.writeFileSync(path.join(dir, 'quickstart.js'), quickstart())
+  fs.writeFileSync(path.join(dir, 'snippet.js'), code)
   const binary = natsServerBinary()
   const env = path.isAbsolute(binary) ? { HARMONYLITE_NATS_SERVER: binary } : {}
-  const result = await runNode('quickstart.js', { cwd: dir, env })
+  const result = await runNode('snippet.js', { cwd: dir, env })
   assert.equal(result.code, 0, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`)
+  return { dir, result }
+}
+
+test('the README quickstart runs as written and exits by itself', async (t) => {
+  const { dir, result } = await runAsApp(t, snippet('## Quickstart'))
   assert.match(result.stdout, /published up to 0:\d+ - \d+ row\(s\) so far/)
   assert.ok(fs.existsSync(path.join(dir, 'app.db')))
+})
+
+test('the README conflicts example runs as written and exits by itself', async (t) => {
+  const { result } = await runAsApp(t, snippet('## Conflicts'))
+  assert.match(result.stdout, /^node 1: change_lost doc \[ 1n \] \{ rating: 2n \}$/m)
+  assert.match(result.stdout, /^node 2: (values_overwritten|change_lost) \[ 'rating' \] kept \{ rating: 1n \}$/m)
 })

@@ -1,9 +1,11 @@
-//! Change events: the `ChangeEvent` value, callback listeners (one dispatcher thread each) and async
-//! streams. Both end when cancelled, when the replica closes, or when they are dropped.
+//! Change events: the `ChangeEvent` value, callback listeners (one dispatcher thread each; conflict
+//! callbacks use the same dispatcher) and async streams. Both end when cancelled, when the replica
+//! closes, or when they are dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use harmonylite::events::Feed;
 use harmonylite::{ChangeEvent as CoreEvent, Subscription, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -18,7 +20,7 @@ pub struct ChangeEvent {
     event: CoreEvent,
 }
 
-fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+pub fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match value {
         Value::Null => py.None().into_bound(py),
         Value::Integer(v) => v.into_pyobject(py)?.into_any(),
@@ -113,12 +115,12 @@ fn same_event(a: &CoreEvent, b: &CoreEvent) -> bool {
         && a.pk.iter().zip(&b.pk).all(|(x, y)| x.same_as(y))
 }
 
-/// Waits for the next event; `None` once cancelled, the replica closed, or the replica is gone.
-async fn next_event(
-    subscription: &mut Subscription,
+/// Waits for the next record; `None` once cancelled, the replica closed, or the replica is gone.
+async fn next_event<T: Clone>(
+    subscription: &mut Feed<T>,
     closed: &mut watch::Receiver<bool>,
     cancelled: &mut watch::Receiver<bool>,
-) -> Option<CoreEvent> {
+) -> Option<T> {
     if *closed.borrow() || *cancelled.borrow() {
         return None;
     }
@@ -129,7 +131,7 @@ async fn next_event(
     }
 }
 
-/// A running `on_change` callback (use `harmonylite.Subscription`, which wraps this).
+/// A running `on_change` / `on_conflict` callback (use `harmonylite.Subscription`, which wraps this).
 #[pyclass(frozen, module = "harmonylite._native")]
 pub struct Listener {
     cancel: watch::Sender<bool>,
@@ -139,9 +141,22 @@ pub struct Listener {
 impl Listener {
     /// Starts a dispatcher thread that calls `callback(event)` with the GIL, one event at a time, in order.
     pub fn start(
-        mut subscription: Subscription,
+        subscription: Subscription,
+        closed: watch::Receiver<bool>,
+        callback: Py<PyAny>,
+    ) -> PyResult<Listener> {
+        Listener::start_feed(subscription, closed, callback, |py, event| {
+            Py::new(py, ChangeEvent { event }).map(Py::into_any)
+        })
+    }
+
+    /// Starts a dispatcher thread that calls `callback(to_py(record))` with the GIL, one record at a
+    /// time, in order.
+    pub fn start_feed<T: Clone + Send + 'static>(
+        mut subscription: Feed<T>,
         mut closed: watch::Receiver<bool>,
         callback: Py<PyAny>,
+        to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
     ) -> PyResult<Listener> {
         let (cancel, mut cancelled) = watch::channel(false);
         let running = Arc::new(AtomicBool::new(true));
@@ -160,8 +175,7 @@ impl Listener {
                         break;
                     };
                     let attached = Python::try_attach(|py| {
-                        let outcome = Py::new(py, ChangeEvent { event })
-                            .and_then(|event| target.call1(py, (event,)));
+                        let outcome = to_py(py, event).and_then(|event| target.call1(py, (event,)));
                         // The package's wrapper logs exceptions itself; this is the last resort.
                         if let Err(err) = outcome {
                             err.write_unraisable(py, Some(target.bind(py)));

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 mod config;
+mod conflicts;
 mod errors;
 mod events;
 mod fork;

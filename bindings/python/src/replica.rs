@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::conflicts::{conflict_object, conflict_to_py, conflicts_json, Conflicts};
 use crate::errors::{bad_argument, to_py_err, Answer};
 use crate::events::{EventStream, Listener};
 use crate::fork;
@@ -288,6 +289,55 @@ impl Replica {
     fn on_change(&self, callback: Py<PyAny>) -> PyResult<Listener> {
         let core = self.open_core()?;
         Listener::start(core.subscribe(), self.closed.subscribe(), callback)
+    }
+
+    /// Calls `callback(conflict)` (a dict) for every conflict recorded from now on, on a dispatcher
+    /// thread, until cancelled.
+    fn on_conflict(&self, callback: Py<PyAny>) -> PyResult<Listener> {
+        let core = self.open_core()?;
+        Listener::start_feed(
+            core.subscribe_conflicts(),
+            self.closed.subscribe(),
+            callback,
+            conflict_object,
+        )
+    }
+
+    /// The conflict log: up to `limit` of the newest entries with an id above `after`, oldest first
+    /// (blocking).
+    fn conflicts<'py>(
+        &self,
+        py: Python<'py>,
+        after: i64,
+        limit: usize,
+    ) -> PyResult<Vec<Bound<'py, pyo3::types::PyDict>>> {
+        let core = self.core()?;
+        let conflicts = blocking(py, async move { core.conflicts(after, limit).await })?;
+        conflicts
+            .iter()
+            .map(|conflict| conflict_to_py(py, conflict))
+            .collect()
+    }
+
+    /// Awaitable `conflicts`.
+    fn conflicts_async<'py>(
+        &self,
+        py: Python<'py>,
+        after: i64,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        awaitable(py, async move {
+            Answer(core.conflicts(after, limit).await.map(Conflicts))
+        })
+    }
+
+    /// The conflict log as the core serializes it (JSON), for the field-drift test. Not public API.
+    fn conflicts_json(&self, py: Python<'_>, after: i64, limit: usize) -> PyResult<String> {
+        let core = self.core()?;
+        blocking(py, async move {
+            conflicts_json(&core.conflicts(after, limit).await?)
+        })
     }
 
     /// Change events from now on, as an async stream.

@@ -32,6 +32,16 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_readme_conflicts_example_runs(tmp_path: Path) -> None:
+    block = _python_blocks("### Conflicts")[0]
+    result = run_python(block, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^node 1: change_lost doc \(1,\) \{'rating': 2\}$", result.stdout, re.M), result.stdout
+    assert re.search(
+        r"^node 2: (values_overwritten|change_lost) \['rating'\] kept \{'rating': 1\}$", result.stdout, re.M
+    ), result.stdout
+
+
 def test_readme_error_example_runs(tmp_path: Path) -> None:
     block = _python_blocks("## Errors")[0]
     result = run_python("import harmonylite\n" + block, cwd=tmp_path)

@@ -1,10 +1,14 @@
 //! Change events and their delivery to Swift: a callback interface that the Swift layer implements by
 //! yielding into an `AsyncStream` (user closures then run on Swift's executors, never on the core runtime).
+//! Conflicts (`conflicts.rs`) are delivered the same way.
 
 use std::sync::Mutex;
 
+use harmonylite::events::Feed;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::conflicts::NativeConflictListener;
 
 /// One SQLite value; every storage class round-trips exactly.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
@@ -90,22 +94,54 @@ impl NativeListener {
     /// Delivers every event of `subscription` until it ends, the replica closes (`closed` turns true or its
     /// sender goes away), or the listener is cancelled.
     pub(crate) fn start(
-        mut subscription: harmonylite::Subscription,
-        mut closed: watch::Receiver<bool>,
+        subscription: harmonylite::Subscription,
+        closed: watch::Receiver<bool>,
         listener: Box<dyn NativeChangeListener>,
+    ) -> NativeListener {
+        let listener = std::sync::Arc::new(listener);
+        let ends = listener.clone();
+        NativeListener::start_feed(
+            subscription,
+            closed,
+            move |event| listener.on_change(event.into()),
+            move || ends.on_end(),
+        )
+    }
+
+    /// Delivers every conflict of `subscription` as `start` delivers events.
+    pub(crate) fn start_conflicts(
+        subscription: harmonylite::ConflictSubscription,
+        closed: watch::Receiver<bool>,
+        listener: Box<dyn NativeConflictListener>,
+    ) -> NativeListener {
+        let listener = std::sync::Arc::new(listener);
+        let ends = listener.clone();
+        NativeListener::start_feed(
+            subscription,
+            closed,
+            move |conflict| listener.on_conflict(conflict.into()),
+            move || ends.on_end(),
+        )
+    }
+
+    fn start_feed<T: Clone + Send + 'static>(
+        mut subscription: Feed<T>,
+        mut closed: watch::Receiver<bool>,
+        deliver: impl Fn(T) + Send + 'static,
+        end: impl FnOnce() + Send + 'static,
     ) -> NativeListener {
         let task = harmonylite::runtime().spawn(async move {
             loop {
                 tokio::select! {
                     biased;
-                    event = subscription.recv() => match event {
-                        Some(event) => listener.on_change(event.into()),
+                    record = subscription.recv() => match record {
+                        Some(record) => deliver(record),
                         None => break,
                     },
                     _ = closed.wait_for(|closed| *closed) => break,
                 }
             }
-            listener.on_end();
+            end();
         });
         NativeListener {
             task: Mutex::new(Some(task)),

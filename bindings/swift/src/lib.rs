@@ -13,6 +13,7 @@
 uniffi::setup_scaffolding!("harmonylite");
 
 mod config;
+mod conflicts;
 mod errors;
 mod events;
 mod logging;
@@ -21,6 +22,9 @@ mod sqlite_link;
 mod status;
 
 pub use config::{config_from_json, config_from_toml, config_from_toml_file};
+pub use conflicts::{
+    conflict_kind_name, Conflict, ConflictKind, ConflictSide, NativeConflictListener,
+};
 pub use errors::{error_codes, error_sample, NativeError};
 pub use events::{ChangeEvent, ChangeOp, NativeChangeListener, NativeListener, Value};
 pub use logging::enable_logging;

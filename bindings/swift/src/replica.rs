@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::conflicts::{Conflict, NativeConflictListener};
 use crate::errors::NativeError;
 use crate::events::{NativeChangeListener, NativeListener};
 use crate::status::{SnapshotManifest, Status, Token};
@@ -58,6 +59,10 @@ pub struct NativeReplica {
     /// while the replica object exists).
     closed: watch::Sender<bool>,
     live: Option<LiveGuard>,
+}
+
+fn core_json(json: serde_json::Result<String>) -> Result<String, NativeError> {
+    json.map_err(|err| harmonylite::Error::Internal(format!("does not serialize: {err}")).into())
 }
 
 fn millis(ms: u64) -> Duration {
@@ -117,6 +122,42 @@ impl NativeReplica {
             self.closed.subscribe(),
             listener,
         ))
+    }
+
+    /// The conflict log, oldest first: up to `limit` of the newest entries with an id above `after`.
+    pub async fn conflicts(&self, after: i64, limit: u64) -> Result<Vec<Conflict>, NativeError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(self
+            .replica
+            .conflicts(after, limit)
+            .await?
+            .into_iter()
+            .map(Conflict::from)
+            .collect())
+    }
+
+    /// Delivers conflicts (recorded from now on) to `listener` until cancelled, closed or released.
+    pub fn subscribe_conflicts(
+        &self,
+        listener: Box<dyn NativeConflictListener>,
+    ) -> Arc<NativeListener> {
+        Arc::new(NativeListener::start_conflicts(
+            self.replica.subscribe_conflicts(),
+            self.closed.subscribe(),
+            listener,
+        ))
+    }
+
+    /// The core's `status()` as it serializes it (JSON), for the field-drift test. Not public API.
+    pub async fn core_status_json(&self) -> Result<String, NativeError> {
+        let status = self.replica.status().await?;
+        core_json(serde_json::to_string(&status))
+    }
+
+    /// The core's conflict log as it serializes it (JSON), for the field-drift test. Not public API.
+    pub async fn core_conflicts_json(&self) -> Result<String, NativeError> {
+        let conflicts = self.replica.conflicts(0, 1000).await?;
+        core_json(serde_json::to_string(&conflicts))
     }
 
     /// Stops replication (idempotent); listeners end once it finished.

@@ -54,6 +54,41 @@ pub enum ConnectionState {
     Connecting,
 }
 
+/// Whether this handle runs the database's replicator or forwards to the process that does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ReplicaRole {
+    Active,
+    Attached,
+}
+
+/// A loss of stream data on the server, as this node detected it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct BrokerDataLoss {
+    pub stream: String,
+    /// The shard whose consumer detected it (nil when the stream keeper did).
+    pub shard: Option<u32>,
+    pub reason: String,
+    pub detected_at_ms: u64,
+    /// This node's position in the shard was reset to the start of the new stream.
+    pub position_reset: bool,
+    /// Rows this node published again to repair the loss (nil until it has).
+    pub republished_rows: Option<u64>,
+}
+
+impl From<harmonylite::BrokerDataLoss> for BrokerDataLoss {
+    fn from(loss: harmonylite::BrokerDataLoss) -> BrokerDataLoss {
+        // One private field (the replacement stream's identity) stays in the core: no destructuring here.
+        BrokerDataLoss {
+            stream: loss.stream,
+            shard: loss.shard,
+            reason: loss.reason,
+            detected_at_ms: loss.detected_at_ms,
+            position_reset: loss.position_reset,
+            republished_rows: loss.republished_rows,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ShardStatus {
     pub shard: u32,
@@ -65,13 +100,20 @@ pub struct ShardStatus {
     pub stream_last_seq: Option<u64>,
     /// Messages in the stream this node has not applied yet.
     pub lag_messages: Option<u64>,
+    /// How long this shard has had messages waiting without applying any; nil while it keeps up.
+    pub stalled_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct PausedTable {
     pub table: String,
     pub waiting_changes: u64,
+    /// Why the oldest waiting change waits, in words.
     pub reason: String,
+    /// What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
+    /// NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
+    /// hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -91,10 +133,20 @@ pub struct SnapshotProgress {
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Status {
     pub node_id: u64,
+    /// `active`: this process runs the replicator; `attached`: it forwards to the process that does.
+    pub role: ReplicaRole,
+    /// The process that runs this database's replicator (this one when `role` is `active`).
+    pub replicator_pid: u32,
+    /// Handles (other processes, or other opens) attached to that replicator.
+    pub attached_handles: u32,
     pub db_path: String,
     pub connection: ConnectionState,
     /// The JetStream streams exist (created or checked since open).
     pub streams_ready: bool,
+    /// Streams this node expects that the server does not have (lost, or not created yet).
+    pub missing_streams: Vec<String>,
+    /// How long NATS has been unreachable, while it is.
+    pub nats_unreachable_ms: Option<u64>,
     pub nats_urls: Vec<String>,
     pub embedded_server: bool,
     pub publish: bool,
@@ -112,6 +164,13 @@ pub struct Status {
     /// Received changes that lost to a newer version already here.
     pub skipped_rows: u64,
     pub deferred_rows: u64,
+    /// Entries in the conflict log (bounded; see `Replica.conflicts`).
+    pub conflicts: u64,
+    /// Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+    pub conflicts_recorded: u64,
+    /// Rows this node moved to a fresh key since open, because another node created a different row under
+    /// the same auto-assigned key first.
+    pub moved_keys: u64,
     pub dead_lettered: u64,
     /// Local changes that could not be published (larger than the server's max payload).
     pub rejected_local: u64,
@@ -123,70 +182,171 @@ pub struct Status {
     /// A shard's position is older than the first message its stream still holds (restart to restore a
     /// snapshot).
     pub behind_retention: bool,
+    /// The server lost messages this node had seen (its JetStream store was wiped or replaced).
+    pub broker_data_loss_detected: bool,
+    pub broker_data_loss_events: u64,
+    pub broker_data_loss: Vec<BrokerDataLoss>,
+    pub errors_last_minute: u64,
     pub snapshot: SnapshotProgress,
     pub uptime_ms: u64,
 }
 
+// The core's structs are destructured without `..`: a field added to them stops this crate compiling
+// until it is converted here (`StatusFieldTests` also compares the records with the core's serde output).
 impl From<harmonylite::Status> for Status {
     fn from(s: harmonylite::Status) -> Status {
+        let harmonylite::Status {
+            node_id,
+            role,
+            replicator_pid,
+            attached_handles,
+            db_path,
+            connection,
+            streams_ready,
+            missing_streams,
+            nats_unreachable_ms,
+            nats_urls,
+            embedded_server,
+            publish,
+            replicate,
+            replicated_tables,
+            shards,
+            pending_changes,
+            unsent_messages,
+            unsent_rows,
+            published_messages,
+            published_rows,
+            applied_rows,
+            skipped_rows,
+            deferred_rows,
+            conflicts,
+            conflicts_recorded,
+            moved_keys,
+            dead_lettered,
+            rejected_local,
+            paused_tables,
+            last_publish_ms,
+            last_apply_ms,
+            errors,
+            last_error,
+            behind_retention,
+            broker_data_loss_detected,
+            broker_data_loss_events,
+            broker_data_loss,
+            errors_last_minute,
+            snapshot,
+            uptime_ms,
+        } = s;
         Status {
-            node_id: s.node_id,
-            db_path: s.db_path,
-            connection: match s.connection {
+            node_id,
+            role: match role {
+                harmonylite::ReplicaRole::Active => ReplicaRole::Active,
+                harmonylite::ReplicaRole::Attached => ReplicaRole::Attached,
+            },
+            replicator_pid,
+            attached_handles,
+            db_path,
+            connection: match connection {
                 harmonylite::ConnectionState::Connected => ConnectionState::Connected,
                 harmonylite::ConnectionState::Disconnected => ConnectionState::Disconnected,
                 harmonylite::ConnectionState::Connecting => ConnectionState::Connecting,
             },
-            streams_ready: s.streams_ready,
-            nats_urls: s.nats_urls,
-            embedded_server: s.embedded_server,
-            publish: s.publish,
-            replicate: s.replicate,
-            replicated_tables: s.replicated_tables,
-            shards: s
-                .shards
+            streams_ready,
+            missing_streams,
+            nats_unreachable_ms,
+            nats_urls,
+            embedded_server,
+            publish,
+            replicate,
+            replicated_tables,
+            shards: shards.into_iter().map(ShardStatus::from).collect(),
+            pending_changes,
+            unsent_messages,
+            unsent_rows,
+            published_messages,
+            published_rows,
+            applied_rows,
+            skipped_rows,
+            deferred_rows,
+            conflicts,
+            conflicts_recorded,
+            moved_keys,
+            dead_lettered,
+            rejected_local,
+            paused_tables: paused_tables.into_iter().map(PausedTable::from).collect(),
+            last_publish_ms,
+            last_apply_ms,
+            errors,
+            last_error,
+            behind_retention,
+            broker_data_loss_detected,
+            broker_data_loss_events,
+            broker_data_loss: broker_data_loss
                 .into_iter()
-                .map(|shard| ShardStatus {
-                    shard: shard.shard,
-                    applied_seq: shard.applied_seq,
-                    published_seq: shard.published_seq,
-                    stream_last_seq: shard.stream_last_seq,
-                    lag_messages: shard.lag_messages,
-                })
+                .map(BrokerDataLoss::from)
                 .collect(),
-            pending_changes: s.pending_changes,
-            unsent_messages: s.unsent_messages,
-            unsent_rows: s.unsent_rows,
-            published_messages: s.published_messages,
-            published_rows: s.published_rows,
-            applied_rows: s.applied_rows,
-            skipped_rows: s.skipped_rows,
-            deferred_rows: s.deferred_rows,
-            dead_lettered: s.dead_lettered,
-            rejected_local: s.rejected_local,
-            paused_tables: s
-                .paused_tables
-                .into_iter()
-                .map(|paused| PausedTable {
-                    table: paused.table,
-                    waiting_changes: paused.waiting_changes,
-                    reason: paused.reason,
-                })
-                .collect(),
-            last_publish_ms: s.last_publish_ms,
-            last_apply_ms: s.last_apply_ms,
-            errors: s.errors,
-            last_error: s.last_error,
-            behind_retention: s.behind_retention,
-            snapshot: SnapshotProgress {
-                phase: s.snapshot.phase,
-                bytes_done: s.snapshot.bytes_done,
-                bytes_total: s.snapshot.bytes_total,
-                restored: s.snapshot.restored,
-                saved: s.snapshot.saved,
-                saved_at_ms: s.snapshot.saved_at_ms,
-            },
-            uptime_ms: s.uptime_ms,
+            errors_last_minute,
+            snapshot: snapshot.into(),
+            uptime_ms,
+        }
+    }
+}
+
+impl From<harmonylite::ShardStatus> for ShardStatus {
+    fn from(shard: harmonylite::ShardStatus) -> ShardStatus {
+        let harmonylite::ShardStatus {
+            shard,
+            applied_seq,
+            published_seq,
+            stream_last_seq,
+            lag_messages,
+            stalled_ms,
+        } = shard;
+        ShardStatus {
+            shard,
+            applied_seq,
+            published_seq,
+            stream_last_seq,
+            lag_messages,
+            stalled_ms,
+        }
+    }
+}
+
+impl From<harmonylite::PausedTable> for PausedTable {
+    fn from(paused: harmonylite::PausedTable) -> PausedTable {
+        let harmonylite::PausedTable {
+            table,
+            waiting_changes,
+            reason,
+            kind,
+        } = paused;
+        PausedTable {
+            table,
+            waiting_changes,
+            reason,
+            kind,
+        }
+    }
+}
+
+impl From<harmonylite::snapshot::SnapshotProgress> for SnapshotProgress {
+    fn from(progress: harmonylite::snapshot::SnapshotProgress) -> SnapshotProgress {
+        let harmonylite::snapshot::SnapshotProgress {
+            phase,
+            bytes_done,
+            bytes_total,
+            restored,
+            saved,
+            saved_at_ms,
+        } = progress;
+        SnapshotProgress {
+            phase,
+            bytes_done,
+            bytes_total,
+            restored,
+            saved,
+            saved_at_ms,
         }
     }
 }

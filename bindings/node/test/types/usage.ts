@@ -4,6 +4,8 @@ import {
   openReplicated,
   type ChangeEvent,
   type Config,
+  type Conflict,
+  type ConflictSide,
   type ErrorCode,
   type HarmonyLiteError,
   type Replica,
@@ -25,6 +27,32 @@ async function app(): Promise<void> {
   const status: Status = await replica.status()
   const applied: bigint = status.shards[0].appliedSeq
   const connected: boolean = status.connection === 'connected'
+  const lag: number | null = status.shards[0].lagMessages
+  const last: bigint | null = status.shards[0].streamLastSeq
+  const conflictCount: number = status.conflicts + status.conflictsRecorded + status.movedKeys
+  const stale: boolean = status.behindRetention
+  const phase: string = status.snapshot.phase
+  const waitsFor: 'schema' | 'constraint' | 'invalid' | 'clock' | 'queued' = status.pausedTables[0].kind
+  const lastError: string | null = status.lastError
+
+  const conflicts: Conflict[] = await replica.conflicts({ after: 0, limit: 100 })
+  await replica.conflicts()
+  await replica.conflicts({ after: conflicts[0].id })
+  const first: Conflict = conflicts[0]
+  const kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint' = first.kind
+  const loser: ConflictSide | null = first.loser
+  const lostValue: null | bigint | number | string | Buffer | undefined = loser?.values['rating']
+  const lostBy: bigint | undefined = loser?.node
+  const movedTo: Array<null | bigint | number | string | Buffer> | null = first.movedTo
+  const columns: string[] = first.columns
+  const conflictSubscription = replica.onConflict((conflict: Conflict) => {
+    void [conflict.table, conflict.pk, conflict.winner?.hlc, conflict.detail, conflict.atMs]
+  })
+  replica.onConflict(async () => {})
+  conflictSubscription.unsubscribe()
+  // @ts-expect-error: not a conflict kind
+  if (first.kind === 'lost') console.log('never')
+  void [lag, last, conflictCount, stale, phase, waitsFor, lastError, kind, lostValue, lostBy, movedTo, columns]
 
   const subscription = replica.onChange((event: ChangeEvent) => {
     const key: null | bigint | number | string | Buffer = event.pk[0]

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Mapping
 from importlib import metadata
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Literal, Optional, Type, TypedDict, Union, cast
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type, TypedDict, TypeVar, Union, cast
 
 from . import _native
 from ._config import Config, ConfigLike
@@ -25,10 +25,14 @@ from .errors import ConfigError, HarmonyLiteError, SqliteError
 __all__ = [
     "ChangeEvent",
     "ChangeStream",
+    "Conflict",
+    "ConflictSide",
     "DEFAULT_TIMEOUT",
     "PausedTable",
     "Replica",
     "ShardStatus",
+    "SnapshotProgress",
+    "SqlValue",
     "Status",
     "Subscription",
     "Token",
@@ -46,6 +50,10 @@ DbLike = Union[str, "os.PathLike[str]", sqlite3.Connection]
 logger = logging.getLogger("harmonylite")
 
 
+SqlValue = Union[None, int, float, str, bytes]
+"""A SQLite value as Python holds it (NULL, INTEGER, REAL, TEXT, BLOB)."""
+
+
 class ShardStatus(TypedDict):
     """One shard (JetStream stream) as seen by this node."""
 
@@ -54,6 +62,12 @@ class ShardStatus(TypedDict):
     """Stream position applied on this node."""
     published_seq: int
     """Highest stream position of a message this node published (this run)."""
+    stream_last_seq: Optional[int]
+    """Last position in the shard's stream (``None`` when NATS cannot be asked right now)."""
+    lag_messages: Optional[int]
+    """Messages in the stream this node has not applied yet."""
+    stalled_ms: Optional[int]
+    """How long this shard has had messages waiting without applying any; ``None`` while it keeps up."""
 
 
 class PausedTable(TypedDict):
@@ -62,6 +76,38 @@ class PausedTable(TypedDict):
     table: str
     waiting_changes: int
     reason: str
+    """Why the oldest waiting change waits, in words."""
+    kind: Literal["schema", "constraint", "invalid", "clock", "queued"]
+    """What it waits for: a table or column this node lacks, a local UNIQUE / NOT NULL / CHECK constraint,
+    a value this schema cannot hold, a stamp ahead of this node's clock, or an earlier change of its row."""
+
+
+class SnapshotProgress(TypedDict):
+    """Snapshot save/restore progress, in :class:`Status`."""
+
+    phase: str
+    """``idle``, ``creating``, ``uploading``, ``downloading``, ``verifying`` or ``installing``."""
+    bytes_done: int
+    bytes_total: int
+    restored: Optional[str]
+    """The newest snapshot this node restored (manifest object key), if any."""
+    saved: Optional[str]
+    """The newest snapshot this node saved, if any."""
+    saved_at_ms: Optional[int]
+
+
+class BrokerDataLoss(TypedDict):
+    """A loss of stream data on the server, as this node detected it, in :class:`Status`."""
+
+    stream: str
+    shard: Optional[int]
+    """The shard whose consumer detected it (``None`` when the stream keeper did)."""
+    reason: str
+    detected_at_ms: int
+    position_reset: bool
+    """This node's position in the shard was reset to the start of the new stream."""
+    republished_rows: Optional[int]
+    """Rows this node published again to repair the loss (``None`` until it has)."""
 
 
 class Status(TypedDict):
@@ -77,6 +123,10 @@ class Status(TypedDict):
     db_path: str
     connection: Literal["connected", "disconnected", "connecting"]
     streams_ready: bool
+    missing_streams: List[str]
+    """Streams this node expects that the server does not have (lost, or not created yet)."""
+    nats_unreachable_ms: Optional[int]
+    """How long NATS has been unreachable, while it is."""
     nats_urls: List[str]
     embedded_server: bool
     publish: bool
@@ -91,6 +141,13 @@ class Status(TypedDict):
     applied_rows: int
     skipped_rows: int
     deferred_rows: int
+    conflicts: int
+    """Entries in the conflict log (bounded; see :meth:`Replica.conflicts`)."""
+    conflicts_recorded: int
+    """Conflicts recorded since open: merge losers, moved keys, constraint resolutions."""
+    moved_keys: int
+    """Rows this node moved to a fresh key since open (another node created a different row under the same
+    auto-assigned key first)."""
     dead_lettered: int
     rejected_local: int
     paused_tables: List[PausedTable]
@@ -98,7 +155,47 @@ class Status(TypedDict):
     last_apply_ms: Optional[int]
     errors: int
     last_error: Optional[str]
+    behind_retention: bool
+    """A shard's position is older than the first message its stream still holds: restart to restore a
+    snapshot."""
+    broker_data_loss_detected: bool
+    """The server lost messages this node had seen (its JetStream store was wiped or replaced)."""
+    broker_data_loss_events: int
+    broker_data_loss: List[BrokerDataLoss]
+    errors_last_minute: int
+    snapshot: SnapshotProgress
     uptime_ms: int
+
+
+class ConflictSide(TypedDict):
+    """One side of a :class:`Conflict`: who wrote it, when, and the values involved."""
+
+    node: int
+    hlc: int
+    values: Dict[str, SqlValue]
+    """Column name to value."""
+
+
+class Conflict(TypedDict):
+    """An entry of the conflict log: what a merge did not keep as it came (``Replica.conflicts()``,
+    ``Replica.on_conflict(cb)``)."""
+
+    id: int
+    """Position in this node's log (pass the last one seen as ``after``)."""
+    at_ms: int
+    """When it was recorded, milliseconds since the epoch."""
+    table: str
+    pk: Tuple[SqlValue, ...]
+    """The row's primary-key values, in key order."""
+    kind: Literal["change_lost", "values_overwritten", "deleted_with_edits", "key_moved", "constraint"]
+    columns: List[str]
+    """The columns involved."""
+    winner: Optional[ConflictSide]
+    loser: Optional[ConflictSide]
+    moved_to: Optional[Tuple[SqlValue, ...]]
+    """The key the losing row now lives under (``key_moved``)."""
+    detail: str
+    """What happened, in words."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,18 +313,30 @@ def _sync_log_level() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _safe(callback: Callable[[ChangeEvent], Any]) -> Callable[[ChangeEvent], None]:
-    def deliver(event: ChangeEvent) -> None:
+_Record = TypeVar("_Record")
+
+
+def _safe(
+    callback: Callable[[_Record], Any], method: str = "on_change", records: str = "events"
+) -> Callable[[_Record], None]:
+    def deliver(record: _Record) -> None:
         try:
-            callback(event)
+            callback(record)
         except Exception:
-            logger.exception("on_change callback %r raised; later events are still delivered", callback)
+            logger.exception("%s callback %r raised; later %s are still delivered", method, callback, records)
 
     return deliver
 
 
+def _callback(callback: Callable[..., Any], method: str, instead: str) -> None:
+    if not callable(callback):
+        raise TypeError("callback must be callable")
+    if inspect.iscoroutinefunction(callback):
+        raise TypeError(f"{method} takes a plain function; {instead}")
+
+
 class Subscription:
-    """A running ``on_change`` callback. It stops on :meth:`cancel`, at the end of a ``with`` block, when
+    """A running ``on_change`` or ``on_conflict`` callback. It stops on :meth:`cancel`, at the end of a ``with`` block, when
     the replica closes, or when this object is garbage-collected (so keep a reference while you need it)."""
 
     __slots__ = ("_listener", "__weakref__")
@@ -357,11 +466,18 @@ class _ReplicaBase:
         this replica's methods. An exception raised by the callback is logged on the ``harmonylite`` logger
         and later events are still delivered.
         """
-        if not callable(callback):
-            raise TypeError("callback must be callable")
-        if inspect.iscoroutinefunction(callback):
-            raise TypeError("on_change takes a plain function; iterate `async for event in replica.changes()` instead")
+        _callback(callback, "on_change", "iterate `async for event in replica.changes()` instead")
         return Subscription(self._native.on_change(_safe(callback)))
+
+    def on_conflict(self, callback: Callable[[Conflict], Any]) -> Subscription:
+        """Calls ``callback(conflict)`` for every conflict this node records from now on (a received
+        change that lost, values a newer change overwrote, a row moved off a colliding key, a constraint
+        clash), until the returned :class:`Subscription` is cancelled, leaves its ``with`` block or is
+        garbage-collected, or the replica closes. Runs like :meth:`on_change` callbacks; read the log
+        itself with ``conflicts()``.
+        """
+        _callback(callback, "on_conflict", "poll `await replica.conflicts(after=last_id)` instead")
+        return Subscription(self._native.on_conflict(_safe(callback, "on_conflict", "conflicts")))
 
     def changes(self) -> ChangeStream:
         """The row changes from now on, local and remote, as an async iterator::
@@ -402,6 +518,11 @@ class Replica(_ReplicaBase):
         """Connection state, stream positions, pending and unsent changes, paused tables, counters."""
         result: Status = json.loads(self._native.status_json())
         return result
+
+    def conflicts(self, after: int = 0, limit: int = 1000) -> List[Conflict]:
+        """The conflict log, oldest first: up to ``limit`` of the newest entries whose ``id`` is above
+        ``after`` (pass the last ``id`` seen to read only newer ones). The log keeps the newest 10,000."""
+        return cast(List[Conflict], self._native.conflicts(after, limit))
 
     def save_snapshot(self) -> Optional[Dict[str, Any]]:
         """Publishes what was committed, then saves a snapshot of the database to the snapshot store.

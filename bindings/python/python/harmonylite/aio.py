@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
-from typing import Any, Dict, Optional, Type, Union, cast
+from typing import Any, Dict, List, Optional, Type, Union, cast
 
 from . import _native
 from ._config import ConfigLike
 from ._replica import (
     ChangeEvent,
     ChangeStream,
+    Conflict,
     DbLike,
     Status,
     Subscription,
@@ -34,14 +35,14 @@ from ._replica import (
     _token,
 )
 
-__all__ = ["ChangeEvent", "ChangeStream", "Replica", "Subscription", "Token", "open_replicated"]
+__all__ = ["ChangeEvent", "ChangeStream", "Conflict", "Replica", "Subscription", "Token", "open_replicated"]
 
 
 class Replica(_ReplicaBase):
     """A replicated database, with coroutine methods; ``async with`` closes it on exit.
 
-    ``on_change`` callbacks run on their own thread, not on the event loop: to touch loop objects from one,
-    use ``loop.call_soon_threadsafe``, or iterate :meth:`changes` instead.
+    ``on_change`` and ``on_conflict`` callbacks run on their own thread, not on the event loop: to touch loop
+    objects from one, use ``loop.call_soon_threadsafe``, or iterate :meth:`changes` instead.
     """
 
     __slots__ = ()
@@ -50,6 +51,11 @@ class Replica(_ReplicaBase):
         """Connection state, stream positions, pending and unsent changes, paused tables, counters."""
         result: Status = json.loads(await self._native.status_json_async())
         return result
+
+    async def conflicts(self, after: int = 0, limit: int = 1000) -> List[Conflict]:
+        """The conflict log, oldest first: up to ``limit`` of the newest entries whose ``id`` is above
+        ``after``."""
+        return cast(List[Conflict], await self._native.conflicts_async(after, limit))
 
     async def save_snapshot(self) -> Optional[Dict[str, Any]]:
         """Publishes what was committed, then saves a snapshot; the manifest, or ``None`` when another node

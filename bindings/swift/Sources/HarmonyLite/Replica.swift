@@ -82,18 +82,58 @@ public final class Replica: Sendable {
         onError: @escaping @Sendable (any Error) -> Void = reportListenerError,
         _ handler: @escaping @Sendable (ChangeEvent) async throws -> Void
     ) -> ChangeSubscription {
-        let stream = changes
-        let task = Task {
-            for await event in stream {
+        ChangeSubscription(task: deliver(changes, onError: onError, handler))
+    }
+
+    private func deliver<Item: Sendable>(
+        _ stream: AsyncStream<Item>, onError: @escaping @Sendable (any Error) -> Void,
+        _ handler: @escaping @Sendable (Item) async throws -> Void
+    ) -> Task<Void, Never> {
+        Task {
+            for await item in stream {
                 if Task.isCancelled { break }
                 do {
-                    try await handler(event)
+                    try await handler(item)
                 } catch {
                     onError(error)
                 }
             }
         }
-        return ChangeSubscription(task: task)
+    }
+
+    /// The conflict log, oldest first: up to `limit` of the newest entries whose `id` is above `after` (pass the
+    /// last `id` seen to read only newer ones). The log keeps the newest 10,000 entries.
+    public func conflicts(after: Int64 = 0, limit: Int = 1000) async throws -> [Conflict] {
+        try await translatingErrors { try await native.conflicts(after: after, limit: UInt64(max(limit, 0))) }
+    }
+
+    /// Conflicts this node records from the moment this property is read (a received change that lost, values
+    /// a newer change overwrote, a row moved off a colliding key, a constraint clash). Each read is a new
+    /// stream; it ends when the replica is closed or released, and stops when the iterating task is cancelled
+    /// or the stream is dropped.
+    public var conflictStream: AsyncStream<Conflict> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: Conflict.self, bufferingPolicy: .bufferingNewest(65_536))
+        let listener = native.subscribeConflicts(listener: ConflictFeeder(continuation))
+        continuation.onTermination = { _ in listener.cancel() }
+        return stream
+    }
+
+    /// Calls `handler` for every conflict recorded from now on, as `onChange` does for change events.
+    public func onConflict(
+        onError: @escaping @Sendable (any Error) -> Void = reportListenerError,
+        _ handler: @escaping @Sendable (Conflict) async throws -> Void
+    ) -> ChangeSubscription {
+        ChangeSubscription(task: deliver(conflictStream, onError: onError, handler))
+    }
+
+    /// The core's status and conflict log as it serializes them (JSON), for the field-drift test.
+    func coreStatusJson() async throws -> String {
+        try await translatingErrors { try await native.coreStatusJson() }
+    }
+
+    func coreConflictsJson() async throws -> String {
+        try await translatingErrors { try await native.coreConflictsJson() }
     }
 
     /// Stops replication: in-flight batches are committed and acknowledged, local changes are published for
@@ -110,8 +150,8 @@ public final class Replica: Sendable {
     }
 }
 
-/// A running `onChange` handler. Delivery stops on `cancel()` or when this object is released (a handler
-/// call already running finishes).
+/// A running `onChange` or `onConflict` handler. Delivery stops on `cancel()` or when this object is released
+/// (a handler call already running finishes).
 public final class ChangeSubscription: Sendable {
     private let task: Task<Void, Never>
 
@@ -130,9 +170,9 @@ public final class ChangeSubscription: Sendable {
     }
 }
 
-/// The default `onError` of `onChange`: one line on stderr.
+/// The default `onError` of `onChange` and `onConflict`: one line on stderr.
 public func reportListenerError(_ error: any Error) {
-    FileHandle.standardError.write(Data("harmonylite: a change handler threw: \(error)\n".utf8))
+    FileHandle.standardError.write(Data("harmonylite: an onChange or onConflict handler threw: \(error)\n".utf8))
 }
 
 /// Feeds native change events into an `AsyncStream` (called on a replication thread; yielding never blocks).
@@ -145,6 +185,23 @@ private final class StreamFeeder: NativeChangeListener {
 
     func onChange(event: ChangeEvent) {
         continuation.yield(event)
+    }
+
+    func onEnd() {
+        continuation.finish()
+    }
+}
+
+/// Feeds native conflicts into an `AsyncStream` (called on a replication thread; yielding never blocks).
+private final class ConflictFeeder: NativeConflictListener {
+    private let continuation: AsyncStream<Conflict>.Continuation
+
+    init(_ continuation: AsyncStream<Conflict>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func onConflict(conflict: Conflict) {
+        continuation.yield(conflict)
     }
 
     func onEnd() {

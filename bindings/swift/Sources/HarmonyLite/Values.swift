@@ -40,6 +40,14 @@ extension ChangeOp: CustomStringConvertible {
     }
 }
 
+extension ConflictKind: CustomStringConvertible {
+    /// The stable name shared with the other languages: `change_lost`, `values_overwritten`,
+    /// `deleted_with_edits`, `key_moved` or `constraint`.
+    public var description: String {
+        nativeConflictKindName(kind: self)
+    }
+}
+
 extension Value: CustomStringConvertible {
     /// The value as an SQL literal: `NULL`, `42`, `1.5`, `'text'`, `x'00ff'`.
     public var description: String {

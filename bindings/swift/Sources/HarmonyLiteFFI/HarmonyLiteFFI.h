@@ -243,6 +243,20 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_NATIVE_CONFLICT_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_NATIVE_CONFLICT_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceNativeConflictListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_NATIVE_CONFLICT_LISTENER_METHOD1
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_NATIVE_CONFLICT_LISTENER_METHOD1
+typedef void (*UniffiCallbackInterfaceNativeConflictListenerMethod1)(uint64_t, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_NATIVE_CHANGE_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_NATIVE_CHANGE_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceNativeChangeListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
@@ -255,6 +269,16 @@ typedef void (*UniffiCallbackInterfaceNativeChangeListenerMethod0)(uint64_t, Rus
 typedef void (*UniffiCallbackInterfaceNativeChangeListenerMethod1)(uint64_t, void* _Nonnull, 
         RustCallStatus *_Nonnull uniffiCallStatus
     );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_NATIVE_CONFLICT_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_NATIVE_CONFLICT_LISTENER
+typedef struct UniffiVTableCallbackInterfaceNativeConflictListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceNativeConflictListenerMethod0 _Nonnull onConflict;
+    UniffiCallbackInterfaceNativeConflictListenerMethod1 _Nonnull onEnd;
+} UniffiVTableCallbackInterfaceNativeConflictListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_NATIVE_CHANGE_LISTENER
@@ -307,6 +331,21 @@ uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_cleanup(uint64_t ptr
 uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_close(uint64_t ptr
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_CONFLICTS
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_CONFLICTS
+uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_conflicts(uint64_t ptr, int64_t after, uint64_t limit
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_CORE_CONFLICTS_JSON
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_CORE_CONFLICTS_JSON
+uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_core_conflicts_json(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_CORE_STATUS_JSON
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_CORE_STATUS_JSON
+uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_core_status_json(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_DB_PATH
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_DB_PATH
 RustBuffer uniffi_harmonylite_swift_fn_method_nativereplica_db_path(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -337,6 +376,11 @@ uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_status(uint64_t ptr
 uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_SUBSCRIBE_CONFLICTS
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_SUBSCRIBE_CONFLICTS
+uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_subscribe_conflicts(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_SYNC
 uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_sync(uint64_t ptr, uint64_t timeout_ms
@@ -350,6 +394,11 @@ uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_wait_for(uint64_t ptr,
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_WAIT_READY
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_METHOD_NATIVEREPLICA_WAIT_READY
 uint64_t uniffi_harmonylite_swift_fn_method_nativereplica_wait_ready(uint64_t ptr, uint64_t timeout_ms
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_INIT_CALLBACK_VTABLE_NATIVECONFLICTLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_INIT_CALLBACK_VTABLE_NATIVECONFLICTLISTENER
+void uniffi_harmonylite_swift_fn_init_callback_vtable_nativeconflictlistener(const UniffiVTableCallbackInterfaceNativeConflictListener* _Nonnull vtable
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_INIT_CALLBACK_VTABLE_NATIVECHANGELISTENER
@@ -370,6 +419,11 @@ RustBuffer uniffi_harmonylite_swift_fn_func_native_config_from_toml(RustBuffer t
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_CONFIG_FROM_TOML_FILE
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_CONFIG_FROM_TOML_FILE
 RustBuffer uniffi_harmonylite_swift_fn_func_native_config_from_toml_file(RustBuffer path, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_CONFLICT_KIND_NAME
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_CONFLICT_KIND_NAME
+RustBuffer uniffi_harmonylite_swift_fn_func_native_conflict_kind_name(RustBuffer kind, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_ERROR_CODES
@@ -698,6 +752,12 @@ uint16_t uniffi_harmonylite_swift_checksum_func_native_config_from_toml_file(voi
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_CONFLICT_KIND_NAME
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_CONFLICT_KIND_NAME
+uint16_t uniffi_harmonylite_swift_checksum_func_native_conflict_kind_name(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_ERROR_CODES
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_ERROR_CODES
 uint16_t uniffi_harmonylite_swift_checksum_func_native_error_codes(void
@@ -776,6 +836,24 @@ uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_close(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_CONFLICTS
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_CONFLICTS
+uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_conflicts(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_CORE_CONFLICTS_JSON
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_CORE_CONFLICTS_JSON
+uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_core_conflicts_json(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_CORE_STATUS_JSON
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_CORE_STATUS_JSON
+uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_core_status_json(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_DB_PATH
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_DB_PATH
 uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_db_path(void
@@ -812,6 +890,12 @@ uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_subscribe(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_SUBSCRIBE_CONFLICTS
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_SUBSCRIBE_CONFLICTS
+uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_subscribe_conflicts(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_SYNC
 uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_sync(void
@@ -827,6 +911,18 @@ uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_wait_for(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_WAIT_READY
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVEREPLICA_WAIT_READY
 uint16_t uniffi_harmonylite_swift_checksum_method_nativereplica_wait_ready(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVECONFLICTLISTENER_ON_CONFLICT
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVECONFLICTLISTENER_ON_CONFLICT
+uint16_t uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_conflict(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVECONFLICTLISTENER_ON_END
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_METHOD_NATIVECONFLICTLISTENER_ON_END
+uint16_t uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_end(void
     
 );
 #endif

@@ -768,6 +768,21 @@ public protocol NativeReplicaProtocol: AnyObject, Sendable {
      */
     func close() async throws 
     
+    /**
+     * The conflict log, oldest first: up to `limit` of the newest entries with an id above `after`.
+     */
+    func conflicts(after: Int64, limit: UInt64) async throws  -> [Conflict]
+    
+    /**
+     * The core's conflict log as it serializes it (JSON), for the field-drift test. Not public API.
+     */
+    func coreConflictsJson() async throws  -> String
+    
+    /**
+     * The core's `status()` as it serializes it (JSON), for the field-drift test. Not public API.
+     */
+    func coreStatusJson() async throws  -> String
+    
     func dbPath()  -> String
     
     func natsUrls()  -> [String]
@@ -785,6 +800,11 @@ public protocol NativeReplicaProtocol: AnyObject, Sendable {
      * Delivers change events (from now on) to `listener` until cancelled, closed or released.
      */
     func subscribe(listener: NativeChangeListener)  -> NativeListener
+    
+    /**
+     * Delivers conflicts (recorded from now on) to `listener` until cancelled, closed or released.
+     */
+    func subscribeConflicts(listener: NativeConflictListener)  -> NativeListener
     
     /**
      * Publishes everything committed so far, waits for JetStream's acknowledgement, returns the token.
@@ -905,6 +925,63 @@ open func close()async throws   {
         )
 }
     
+    /**
+     * The conflict log, oldest first: up to `limit` of the newest entries with an id above `after`.
+     */
+open func conflicts(after: Int64, limit: UInt64)async throws  -> [Conflict]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_harmonylite_swift_fn_method_nativereplica_conflicts(
+                        self.uniffiCloneHandle(),FfiConverterInt64.lower(after),FfiConverterUInt64.lower(limit)
+                )
+            },
+            pollFunc: ffi_harmonylite_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_harmonylite_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_harmonylite_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeConflict.lift,
+            errorHandler: FfiConverterTypeNativeError_lift
+        )
+}
+    
+    /**
+     * The core's conflict log as it serializes it (JSON), for the field-drift test. Not public API.
+     */
+open func coreConflictsJson()async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_harmonylite_swift_fn_method_nativereplica_core_conflicts_json(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_harmonylite_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_harmonylite_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_harmonylite_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeNativeError_lift
+        )
+}
+    
+    /**
+     * The core's `status()` as it serializes it (JSON), for the field-drift test. Not public API.
+     */
+open func coreStatusJson()async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_harmonylite_swift_fn_method_nativereplica_core_status_json(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_harmonylite_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_harmonylite_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_harmonylite_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeNativeError_lift
+        )
+}
+    
 open func dbPath() -> String  {
     return try!  FfiConverterString.lift(try! rustCall() {
         uniffiCallStatus in
@@ -976,6 +1053,19 @@ open func subscribe(listener: NativeChangeListener) -> NativeListener  {
     uniffi_harmonylite_swift_fn_method_nativereplica_subscribe(
             self.uniffiCloneHandle(),
         FfiConverterCallbackInterfaceNativeChangeListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Delivers conflicts (recorded from now on) to `listener` until cancelled, closed or released.
+     */
+open func subscribeConflicts(listener: NativeConflictListener) -> NativeListener  {
+    return try!  FfiConverterTypeNativeListener_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_harmonylite_swift_fn_method_nativereplica_subscribe_conflicts(
+            self.uniffiCloneHandle(),
+        FfiConverterCallbackInterfaceNativeConflictListener_lower(listener),uniffiCallStatus
     )
 })
 }
@@ -1086,6 +1176,97 @@ public func FfiConverterTypeNativeReplica_lower(_ value: NativeReplica) -> UInt6
 
 
 /**
+ * A loss of stream data on the server, as this node detected it.
+ */
+public struct BrokerDataLoss: Equatable, Hashable {
+    public var stream: String
+    /**
+     * The shard whose consumer detected it (nil when the stream keeper did).
+     */
+    public var shard: UInt32?
+    public var reason: String
+    public var detectedAtMs: UInt64
+    /**
+     * This node's position in the shard was reset to the start of the new stream.
+     */
+    public var positionReset: Bool
+    /**
+     * Rows this node published again to repair the loss (nil until it has).
+     */
+    public var republishedRows: UInt64?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(stream: String, 
+        /**
+         * The shard whose consumer detected it (nil when the stream keeper did).
+         */shard: UInt32?, reason: String, detectedAtMs: UInt64, 
+        /**
+         * This node's position in the shard was reset to the start of the new stream.
+         */positionReset: Bool, 
+        /**
+         * Rows this node published again to repair the loss (nil until it has).
+         */republishedRows: UInt64?) {
+        self.stream = stream
+        self.shard = shard
+        self.reason = reason
+        self.detectedAtMs = detectedAtMs
+        self.positionReset = positionReset
+        self.republishedRows = republishedRows
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension BrokerDataLoss: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeBrokerDataLoss: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> BrokerDataLoss {
+        return
+            try BrokerDataLoss(
+                stream: FfiConverterString.read(from: &buf), 
+                shard: FfiConverterOptionUInt32.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf), 
+                detectedAtMs: FfiConverterUInt64.read(from: &buf), 
+                positionReset: FfiConverterBool.read(from: &buf), 
+                republishedRows: FfiConverterOptionUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: BrokerDataLoss, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.stream, into: &buf)
+        FfiConverterOptionUInt32.write(value.shard, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterUInt64.write(value.detectedAtMs, into: &buf)
+        FfiConverterBool.write(value.positionReset, into: &buf)
+        FfiConverterOptionUInt64.write(value.republishedRows, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeBrokerDataLoss_lift(_ buf: RustBuffer) throws -> BrokerDataLoss {
+    return try FfiConverterTypeBrokerDataLoss.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeBrokerDataLoss_lower(_ value: BrokerDataLoss) -> RustBuffer {
+    return FfiConverterTypeBrokerDataLoss.lower(value)
+}
+
+
+/**
  * A row changed: made on this node (`local`, reported once stamped for publishing) or applied from another.
  */
 public struct ChangeEvent: Equatable, Hashable {
@@ -1176,17 +1357,233 @@ public func FfiConverterTypeChangeEvent_lower(_ value: ChangeEvent) -> RustBuffe
 }
 
 
-public struct PausedTable: Equatable, Hashable {
+/**
+ * An entry of the conflict log: what a merge did not keep as it came, with both sides.
+ */
+public struct Conflict: Equatable, Hashable {
+    /**
+     * Position in this node's log (pass the last one seen as `after`).
+     */
+    public var id: Int64
+    /**
+     * When it was recorded, milliseconds since the epoch.
+     */
+    public var atMs: UInt64
     public var table: String
-    public var waitingChanges: UInt64
-    public var reason: String
+    /**
+     * The row's primary-key values, in key order.
+     */
+    public var pk: [Value]
+    public var kind: ConflictKind
+    /**
+     * The columns involved.
+     */
+    public var columns: [String]
+    /**
+     * The side that was kept.
+     */
+    public var winner: ConflictSide?
+    /**
+     * The side that was not.
+     */
+    public var loser: ConflictSide?
+    /**
+     * The key the losing row now lives under (`keyMoved`).
+     */
+    public var movedTo: [Value]?
+    /**
+     * What happened, in words.
+     */
+    public var detail: String
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(table: String, waitingChanges: UInt64, reason: String) {
+    public init(
+        /**
+         * Position in this node's log (pass the last one seen as `after`).
+         */id: Int64, 
+        /**
+         * When it was recorded, milliseconds since the epoch.
+         */atMs: UInt64, table: String, 
+        /**
+         * The row's primary-key values, in key order.
+         */pk: [Value], kind: ConflictKind, 
+        /**
+         * The columns involved.
+         */columns: [String], 
+        /**
+         * The side that was kept.
+         */winner: ConflictSide?, 
+        /**
+         * The side that was not.
+         */loser: ConflictSide?, 
+        /**
+         * The key the losing row now lives under (`keyMoved`).
+         */movedTo: [Value]?, 
+        /**
+         * What happened, in words.
+         */detail: String) {
+        self.id = id
+        self.atMs = atMs
+        self.table = table
+        self.pk = pk
+        self.kind = kind
+        self.columns = columns
+        self.winner = winner
+        self.loser = loser
+        self.movedTo = movedTo
+        self.detail = detail
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Conflict: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConflict: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Conflict {
+        return
+            try Conflict(
+                id: FfiConverterInt64.read(from: &buf), 
+                atMs: FfiConverterUInt64.read(from: &buf), 
+                table: FfiConverterString.read(from: &buf), 
+                pk: FfiConverterSequenceTypeValue.read(from: &buf), 
+                kind: FfiConverterTypeConflictKind.read(from: &buf), 
+                columns: FfiConverterSequenceString.read(from: &buf), 
+                winner: FfiConverterOptionTypeConflictSide.read(from: &buf), 
+                loser: FfiConverterOptionTypeConflictSide.read(from: &buf), 
+                movedTo: FfiConverterOptionSequenceTypeValue.read(from: &buf), 
+                detail: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Conflict, into buf: inout [UInt8]) {
+        FfiConverterInt64.write(value.id, into: &buf)
+        FfiConverterUInt64.write(value.atMs, into: &buf)
+        FfiConverterString.write(value.table, into: &buf)
+        FfiConverterSequenceTypeValue.write(value.pk, into: &buf)
+        FfiConverterTypeConflictKind.write(value.kind, into: &buf)
+        FfiConverterSequenceString.write(value.columns, into: &buf)
+        FfiConverterOptionTypeConflictSide.write(value.winner, into: &buf)
+        FfiConverterOptionTypeConflictSide.write(value.loser, into: &buf)
+        FfiConverterOptionSequenceTypeValue.write(value.movedTo, into: &buf)
+        FfiConverterString.write(value.detail, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflict_lift(_ buf: RustBuffer) throws -> Conflict {
+    return try FfiConverterTypeConflict.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflict_lower(_ value: Conflict) -> RustBuffer {
+    return FfiConverterTypeConflict.lower(value)
+}
+
+
+/**
+ * One side of a conflict: who wrote it, when, and the values involved (column name to value).
+ */
+public struct ConflictSide: Equatable, Hashable {
+    public var node: UInt64
+    public var hlc: UInt64
+    public var values: [String: Value]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(node: UInt64, hlc: UInt64, values: [String: Value]) {
+        self.node = node
+        self.hlc = hlc
+        self.values = values
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ConflictSide: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConflictSide: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ConflictSide {
+        return
+            try ConflictSide(
+                node: FfiConverterUInt64.read(from: &buf), 
+                hlc: FfiConverterUInt64.read(from: &buf), 
+                values: FfiConverterDictionaryStringTypeValue.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ConflictSide, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.node, into: &buf)
+        FfiConverterUInt64.write(value.hlc, into: &buf)
+        FfiConverterDictionaryStringTypeValue.write(value.values, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflictSide_lift(_ buf: RustBuffer) throws -> ConflictSide {
+    return try FfiConverterTypeConflictSide.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflictSide_lower(_ value: ConflictSide) -> RustBuffer {
+    return FfiConverterTypeConflictSide.lower(value)
+}
+
+
+public struct PausedTable: Equatable, Hashable {
+    public var table: String
+    public var waitingChanges: UInt64
+    /**
+     * Why the oldest waiting change waits, in words.
+     */
+    public var reason: String
+    /**
+     * What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
+     * NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
+     * hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+     */
+    public var kind: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(table: String, waitingChanges: UInt64, 
+        /**
+         * Why the oldest waiting change waits, in words.
+         */reason: String, 
+        /**
+         * What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
+         * NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
+         * hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+         */kind: String) {
         self.table = table
         self.waitingChanges = waitingChanges
         self.reason = reason
+        self.kind = kind
     }
 
     
@@ -1207,7 +1604,8 @@ public struct FfiConverterTypePausedTable: FfiConverterRustBuffer {
             try PausedTable(
                 table: FfiConverterString.read(from: &buf), 
                 waitingChanges: FfiConverterUInt64.read(from: &buf), 
-                reason: FfiConverterString.read(from: &buf)
+                reason: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterString.read(from: &buf)
         )
     }
 
@@ -1215,6 +1613,7 @@ public struct FfiConverterTypePausedTable: FfiConverterRustBuffer {
         FfiConverterString.write(value.table, into: &buf)
         FfiConverterUInt64.write(value.waitingChanges, into: &buf)
         FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterString.write(value.kind, into: &buf)
     }
 }
 
@@ -1252,6 +1651,10 @@ public struct ShardStatus: Equatable, Hashable {
      * Messages in the stream this node has not applied yet.
      */
     public var lagMessages: UInt64?
+    /**
+     * How long this shard has had messages waiting without applying any; nil while it keeps up.
+     */
+    public var stalledMs: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1267,12 +1670,16 @@ public struct ShardStatus: Equatable, Hashable {
          */streamLastSeq: UInt64?, 
         /**
          * Messages in the stream this node has not applied yet.
-         */lagMessages: UInt64?) {
+         */lagMessages: UInt64?, 
+        /**
+         * How long this shard has had messages waiting without applying any; nil while it keeps up.
+         */stalledMs: UInt64?) {
         self.shard = shard
         self.appliedSeq = appliedSeq
         self.publishedSeq = publishedSeq
         self.streamLastSeq = streamLastSeq
         self.lagMessages = lagMessages
+        self.stalledMs = stalledMs
     }
 
     
@@ -1295,7 +1702,8 @@ public struct FfiConverterTypeShardStatus: FfiConverterRustBuffer {
                 appliedSeq: FfiConverterUInt64.read(from: &buf), 
                 publishedSeq: FfiConverterUInt64.read(from: &buf), 
                 streamLastSeq: FfiConverterOptionUInt64.read(from: &buf), 
-                lagMessages: FfiConverterOptionUInt64.read(from: &buf)
+                lagMessages: FfiConverterOptionUInt64.read(from: &buf), 
+                stalledMs: FfiConverterOptionUInt64.read(from: &buf)
         )
     }
 
@@ -1305,6 +1713,7 @@ public struct FfiConverterTypeShardStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.publishedSeq, into: &buf)
         FfiConverterOptionUInt64.write(value.streamLastSeq, into: &buf)
         FfiConverterOptionUInt64.write(value.lagMessages, into: &buf)
+        FfiConverterOptionUInt64.write(value.stalledMs, into: &buf)
     }
 }
 
@@ -1594,12 +2003,32 @@ public func FfiConverterTypeSqliteLibrary_lower(_ value: SqliteLibrary) -> RustB
  */
 public struct Status: Equatable, Hashable {
     public var nodeId: UInt64
+    /**
+     * `active`: this process runs the replicator; `attached`: it forwards to the process that does.
+     */
+    public var role: ReplicaRole
+    /**
+     * The process that runs this database's replicator (this one when `role` is `active`).
+     */
+    public var replicatorPid: UInt32
+    /**
+     * Handles (other processes, or other opens) attached to that replicator.
+     */
+    public var attachedHandles: UInt32
     public var dbPath: String
     public var connection: ConnectionState
     /**
      * The JetStream streams exist (created or checked since open).
      */
     public var streamsReady: Bool
+    /**
+     * Streams this node expects that the server does not have (lost, or not created yet).
+     */
+    public var missingStreams: [String]
+    /**
+     * How long NATS has been unreachable, while it is.
+     */
+    public var natsUnreachableMs: UInt64?
     public var natsUrls: [String]
     public var embeddedServer: Bool
     public var publish: Bool
@@ -1623,6 +2052,19 @@ public struct Status: Equatable, Hashable {
      */
     public var skippedRows: UInt64
     public var deferredRows: UInt64
+    /**
+     * Entries in the conflict log (bounded; see `Replica.conflicts`).
+     */
+    public var conflicts: UInt64
+    /**
+     * Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+     */
+    public var conflictsRecorded: UInt64
+    /**
+     * Rows this node moved to a fresh key since open, because another node created a different row under
+     * the same auto-assigned key first.
+     */
+    public var movedKeys: UInt64
     public var deadLettered: UInt64
     /**
      * Local changes that could not be published (larger than the server's max payload).
@@ -1638,15 +2080,37 @@ public struct Status: Equatable, Hashable {
      * snapshot).
      */
     public var behindRetention: Bool
+    /**
+     * The server lost messages this node had seen (its JetStream store was wiped or replaced).
+     */
+    public var brokerDataLossDetected: Bool
+    public var brokerDataLossEvents: UInt64
+    public var brokerDataLoss: [BrokerDataLoss]
+    public var errorsLastMinute: UInt64
     public var snapshot: SnapshotProgress
     public var uptimeMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(nodeId: UInt64, dbPath: String, connection: ConnectionState, 
+    public init(nodeId: UInt64, 
+        /**
+         * `active`: this process runs the replicator; `attached`: it forwards to the process that does.
+         */role: ReplicaRole, 
+        /**
+         * The process that runs this database's replicator (this one when `role` is `active`).
+         */replicatorPid: UInt32, 
+        /**
+         * Handles (other processes, or other opens) attached to that replicator.
+         */attachedHandles: UInt32, dbPath: String, connection: ConnectionState, 
         /**
          * The JetStream streams exist (created or checked since open).
-         */streamsReady: Bool, natsUrls: [String], embeddedServer: Bool, publish: Bool, replicate: Bool, replicatedTables: [String], shards: [ShardStatus], 
+         */streamsReady: Bool, 
+        /**
+         * Streams this node expects that the server does not have (lost, or not created yet).
+         */missingStreams: [String], 
+        /**
+         * How long NATS has been unreachable, while it is.
+         */natsUnreachableMs: UInt64?, natsUrls: [String], embeddedServer: Bool, publish: Bool, replicate: Bool, replicatedTables: [String], shards: [ShardStatus], 
         /**
          * Captured local changes not yet stamped.
          */pendingChanges: UInt64, 
@@ -1655,18 +2119,36 @@ public struct Status: Equatable, Hashable {
          */unsentMessages: UInt64, unsentRows: UInt64, publishedMessages: UInt64, publishedRows: UInt64, appliedRows: UInt64, 
         /**
          * Received changes that lost to a newer version already here.
-         */skippedRows: UInt64, deferredRows: UInt64, deadLettered: UInt64, 
+         */skippedRows: UInt64, deferredRows: UInt64, 
+        /**
+         * Entries in the conflict log (bounded; see `Replica.conflicts`).
+         */conflicts: UInt64, 
+        /**
+         * Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+         */conflictsRecorded: UInt64, 
+        /**
+         * Rows this node moved to a fresh key since open, because another node created a different row under
+         * the same auto-assigned key first.
+         */movedKeys: UInt64, deadLettered: UInt64, 
         /**
          * Local changes that could not be published (larger than the server's max payload).
          */rejectedLocal: UInt64, pausedTables: [PausedTable], lastPublishMs: UInt64?, lastApplyMs: UInt64?, errors: UInt64, lastError: String?, 
         /**
          * A shard's position is older than the first message its stream still holds (restart to restore a
          * snapshot).
-         */behindRetention: Bool, snapshot: SnapshotProgress, uptimeMs: UInt64) {
+         */behindRetention: Bool, 
+        /**
+         * The server lost messages this node had seen (its JetStream store was wiped or replaced).
+         */brokerDataLossDetected: Bool, brokerDataLossEvents: UInt64, brokerDataLoss: [BrokerDataLoss], errorsLastMinute: UInt64, snapshot: SnapshotProgress, uptimeMs: UInt64) {
         self.nodeId = nodeId
+        self.role = role
+        self.replicatorPid = replicatorPid
+        self.attachedHandles = attachedHandles
         self.dbPath = dbPath
         self.connection = connection
         self.streamsReady = streamsReady
+        self.missingStreams = missingStreams
+        self.natsUnreachableMs = natsUnreachableMs
         self.natsUrls = natsUrls
         self.embeddedServer = embeddedServer
         self.publish = publish
@@ -1681,6 +2163,9 @@ public struct Status: Equatable, Hashable {
         self.appliedRows = appliedRows
         self.skippedRows = skippedRows
         self.deferredRows = deferredRows
+        self.conflicts = conflicts
+        self.conflictsRecorded = conflictsRecorded
+        self.movedKeys = movedKeys
         self.deadLettered = deadLettered
         self.rejectedLocal = rejectedLocal
         self.pausedTables = pausedTables
@@ -1689,6 +2174,10 @@ public struct Status: Equatable, Hashable {
         self.errors = errors
         self.lastError = lastError
         self.behindRetention = behindRetention
+        self.brokerDataLossDetected = brokerDataLossDetected
+        self.brokerDataLossEvents = brokerDataLossEvents
+        self.brokerDataLoss = brokerDataLoss
+        self.errorsLastMinute = errorsLastMinute
         self.snapshot = snapshot
         self.uptimeMs = uptimeMs
     }
@@ -1710,9 +2199,14 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
         return
             try Status(
                 nodeId: FfiConverterUInt64.read(from: &buf), 
+                role: FfiConverterTypeReplicaRole.read(from: &buf), 
+                replicatorPid: FfiConverterUInt32.read(from: &buf), 
+                attachedHandles: FfiConverterUInt32.read(from: &buf), 
                 dbPath: FfiConverterString.read(from: &buf), 
                 connection: FfiConverterTypeConnectionState.read(from: &buf), 
                 streamsReady: FfiConverterBool.read(from: &buf), 
+                missingStreams: FfiConverterSequenceString.read(from: &buf), 
+                natsUnreachableMs: FfiConverterOptionUInt64.read(from: &buf), 
                 natsUrls: FfiConverterSequenceString.read(from: &buf), 
                 embeddedServer: FfiConverterBool.read(from: &buf), 
                 publish: FfiConverterBool.read(from: &buf), 
@@ -1727,6 +2221,9 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
                 appliedRows: FfiConverterUInt64.read(from: &buf), 
                 skippedRows: FfiConverterUInt64.read(from: &buf), 
                 deferredRows: FfiConverterUInt64.read(from: &buf), 
+                conflicts: FfiConverterUInt64.read(from: &buf), 
+                conflictsRecorded: FfiConverterUInt64.read(from: &buf), 
+                movedKeys: FfiConverterUInt64.read(from: &buf), 
                 deadLettered: FfiConverterUInt64.read(from: &buf), 
                 rejectedLocal: FfiConverterUInt64.read(from: &buf), 
                 pausedTables: FfiConverterSequenceTypePausedTable.read(from: &buf), 
@@ -1735,6 +2232,10 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
                 errors: FfiConverterUInt64.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf), 
                 behindRetention: FfiConverterBool.read(from: &buf), 
+                brokerDataLossDetected: FfiConverterBool.read(from: &buf), 
+                brokerDataLossEvents: FfiConverterUInt64.read(from: &buf), 
+                brokerDataLoss: FfiConverterSequenceTypeBrokerDataLoss.read(from: &buf), 
+                errorsLastMinute: FfiConverterUInt64.read(from: &buf), 
                 snapshot: FfiConverterTypeSnapshotProgress.read(from: &buf), 
                 uptimeMs: FfiConverterUInt64.read(from: &buf)
         )
@@ -1742,9 +2243,14 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
 
     public static func write(_ value: Status, into buf: inout [UInt8]) {
         FfiConverterUInt64.write(value.nodeId, into: &buf)
+        FfiConverterTypeReplicaRole.write(value.role, into: &buf)
+        FfiConverterUInt32.write(value.replicatorPid, into: &buf)
+        FfiConverterUInt32.write(value.attachedHandles, into: &buf)
         FfiConverterString.write(value.dbPath, into: &buf)
         FfiConverterTypeConnectionState.write(value.connection, into: &buf)
         FfiConverterBool.write(value.streamsReady, into: &buf)
+        FfiConverterSequenceString.write(value.missingStreams, into: &buf)
+        FfiConverterOptionUInt64.write(value.natsUnreachableMs, into: &buf)
         FfiConverterSequenceString.write(value.natsUrls, into: &buf)
         FfiConverterBool.write(value.embeddedServer, into: &buf)
         FfiConverterBool.write(value.publish, into: &buf)
@@ -1759,6 +2265,9 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.appliedRows, into: &buf)
         FfiConverterUInt64.write(value.skippedRows, into: &buf)
         FfiConverterUInt64.write(value.deferredRows, into: &buf)
+        FfiConverterUInt64.write(value.conflicts, into: &buf)
+        FfiConverterUInt64.write(value.conflictsRecorded, into: &buf)
+        FfiConverterUInt64.write(value.movedKeys, into: &buf)
         FfiConverterUInt64.write(value.deadLettered, into: &buf)
         FfiConverterUInt64.write(value.rejectedLocal, into: &buf)
         FfiConverterSequenceTypePausedTable.write(value.pausedTables, into: &buf)
@@ -1767,6 +2276,10 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.errors, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)
         FfiConverterBool.write(value.behindRetention, into: &buf)
+        FfiConverterBool.write(value.brokerDataLossDetected, into: &buf)
+        FfiConverterUInt64.write(value.brokerDataLossEvents, into: &buf)
+        FfiConverterSequenceTypeBrokerDataLoss.write(value.brokerDataLoss, into: &buf)
+        FfiConverterUInt64.write(value.errorsLastMinute, into: &buf)
         FfiConverterTypeSnapshotProgress.write(value.snapshot, into: &buf)
         FfiConverterUInt64.write(value.uptimeMs, into: &buf)
     }
@@ -1911,6 +2424,113 @@ public func FfiConverterTypeChangeOp_lift(_ buf: RustBuffer) throws -> ChangeOp 
 #endif
 public func FfiConverterTypeChangeOp_lower(_ value: ChangeOp) -> RustBuffer {
     return FfiConverterTypeChangeOp.lower(value)
+}
+
+
+
+/**
+ * What a conflict-log entry records.
+ */
+
+public enum ConflictKind: Equatable, Hashable {
+    
+    /**
+     * A received change lost to newer values for some columns (`loser`: the received values).
+     */
+    case changeLost
+    /**
+     * A received change replaced values its writer had not seen (`loser`: the values replaced).
+     */
+    case valuesOverwritten
+    /**
+     * A delete removed a row holding edits its writer had not seen, or an edit arrived for a row deleted
+     * concurrently (the delete wins; `loser`: the edit).
+     */
+    case deletedWithEdits
+    /**
+     * Two nodes created different rows under one auto-assigned key; the later one was moved to `movedTo`.
+     */
+    case keyMoved
+    /**
+     * A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row created first
+     * keeps the value and the other waits until the blocking data changes.
+     */
+    case constraint
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ConflictKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConflictKind: FfiConverterRustBuffer {
+    typealias SwiftType = ConflictKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ConflictKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .changeLost
+        
+        case 2: return .valuesOverwritten
+        
+        case 3: return .deletedWithEdits
+        
+        case 4: return .keyMoved
+        
+        case 5: return .constraint
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ConflictKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .changeLost:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .valuesOverwritten:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .deletedWithEdits:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .keyMoved:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .constraint:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflictKind_lift(_ buf: RustBuffer) throws -> ConflictKind {
+    return try FfiConverterTypeConflictKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflictKind_lower(_ value: ConflictKind) -> RustBuffer {
+    return FfiConverterTypeConflictKind.lower(value)
 }
 
 
@@ -2182,6 +2802,75 @@ public func FfiConverterTypeNativeError_lower(_ value: NativeError) -> RustBuffe
 
 
 /**
+ * Whether this handle runs the database's replicator or forwards to the process that does.
+ */
+
+public enum ReplicaRole: Equatable, Hashable {
+    
+    case active
+    case attached
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ReplicaRole: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReplicaRole: FfiConverterRustBuffer {
+    typealias SwiftType = ReplicaRole
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReplicaRole {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .active
+        
+        case 2: return .attached
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ReplicaRole, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .active:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .attached:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReplicaRole_lift(_ buf: RustBuffer) throws -> ReplicaRole {
+    return try FfiConverterTypeReplicaRole.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReplicaRole_lower(_ value: ReplicaRole) -> RustBuffer {
+    return FfiConverterTypeReplicaRole.lower(value)
+}
+
+
+
+/**
  * One SQLite value; every storage class round-trips exactly.
  */
 
@@ -2447,6 +3136,195 @@ public func FfiConverterCallbackInterfaceNativeChangeListener_lower(_ v: NativeC
     return FfiConverterCallbackInterfaceNativeChangeListener.lower(v)
 }
 
+
+
+
+/**
+ * Implemented in Swift. Called on a core runtime thread, one conflict at a time, so it must return quickly.
+ */
+public protocol NativeConflictListener: AnyObject, Sendable {
+    
+    func onConflict(conflict: Conflict) 
+    
+    /**
+     * No more conflicts: the replica was closed or released.
+     */
+    func onEnd() 
+    
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceNativeConflictListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceNativeConflictListener = UniffiVTableCallbackInterfaceNativeConflictListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterCallbackInterfaceNativeConflictListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface NativeConflictListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterCallbackInterfaceNativeConflictListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface NativeConflictListener: handle missing in uniffiClone")
+            }
+        },
+        onConflict: { (
+            uniffiHandle: UInt64,
+            conflict: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceNativeConflictListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onConflict(
+                     conflict: try FfiConverterTypeConflict_lift(conflict)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        onEnd: { (
+            uniffiHandle: UInt64,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceNativeConflictListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onEnd(
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceNativeConflictListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceNativeConflictListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitNativeConflictListener() {
+    uniffi_harmonylite_swift_fn_init_callback_vtable_nativeconflictlistener(UniffiCallbackInterfaceNativeConflictListener.vtablePtr)
+}
+
+// FfiConverter protocol for callback interfaces
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterCallbackInterfaceNativeConflictListener {
+    fileprivate static let handleMap = UniffiHandleMap<NativeConflictListener>()
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+extension FfiConverterCallbackInterfaceNativeConflictListener : FfiConverter {
+    typealias SwiftType = NativeConflictListener
+    typealias FfiType = UInt64
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lift(_ handle: UInt64) throws -> SwiftType {
+        try handleMap.get(handle: handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lower(_ v: SwiftType) -> UInt64 {
+        return handleMap.insert(obj: v)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func write(_ v: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(v))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceNativeConflictListener_lift(_ handle: UInt64) throws -> NativeConflictListener {
+    return try FfiConverterCallbackInterfaceNativeConflictListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceNativeConflictListener_lower(_ v: NativeConflictListener) -> UInt64 {
+    return FfiConverterCallbackInterfaceNativeConflictListener.lower(v)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = UInt32?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt32.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt32.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
@@ -2498,6 +3376,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeConflictSide: FfiConverterRustBuffer {
+    typealias SwiftType = ConflictSide?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeConflictSide.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeConflictSide.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSnapshotManifest: FfiConverterRustBuffer {
     typealias SwiftType = SnapshotManifest?
 
@@ -2514,6 +3416,30 @@ fileprivate struct FfiConverterOptionTypeSnapshotManifest: FfiConverterRustBuffe
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeSnapshotManifest.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionSequenceTypeValue: FfiConverterRustBuffer {
+    typealias SwiftType = [Value]?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterSequenceTypeValue.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterSequenceTypeValue.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -2539,6 +3465,56 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeBrokerDataLoss: FfiConverterRustBuffer {
+    typealias SwiftType = [BrokerDataLoss]
+
+    public static func write(_ value: [BrokerDataLoss], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeBrokerDataLoss.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [BrokerDataLoss] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [BrokerDataLoss]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeBrokerDataLoss.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeConflict: FfiConverterRustBuffer {
+    typealias SwiftType = [Conflict]
+
+    public static func write(_ value: [Conflict], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeConflict.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Conflict] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Conflict]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeConflict.read(from: &buf))
         }
         return seq
     }
@@ -2644,6 +3620,32 @@ fileprivate struct FfiConverterDictionaryUInt32UInt64: FfiConverterRustBuffer {
         return dict
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterDictionaryStringTypeValue: FfiConverterRustBuffer {
+    public static func write(_ value: [String: Value], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for (key, value) in value {
+            FfiConverterString.write(key, into: &buf)
+            FfiConverterTypeValue.write(value, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String: Value] {
+        let len: Int32 = try readInt(&buf)
+        var dict = [String: Value]()
+        dict.reserveCapacity(Int(len))
+        for _ in 0..<len {
+            let key = try FfiConverterString.read(from: &buf)
+            let value = try FfiConverterTypeValue.read(from: &buf)
+            dict[key] = value
+        }
+        return dict
+    }
+}
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -2722,6 +3724,17 @@ public func nativeConfigFromTomlFile(path: String)throws  -> String  {
         uniffiCallStatus in
     uniffi_harmonylite_swift_fn_func_native_config_from_toml_file(
         FfiConverterString.lower(path),uniffiCallStatus
+    )
+})
+}
+/**
+ * The kind's stable name, shared with the other languages: `change_lost`, `values_overwritten`, ...
+ */
+public func nativeConflictKindName(kind: ConflictKind) -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_harmonylite_swift_fn_func_native_conflict_kind_name(
+        FfiConverterTypeConflictKind_lower(kind),uniffiCallStatus
     )
 })
 }
@@ -2851,6 +3864,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_func_native_config_from_toml_file() != 43762) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_harmonylite_swift_checksum_func_native_conflict_kind_name() != 56592) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_harmonylite_swift_checksum_func_native_error_codes() != 51791) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2890,6 +3906,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_close() != 36657) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_conflicts() != 5870) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_core_conflicts_json() != 3948) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_core_status_json() != 3553) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_db_path() != 53058) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2908,6 +3933,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_subscribe() != 51968) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_subscribe_conflicts() != 29535) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_sync() != 8002) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2915,6 +3943,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_wait_ready() != 12671) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_conflict() != 64166) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_end() != 15610) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativechangelistener_on_change() != 11260) {
@@ -2925,6 +3959,7 @@ private let initializationResult: InitializationResult = {
     }
 
     uniffiCallbackInitNativeChangeListener()
+    uniffiCallbackInitNativeConflictListener()
     return InitializationResult.ok
 }()
 
