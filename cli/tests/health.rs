@@ -1,5 +1,6 @@
 //! The sidecar's `/health` answers 200 only when the node can make progress: with NATS unreachable it
-//! answers 503 and the log names the URL; after the server lost its store it answers 503 naming the stream.
+//! answers 503 and the log names the URL; after the server lost its store it reports the loss, and answers
+//! 200 again once this node has published its rows again.
 
 #[path = "../../core/tests/support/mod.rs"]
 mod support;
@@ -114,7 +115,7 @@ fn problems_mention(health: &serde_json::Value, text: &str) -> bool {
 }
 
 #[test]
-fn health_is_503_with_the_reason_while_nats_is_unreachable_or_lost_its_store() {
+fn health_is_503_naming_an_unreachable_nats_and_reports_a_lost_store_until_repaired() {
     let mut server = NatsServer::start();
     let url = server.url();
     server.kill();
@@ -138,17 +139,25 @@ fn health_is_503_with_the_reason_while_nats_is_unreachable_or_lost_its_store() {
     let health = node.health_until(200, |h| h["status"] == "ok");
     assert_eq!(health["problems"], serde_json::json!([]));
 
-    // The server comes back without its store: not ok, and the stream is named.
+    // The server comes back without its store: the loss is detected and named, the position reset, and this
+    // node's rows published again (until then /health is 503 naming the stream); repaired, the node is
+    // healthy again and the loss stays listed.
     server.restart_with_store_wiped();
-    let health = node.health_until(503, |h| problems_mention(h, "broker data loss"));
-    assert!(
-        problems_mention(&health, "harmonylite-changes-0"),
-        "{health}"
-    );
-    // The node reset its position to the new stream.
-    node.health_until(503, |h| {
-        h["broker_data_loss"]
-            .as_array()
-            .is_some_and(|losses| losses.iter().any(|l| l["position_reset"] == true))
+    let health = node.health_until(200, |h| {
+        h["status"] == "ok"
+            && h["broker_data_loss"].as_array().is_some_and(|losses| {
+                losses.iter().any(|l| {
+                    l["stream"] == "harmonylite-changes-0"
+                        && l["position_reset"] == true
+                        && l["republished_rows"].is_u64()
+                })
+            })
     });
+    assert_eq!(health["problems"], serde_json::json!([]), "{health}");
+    assert!(
+        node.log()
+            .contains("broker data loss on stream harmonylite-changes-0"),
+        "{}",
+        node.log()
+    );
 }

@@ -23,7 +23,8 @@ use crate::clock::{Clock, ClockHistory};
 use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ConflictHub, EventHub};
-use crate::log::{decode, pk_key};
+use crate::log::{decode, pk_key, Origin, Publisher};
+use crate::publish::republish::republish_shard;
 use crate::publish::stamp::{self, StampSettings};
 use crate::publish::OutboxEntry;
 use crate::state::conflicts::Conflict;
@@ -59,6 +60,12 @@ pub(crate) enum Command {
     },
     Status {
         reply: oneshot::Sender<Result<DbStatus>>,
+    },
+    /// After broker data loss: queue every row of `shard` this node holds again, with its stored versions
+    /// (`publish::republish`); replies with the number of rows queued.
+    Republish {
+        shard: u32,
+        reply: oneshot::Sender<Result<u64>>,
     },
     /// The newest `limit` entries of the conflict log after id `after`.
     Conflicts {
@@ -107,6 +114,8 @@ struct DbWorker {
     conn: Connection,
     config: Config,
     node_id: u64,
+    /// This database's publisher instance (`state::meta::instance`), part of its message ids.
+    instance: u64,
     schema: Schema,
     clock: Clock,
     /// The clock over time, for stamping local changes from their commit time (`clock::ClockHistory`).
@@ -305,6 +314,7 @@ impl DbWorker {
             }
         };
         let clock = meta::clock(&conn)?;
+        let instance = with_busy_retry(busy * 4, || meta::instance(&conn))?;
         let schema = with_busy_retry(busy * 4, || capture::install(&mut conn, config))?;
         if let Some(refused) = schema.refused.first() {
             return Err(match refused {
@@ -325,7 +335,11 @@ impl DbWorker {
         // past 10,000 pages (large catch-up transactions). The app's connections keep their settings.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 10000")
             .ctx("setting wal_autocheckpoint")?;
-        let pending_outbox = load_outbox(&conn, node_id)?;
+        let publisher = Publisher {
+            node: node_id,
+            instance,
+        };
+        let pending_outbox = load_outbox(&conn, publisher)?;
         let positions = positions::read_all(&conn)?;
         let parked_tables = parked::tables(&conn)?;
         let last_outbox_id = pending_outbox.last().map(|e| e.id).unwrap_or(0);
@@ -342,6 +356,7 @@ impl DbWorker {
                 conn,
                 config: config.clone(),
                 node_id,
+                instance,
                 schema,
                 clock,
                 history: ClockHistory::new(clock.last()),
@@ -493,6 +508,9 @@ impl DbWorker {
             } => {
                 let _ = reply.send(library::conflicts::list(&self.conn, after, limit));
             }
+            Command::Republish { shard, reply } => {
+                let _ = reply.send(self.republish(shard));
+            }
             Command::Status { reply } => {
                 // Exact counts: what JetStream acknowledged is not "unsent".
                 self.store_deferred_writes();
@@ -540,6 +558,7 @@ impl DbWorker {
             let run = BatchRun {
                 schema: &self.schema,
                 node_id: self.node_id,
+                instance: self.instance,
                 stamp: publish.then_some(&settings),
                 history: &self.history,
                 parked_tables: &self.parked_tables,
@@ -580,9 +599,50 @@ impl DbWorker {
         }
     }
 
+    /// Queues every row of `shard` again (see `Command::Republish`). What the app committed is stamped
+    /// first, so the row states hold it.
+    fn republish(&mut self, shard: u32) -> Result<u64> {
+        if !self.config.publish {
+            return Ok(0); // a read replica never published anything
+        }
+        self.stamp_all();
+        let settings = self.stamp_settings();
+        let limit = self.busy_limit();
+        let (conn, schema) = (&self.conn, &self.schema);
+        let republished = with_busy_retry(limit, || {
+            let tx = begin_write(conn, limit, "republishing rows after broker data loss")?;
+            let republished = republish_shard(&tx, schema, &settings, shard)?;
+            tx.commit()
+                .ctx("republishing rows after broker data loss")?;
+            Ok(republished)
+        })?;
+        info!(
+            shard,
+            rows = republished.rows,
+            messages = republished.outbox.len(),
+            "rows queued for publishing again after broker data loss"
+        );
+        let rows = republished.rows;
+        self.after_stamp(republished.outbox, Vec::new());
+        Ok(rows)
+    }
+
     /// Events, conflicts and counters of applied changes, for the app.
     fn publish_outcome(&mut self, mut outcome: ApplyOutcome) {
         let counters = &self.outputs.counters;
+        for (shard, seq) in &outcome.claims_this_node {
+            let err = Error::config(
+                "node_id",
+                format!(
+                    "message {seq} of shard {shard} claims this node's id {} but this database did not \
+                     publish it: another node may be configured with the same node_id (or this node \
+                     restored a snapshot, or the message is forged); it was applied like any other",
+                    self.node_id
+                ),
+            );
+            error!(error = %err, "a message claims this node's id");
+            counters.record_error(&err);
+        }
         counters
             .applied_rows
             .fetch_add(outcome.applied, Ordering::Relaxed);
@@ -626,8 +686,15 @@ impl DbWorker {
         Duration::from_millis(self.config.apply.busy_timeout_ms)
     }
 
+    fn publisher(&self) -> Publisher {
+        Publisher {
+            node: self.node_id,
+            instance: self.instance,
+        }
+    }
+
     fn stamp_settings(&self) -> StampSettings {
-        StampSettings::from_config(&self.config, self.node_id)
+        StampSettings::from_config(&self.config, self.node_id, self.instance)
     }
 
     /// Stamps every captured change, one bounded transaction at a time.
@@ -756,7 +823,8 @@ impl DbWorker {
         for message in messages {
             match decode(&message.payload) {
                 Ok(batch) => {
-                    own_only &= batch.node_id == self.node_id;
+                    own_only &=
+                        self.publisher().judge(batch.node_id, message.published_by) == Origin::Own;
                     let newest = batch.changes.iter().map(|c| c.hlc).max().unwrap_or(0);
                     newest_received = newest_received.max(newest);
                 }
@@ -775,6 +843,7 @@ impl DbWorker {
         };
         let publish = self.config.publish;
         let node_id = self.node_id;
+        let instance = self.instance;
         let (outcome, stamped, clock) = {
             let schema = &self.schema;
             let start_clock = self.clock;
@@ -790,6 +859,7 @@ impl DbWorker {
                 let run = BatchRun {
                     schema,
                     node_id,
+                    instance,
                     stamp: publish.then_some(&settings),
                     history,
                     parked_tables,
@@ -922,7 +992,7 @@ impl DbWorker {
     }
 }
 
-fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
+fn load_outbox(conn: &Connection, publisher: Publisher) -> Result<Vec<OutboxEntry>> {
     Ok(outbox::load(conn)?
         .into_iter()
         .map(|(id, shard, rows, payload)| {
@@ -933,7 +1003,7 @@ fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
                 id,
                 shard,
                 rows,
-                msg_id: stamp::message_id(node_id, id, max_hlc),
+                msg_id: publisher.message_id(id, max_hlc),
                 payload: payload.into(),
             }
         })

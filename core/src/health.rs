@@ -59,9 +59,14 @@ impl Status {
         } else if !self.streams_ready {
             problems.push("streams not created yet".to_string());
         }
-        for loss in &self.broker_data_loss {
+        // Repaired from this node's side once it has published its rows again.
+        for loss in self
+            .broker_data_loss
+            .iter()
+            .filter(|l| l.republished_rows.is_none())
+        {
             problems.push(format!(
-                "broker data loss on stream {}: {}; rows only its lost messages carried are not republished",
+                "broker data loss on stream {}: {}; this node has not published its rows again yet",
                 loss.stream, loss.reason
             ));
         }

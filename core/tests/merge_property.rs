@@ -19,6 +19,7 @@ use harmonylite::apply::applier::Incoming;
 use harmonylite::apply::transaction::{apply_batch, retry_parked_batch, BatchRun};
 use harmonylite::capture::{self, Schema};
 use harmonylite::clock::{Clock, ClockHistory};
+use harmonylite::log::PublishedBy;
 use harmonylite::publish::stamp::{stamp_pending, StampSettings};
 use harmonylite::state::{meta, outbox, parked};
 use harmonylite::Config;
@@ -151,14 +152,18 @@ fn describe_published(node: u64, shard: u32, payload: &[u8]) -> Vec<String> {
 /// The streams: one per shard, every published message in order.
 #[derive(Default)]
 struct Streams {
-    shards: BTreeMap<u32, Vec<Vec<u8>>>,
+    /// Per shard: (payload, message id).
+    shards: BTreeMap<u32, Vec<(Vec<u8>, String)>>,
     log: Vec<String>,
 }
 
 impl Streams {
-    fn publish(&mut self, node: u64, shard: u32, payload: Vec<u8>) {
+    fn publish(&mut self, node: u64, shard: u32, payload: Vec<u8>, msg_id: String) {
         self.log.extend(describe_published(node, shard, &payload));
-        self.shards.entry(shard).or_default().push(payload);
+        self.shards
+            .entry(shard)
+            .or_default()
+            .push((payload, msg_id));
     }
 }
 
@@ -166,6 +171,8 @@ struct Replica {
     _dir: tempfile::TempDir,
     db: PathBuf,
     node_id: u64,
+    /// The database's publisher instance (its own messages are told apart by it).
+    instance: u64,
     app: Connection,
     engine: Connection,
     config: Config,
@@ -193,10 +200,12 @@ impl Replica {
         config.replication_log.shards = SHARDS;
         let (engine, schema, clock) = open_engine(&db, &config);
         let parked_tables = parked::tables(&engine).expect("parked tables");
+        let instance = meta::instance(&engine).expect("instance");
         Replica {
             _dir: dir,
             db,
             node_id,
+            instance,
             app,
             engine,
             history: ClockHistory::new(clock.last()),
@@ -212,7 +221,7 @@ impl Replica {
     fn settings(&self) -> StampSettings {
         StampSettings {
             max_changes: u32::MAX,
-            ..StampSettings::from_config(&self.config, self.node_id)
+            ..StampSettings::from_config(&self.config, self.node_id, self.instance)
         }
     }
 
@@ -244,7 +253,12 @@ impl Replica {
             self.history.compact();
         }
         for entry in stamped.outbox {
-            streams.publish(self.node_id, entry.shard, entry.payload.to_vec());
+            streams.publish(
+                self.node_id,
+                entry.shard,
+                entry.payload.to_vec(),
+                entry.msg_id.clone(),
+            );
         }
         let touched = stamped.tables;
         if touched.iter().any(|t| self.parked_tables.contains(t)) {
@@ -263,10 +277,11 @@ impl Replica {
             .enumerate()
             .skip(from as usize)
             .take(count)
-            .map(|(i, payload)| Incoming {
+            .map(|(i, (payload, msg_id))| Incoming {
                 shard,
                 seq: i as u64 + 1,
                 payload: payload.clone().into(),
+                published_by: PublishedBy::from_message_id(msg_id),
             })
             .collect();
         if messages.is_empty() {
@@ -280,6 +295,7 @@ impl Replica {
         let run = BatchRun {
             schema: &self.schema,
             node_id: self.node_id,
+            instance: self.instance,
             stamp: Some(&settings),
             history: &self.history,
             parked_tables: &self.parked_tables,
@@ -299,7 +315,12 @@ impl Replica {
         }
         self.cursor.insert(shard, from + messages.len() as u64);
         for entry in result.stamped.map(|s| s.outbox).unwrap_or_default() {
-            streams.publish(self.node_id, entry.shard, entry.payload.to_vec());
+            streams.publish(
+                self.node_id,
+                entry.shard,
+                entry.payload.to_vec(),
+                entry.msg_id.clone(),
+            );
         }
         if !result.outcome.follow_ups.is_empty() {
             self.stamp(streams);
@@ -318,6 +339,7 @@ impl Replica {
         let run = BatchRun {
             schema: &self.schema,
             node_id: self.node_id,
+            instance: self.instance,
             stamp: Some(&settings),
             history: &self.history,
             parked_tables: &self.parked_tables,
@@ -331,7 +353,12 @@ impl Replica {
             self.parked_tables = now;
         }
         for entry in queued {
-            streams.publish(self.node_id, entry.shard, entry.payload.to_vec());
+            streams.publish(
+                self.node_id,
+                entry.shard,
+                entry.payload.to_vec(),
+                entry.msg_id.clone(),
+            );
         }
     }
 

@@ -73,7 +73,8 @@ fn message(kind: &str, victim_node: u64) -> Result<(Batch, String, Vec<Value>), 
                 hot(Value::Integer(1), "from the future", 991),
             ),
         ),
-        // Claims to come from a real node: every other node applies it, that node skips it as its own.
+        // Claims to come from a real node: its message id does not name that node's database, so that node
+        // applies it too (and reports it) instead of skipping it as its own.
         "forged-origin" => {
             let id = Value::Text("forged-origin".into());
             let image = rows_image(id.clone(), victim_node as i64);

@@ -74,12 +74,14 @@ fuzz_target!(|data: &[u8]| {
             shard: 0,
             seq: 1,
             payload: bytes::Bytes::from(payload.clone()),
+            published_by: None,
         },
         // The same message again: a redelivery must be a no-op.
         Incoming {
             shard: 0,
             seq: 1,
             payload: bytes::Bytes::from(payload),
+            published_by: None,
         },
     ];
     let history = ClockHistory::new(0);
@@ -87,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
     let run = BatchRun {
         schema: &db.schema,
         node_id: 2,
+        instance: 1,
         stamp: None,
         history: &history,
         parked_tables: &parked_tables,

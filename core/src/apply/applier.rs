@@ -20,7 +20,7 @@ use crate::capture::{Schema, TableInfo};
 use crate::clock::{physical_millis, wall_millis, Clock, MAX_HLC};
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
-use crate::log::{decode, pk_key, value_hash, Op, RowChange, Value};
+use crate::log::{decode, pk_key, value_hash, Op, Origin, RowChange, Value};
 use crate::publish::stamp::read_row;
 use crate::state::conflicts::{self, Conflict, ConflictKind, ConflictSide};
 use crate::state::parked::{self, ParkKind};
@@ -37,11 +37,16 @@ pub struct Incoming {
     pub shard: u32,
     pub seq: u64,
     pub payload: bytes::Bytes,
+    /// The publisher its message id names (None: no id, or not one of ours).
+    pub published_by: Option<crate::log::PublishedBy>,
 }
 
 #[derive(Debug, Default)]
 pub struct ApplyOutcome {
     pub events: Vec<ChangeEvent>,
+    /// (shard, stream sequence) of messages that claim this node's id but that this database did not
+    /// publish (applied like any other; see `log::Origin::ClaimsThisNode`).
+    pub claims_this_node: Vec<(u32, u64)>,
     pub conflicts: Vec<Conflict>,
     /// (shard, stream sequence, reason) of messages that could not be decoded.
     pub dead_letters: Vec<(u32, u64, String)>,
@@ -70,6 +75,7 @@ impl ApplyOutcome {
     /// Adds a retry's outcome to this one.
     pub fn absorb(&mut self, more: ApplyOutcome) {
         self.events.extend(more.events);
+        self.claims_this_node.extend(more.claims_this_node);
         self.conflicts.extend(more.conflicts);
         self.applied += more.applied;
         self.kept += more.kept;
@@ -86,6 +92,8 @@ impl ApplyOutcome {
 pub struct ApplyContext<'a> {
     pub schema: &'a Schema,
     pub node_id: u64,
+    /// This database's publisher instance (`state::meta::instance`): tells its own messages from others.
+    pub instance: u64,
     /// Tables that have parked changes: a later change of a parked row waits behind it.
     pub parked_tables: &'a BTreeSet<String>,
     /// How to stamp the changes the library makes for the app at once (None on a node that publishes
@@ -154,10 +162,20 @@ pub fn apply_messages(
                     .push((message.shard, message.seq, err.to_string()));
             }
             Ok(batch) => {
-                // Our own messages: the rows and their state are already here.
-                if batch.node_id != ctx.node_id {
-                    for change in &batch.changes {
-                        apply_or_park(tx, ctx, clock, batch.node_id, change, &mut outcome)?;
+                let me = crate::log::Publisher {
+                    node: ctx.node_id,
+                    instance: ctx.instance,
+                };
+                match me.judge(batch.node_id, message.published_by) {
+                    // Our own messages: the rows and their state are already here.
+                    Origin::Own => {}
+                    origin => {
+                        if origin == Origin::ClaimsThisNode {
+                            outcome.claims_this_node.push((message.shard, message.seq));
+                        }
+                        for change in &batch.changes {
+                            apply_or_park(tx, ctx, clock, batch.node_id, change, &mut outcome)?;
+                        }
                     }
                 }
             }
@@ -187,6 +205,7 @@ pub fn apply_batch_any_origin(
     let ctx = ApplyContext {
         schema,
         node_id,
+        instance: 0,
         parked_tables: &parked_tables,
         stamp: None,
         history: &history,

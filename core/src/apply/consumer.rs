@@ -5,7 +5,7 @@
 //! Before reading, it checks that the stream is the one its stored position refers to: a stream that was
 //! recreated (the server lost its store, or someone deleted it) starts again at sequence 1, and resuming
 //! from the old position would skip the new stream's first messages silently. Then the position is reset
-//! to the start of the stream, the loss is recorded in `status()`, and the republish hook is called.
+//! to the start of the stream, the loss is recorded in `status()`, and this node publishes its rows again.
 
 #![deny(clippy::unchecked_time_subtraction)]
 
@@ -24,6 +24,7 @@ use super::applier::{ApplyOutcome, Incoming};
 use crate::db_thread::Command;
 use crate::engine::Counters;
 use crate::error::{Error, Result, SqlContext};
+use crate::log::PublishedBy;
 use crate::publish::publisher::PublishProgress;
 use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
 use crate::transport::{created_ns, is_stream_not_found, Names};
@@ -254,25 +255,28 @@ impl ShardConsumer {
                 }
             });
         }
-        self.health.remember(stream_name, current);
         self.health.mark_position_reset(stream_name);
-        self.republish_after_broker_loss(stream_name);
+        // Before the new identity is remembered: a failed republish is retried with the next detection.
+        self.republish_after_broker_loss(stream_name).await?;
+        self.health.remember(stream_name, current);
         Ok(())
     }
 
-    /// INTEGRATION POINT — republish after broker data loss. The stream lost messages that carried rows some
-    /// nodes may not have applied; the repair is that every node publishes each row it holds again, with its
-    /// stored version, so that LWW on every node converges on the newest. That needs the database thread
-    /// (a `Command::RepublishAll { reply }` that stamps every replicated row with its existing version into
-    /// the outbox) and is not wired yet: `status().broker_data_loss_detected` stays true meanwhile, so health
-    /// reports the node as not ok. Called once per detected loss, after the position reset.
-    fn republish_after_broker_loss(&self, stream_name: &str) {
-        warn!(
+    /// The repair after broker data loss: the stream lost messages that carried rows some nodes may not
+    /// have applied, so this node publishes every row of the shard it holds again, with its stored versions
+    /// (`publish::republish`); LWW on every node converges on the newest. Every node does the same when it
+    /// notices the loss (a node that was down, at its next start).
+    async fn republish_after_broker_loss(&self, stream_name: &str) -> Result<()> {
+        let shard = self.shard;
+        let rows = ask(&self.db, |reply| Command::Republish { shard, reply }).await?;
+        info!(
             stream = %stream_name,
-            shard = self.shard,
-            "republishing this node's rows after broker data loss is not wired yet: rows the lost stream alone \
-             carried are not repaired"
+            shard,
+            rows,
+            "republished this node's rows after broker data loss"
         );
+        self.health.mark_republished(stream_name, rows);
+        Ok(())
     }
 
     /// Halves the pull size (a dropped connection usually means the server cut a slow consumer).
@@ -410,10 +414,16 @@ impl ShardConsumer {
                     );
                 }
                 next_expected = next_expected.max(seq + 1);
+                let published_by = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+                    .and_then(|id| PublishedBy::from_message_id(id.as_str()));
                 incoming.push(Incoming {
                     shard: self.shard,
                     seq,
                     payload: message.payload.clone(),
+                    published_by,
                 });
             }
             let last_applied = incoming.last().map(|m| m.seq);

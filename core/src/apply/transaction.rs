@@ -21,6 +21,8 @@ pub const PARKED_RETRY_BATCH: usize = 2048;
 pub struct BatchRun<'a> {
     pub schema: &'a Schema,
     pub node_id: u64,
+    /// This database's publisher instance (`state::meta::instance`).
+    pub instance: u64,
     /// How to stamp local changes first; None on a node that publishes nothing.
     pub stamp: Option<&'a StampSettings>,
     pub history: &'a ClockHistory,
@@ -49,6 +51,7 @@ pub fn apply_batch(
     let ctx = ApplyContext {
         schema: run.schema,
         node_id: run.node_id,
+        instance: run.instance,
         parked_tables: run.parked_tables,
         stamp: run.stamp,
         history: run.history,
@@ -110,6 +113,7 @@ pub fn retry_parked_batch(
     let ctx = ApplyContext {
         schema: run.schema,
         node_id: run.node_id,
+        instance: run.instance,
         parked_tables: run.parked_tables,
         stamp: run.stamp,
         history: run.history,

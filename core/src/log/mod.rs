@@ -1,7 +1,11 @@
 //! Change records and their wire codec. Pure: no I/O.
 
 pub mod codec;
+pub mod publisher;
 pub mod record;
 
 pub use codec::{decode, encode, DecodeError};
-pub use record::{image_hash, pk_key, shard_of, value_hash, Batch, Op, RowChange, Value};
+pub use publisher::{Origin, PublishedBy, Publisher};
+pub use record::{
+    image_hash, pk_key, pk_values, shard_of, value_hash, Batch, Op, RowChange, Value,
+};

@@ -2,6 +2,7 @@
 //! the outbox to JetStream and deletes an entry only after its acknowledgement.
 
 pub mod publisher;
+pub mod republish;
 pub mod stamp;
 
 /// One outbox row: a ready-to-send message for one shard.

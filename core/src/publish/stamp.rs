@@ -21,13 +21,17 @@ use crate::capture::{Schema, TableInfo, CHANGE_LOG, MAX_PK_COLUMNS, TABLES};
 use crate::clock::{commit_stamp, wall_millis, Clock, ClockHistory, Version};
 use crate::error::{Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
-use crate::log::{encode, image_hash, pk_key, shard_of, value_hash, Batch, Op, RowChange, Value};
+use crate::log::{
+    encode, image_hash, pk_key, shard_of, value_hash, Batch, Op, Publisher, RowChange, Value,
+};
 use crate::state::rows::{self, RowState};
 use crate::state::{meta, outbox};
 
 #[derive(Debug, Clone)]
 pub struct StampSettings {
     pub node_id: u64,
+    /// This database's publisher instance (`state::meta::instance`).
+    pub instance: u64,
     pub shards: u32,
     pub compress: bool,
     pub max_message_bytes: usize,
@@ -35,9 +39,21 @@ pub struct StampSettings {
 }
 
 impl StampSettings {
-    pub fn from_config(config: &crate::config::Config, node_id: u64) -> StampSettings {
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            node: self.node_id,
+            instance: self.instance,
+        }
+    }
+
+    pub fn from_config(
+        config: &crate::config::Config,
+        node_id: u64,
+        instance: u64,
+    ) -> StampSettings {
         StampSettings {
             node_id,
+            instance,
             shards: config.replication_log.shards,
             compress: config.replication_log.compress,
             max_message_bytes: config.replication_log.max_message_bytes,
@@ -190,7 +206,7 @@ fn stamp_rows(
                 id,
                 shard: shard as u32,
                 rows,
-                msg_id: message_id(settings.node_id, id, max_hlc),
+                msg_id: settings.publisher().message_id(id, max_hlc),
                 payload: payload.into(),
             });
         }
@@ -412,11 +428,6 @@ fn diff(
     }
 }
 
-/// The message id: node, outbox row and the batch's newest stamp, so it never repeats even if outbox ids do.
-pub fn message_id(node_id: u64, outbox_id: i64, max_hlc: u64) -> String {
-    format!("{node_id}-{outbox_id}-{max_hlc}")
-}
-
 /// The row's values in the table's column order, or None when the row is gone.
 pub fn read_row(
     tx: &Transaction<'_>,
@@ -457,7 +468,7 @@ fn estimated_size(change: &RowChange) -> usize {
 }
 
 /// Packs changes into batches of at most `limit` estimated bytes; a change larger than `limit` travels alone.
-fn split_by_size(changes: Vec<RowChange>, limit: usize) -> Vec<Vec<RowChange>> {
+pub(crate) fn split_by_size(changes: Vec<RowChange>, limit: usize) -> Vec<Vec<RowChange>> {
     let mut batches = Vec::new();
     let mut current = Vec::new();
     let mut size = 0usize;

@@ -577,6 +577,9 @@ pub fn install(
         }
         meta::save_clock(&tx, &Clock::resume(clock_high))?;
         meta::set_node_id(&tx, node_id)?;
+        // The copy publishes as a database of its own: messages in the stream under the snapshot maker's
+        // instance (or this node's, from before the restore) are applied, not skipped as its own.
+        meta::forget_instance(&tx)?;
         capture::discard_own_changes(&tx, mark)?;
         tx.commit().ctx("merging local changes into the snapshot")?;
         log_step("merge", started, 0);
@@ -642,7 +645,7 @@ fn unpublished_changes(
         .ctx("stamping local changes before a restore")?;
     let settings = StampSettings {
         max_changes: u32::MAX,
-        ..StampSettings::from_config(config, node_id)
+        ..StampSettings::from_config(config, node_id, meta::instance(&tx)?)
     };
     stamp_pending(&tx, &schema, &mut clock, &history, &settings)?;
     let payloads: Vec<(i64, i64, Vec<u8>)> = outbox::load(&tx)?

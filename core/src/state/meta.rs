@@ -29,6 +29,24 @@ pub fn set_node_id(conn: &Connection, node_id: u64) -> Result<()> {
     set(conn, "node_id", node_id as i64)
 }
 
+/// This database's publisher instance (see `log::Publisher`), drawn at the first call and kept in the
+/// file; a restored snapshot gets a new one (`forget_instance`), so its copy of another database's messages
+/// is not mistaken for its own.
+pub fn instance(conn: &Connection) -> Result<u64> {
+    if let Some(stored) = get(conn, "instance")?.filter(|i| *i > 0) {
+        return Ok(stored as u64);
+    }
+    let drawn = (rand::random::<u64>() >> 1).max(1);
+    set(conn, "instance", drawn as i64)?;
+    Ok(drawn)
+}
+
+pub fn forget_instance(conn: &Connection) -> Result<()> {
+    conn.execute("DELETE FROM __harmonylite__meta WHERE key = 'instance'", [])
+        .ctx("writing library metadata")?;
+    Ok(())
+}
+
 /// The persisted clock: no stamp this node issues will be at or below it.
 pub fn clock(conn: &Connection) -> Result<Clock> {
     Ok(Clock::resume(get(conn, "hlc")?.unwrap_or(0).max(0) as u64))

@@ -299,6 +299,15 @@ impl StreamKeeper {
     /// read-your-writes tokens: what this node published since is at most `last_seq` of the stream now
     /// there (0 while it is missing).
     /// Also, until the shard's consumer has reset its position, that position answers no `wait_for`.
+    /// Records a loss of `stream`. The dead-letter stream holds nothing to republish (each node keeps its
+    /// own record of what it parked there), so its loss is repaired as soon as the stream exists again.
+    fn note_loss(&self, stream: &str, shard: Option<u32>, reason: &str, created_ns: Option<u64>) {
+        self.health.record_loss(stream, shard, reason, created_ns);
+        if stream == self.names.dead_letter_stream() {
+            self.health.mark_republished(stream, 0);
+        }
+    }
+
     fn forget_lost_sequences(&self, stream: &str, lost_created_ns: Option<u64>, last_seq: u64) {
         let shard =
             (0..self.config.replication_log.shards).find(|s| self.names.stream(*s) == stream);
@@ -343,7 +352,7 @@ impl StreamKeeper {
                                 .get(&stream.name)
                                 .is_some_and(|c| *c != stream.created_ns)
                             {
-                                self.health.record_loss(
+                                self.note_loss(
                                     &stream.name,
                                     None,
                                     "the stream was recreated",
@@ -400,12 +409,7 @@ impl StreamKeeper {
                         let created = created_ns(info);
                         if seen.get(&name).is_some_and(|c| *c != created) {
                             error!(stream = %name, "stream {name} was recreated on the NATS server (its earlier messages are gone)");
-                            self.health.record_loss(
-                                &name,
-                                None,
-                                "the stream was recreated",
-                                Some(created),
-                            );
+                            self.note_loss(&name, None, "the stream was recreated", Some(created));
                             self.forget_lost_sequences(
                                 &name,
                                 seen.get(&name).copied(),
@@ -423,12 +427,7 @@ impl StreamKeeper {
                              had not applied them until they are published again"
                         );
                         self.health.set_missing(&name, true);
-                        self.health.record_loss(
-                            &name,
-                            None,
-                            "the stream was missing on the server",
-                            None,
-                        );
+                        self.note_loss(&name, None, "the stream was missing on the server", None);
                         self.forget_lost_sequences(&name, seen.get(&name).copied(), 0);
                         ensured = false;
                     }

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 /// JetStream lost data this node relied on. Rows that only the lost messages carried are missing on the
-/// nodes that had not applied them, until every node publishes its rows again (see `republish_hook`).
+/// nodes that had not applied them, until every node publishes its rows again (`publish::republish`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerDataLoss {
     pub stream: String,
@@ -29,6 +29,8 @@ pub struct BrokerDataLoss {
     pub detected_at_ms: u64,
     /// This node's position in the shard was reset to the start of the new stream.
     pub position_reset: bool,
+    /// Rows this node published again to repair the loss (None until it has).
+    pub republished_rows: Option<u64>,
     /// Creation time (ns since the epoch) of the stream that replaced the lost one, once known.
     #[serde(skip)]
     replacement_created_ns: Option<u64>,
@@ -212,6 +214,7 @@ impl StreamHealth {
             reason: reason.to_string(),
             detected_at_ms: crate::clock::wall_millis(),
             position_reset: false,
+            republished_rows: None,
             replacement_created_ns,
         });
         self.loss_events.fetch_add(1, Ordering::Relaxed);
@@ -225,6 +228,17 @@ impl StreamHealth {
             .find(|l| l.stream == stream)
         {
             last.position_reset = true;
+        }
+    }
+
+    /// This node published its rows of `stream` again (see `ShardConsumer::republish_after_broker_loss`).
+    pub fn mark_republished(&self, stream: &str, rows: u64) {
+        if let Some(last) = lock(&self.losses)
+            .iter_mut()
+            .rev()
+            .find(|l| l.stream == stream)
+        {
+            last.republished_rows = Some(rows);
         }
     }
 
@@ -391,8 +405,15 @@ mod tests {
         assert!(health.record_loss("s-1", None, "missing", None));
         assert_eq!(health.loss_events(), 3);
         health.mark_position_reset("s-0");
+        health.mark_republished("s-0", 12);
         let losses = health.losses();
         assert!(losses[1].position_reset && !losses[0].position_reset);
+        assert_eq!(losses[1].republished_rows, Some(12));
+        assert_eq!(
+            losses[0].republished_rows, None,
+            "the older loss was never repaired"
+        );
+        assert_eq!(losses[2].republished_rows, None);
     }
 
     #[test]
