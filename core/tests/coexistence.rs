@@ -83,13 +83,18 @@ impl Writer {
                             let _ = conn.exec("ROLLBACK");
                         }
                         Err((code, message)) => {
-                            return Err(format!("app transaction {tx} on {}: ({code}) {message}", db.display()))
+                            return Err(format!(
+                                "app transaction {tx} on {}: ({code}) {message}",
+                                db.display()
+                            ))
                         }
                     }
                     if tx % 25 == 24 {
                         match conn.column("PRAGMA wal_checkpoint(TRUNCATE)") {
                             Ok(_) | Err((SQLITE_BUSY, _)) => {}
-                            Err((code, message)) => return Err(format!("app checkpoint: ({code}) {message}")),
+                            Err((code, message)) => {
+                                return Err(format!("app checkpoint: ({code}) {message}"))
+                            }
                         }
                     }
                     tx += 1;
@@ -177,7 +182,10 @@ async fn an_app_on_another_sqlite_copy_writes_while_the_engine_applies_snapshots
     let b_config = with_dir_store(config_for(&server, 2), store.path());
     let a = Node::start(a_config, SCHEMA).await;
     let mut b = Node::start(b_config, SCHEMA).await;
-    println!("second SQLite copy: system libsqlite3 {}", foreign_sqlite().version());
+    println!(
+        "second SQLite copy: system libsqlite3 {}",
+        foreign_sqlite().version()
+    );
 
     let writer_a = Writer::start(a.db.clone(), 1);
     let writer_b = Writer::start(b.db.clone(), 2);
@@ -189,14 +197,23 @@ async fn an_app_on_another_sqlite_copy_writes_while_the_engine_applies_snapshots
         writer_b.raise(ROWS_PER_ROUND);
         // ... and meanwhile a snapshot: publishes, waits for its own messages, then VACUUM INTO from a read-only connection
         // while the app writes.
-        if a.replica().save_snapshot().await.expect("snapshot").is_some() {
+        if a.replica()
+            .save_snapshot()
+            .await
+            .expect("snapshot")
+            .is_some()
+        {
             snapshots += 1;
         }
         // The engine's copy checkpoints too (the replica also does, PASSIVE, when idle).
         app_connection(&a.db)
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .or_else(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => Ok(()),
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+                {
+                    Ok(())
+                }
                 e => Err(e),
             })
             .expect("engine-copy checkpoint");
@@ -225,11 +242,18 @@ async fn an_app_on_another_sqlite_copy_writes_while_the_engine_applies_snapshots
     for node in [&a, &b] {
         let present = ledger_ids(&node.db);
         let missing: Vec<_> = expected.difference(&present).take(5).collect();
-        assert!(missing.is_empty(), "{} misses ledger rows, e.g. {missing:?}", node.db.display());
+        assert!(
+            missing.is_empty(),
+            "{} misses ledger rows, e.g. {missing:?}",
+            node.db.display()
+        );
         assert_eq!(present.len(), expected.len(), "no row beyond the ledger");
     }
     assert_same(&[&a, &b], &["ledger"]);
-    assert!(snapshots >= 1, "at least one snapshot was built during the writes");
+    assert!(
+        snapshots >= 1,
+        "at least one snapshot was built during the writes"
+    );
     println!(
         "{rounds} rounds: {} + {} ledger rows, {snapshots} snapshots, intact on both nodes",
         ids_a.len(),

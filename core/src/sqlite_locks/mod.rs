@@ -52,7 +52,10 @@ mod ffi {
 /// rusqlite `bundled`) should call it before opening its own connections.
 pub fn install() -> Result<SqliteLocking> {
     static INSTALLED: OnceLock<std::result::Result<SqliteLocking, String>> = OnceLock::new();
-    INSTALLED.get_or_init(install_once).clone().map_err(Error::Internal)
+    INSTALLED
+        .get_or_init(install_once)
+        .clone()
+        .map_err(Error::Internal)
 }
 
 #[cfg(harmonylite_ofd_locks)]

@@ -30,6 +30,11 @@
  * open   Hands out a kept descriptor of the same inode and access mode instead of a new one; records
  *        every descriptor it returns so that close() and the collector know which are the copy's.
  *
+ * fork   A child shares the parent's open file descriptions, so a lock descriptor inherited by a child
+ *        would keep the parent's locks alive after the parent died. The child closes the shim's own
+ *        descriptors (lock and kept ones) at once (pthread_atfork): it has no locks of its own yet, and
+ *        the parent's locks stay with the parent's references.
+ *
  * Descriptors 0-2 are never kept or handed out (SQLite's robust_open refuses them and retries).
  * The tables are small arrays under one mutex, which is a leaf lock: it is taken inside SQLite's
  * inode mutexes and never held while blocking.
@@ -265,12 +270,24 @@ static int harmonylite_close(int fd) {
   return rc;
 }
 
+static void before_fork(void) { pthread_mutex_lock(&table_mutex); }
+static void after_fork_in_parent(void) { pthread_mutex_unlock(&table_mutex); }
+static void after_fork_in_child(void) {
+  for (size_t i = 0; i < owners_len; i++) close(owners[i].lock_fd);
+  owners_len = 0;
+  for (size_t i = 0; i < fds_len; i++)
+    if (fds[i].kept) close(fds[i].fd);
+  fds_len = 0; /* the inherited live descriptors belong to connections the child must not use */
+  pthread_mutex_unlock(&table_mutex);
+}
+
 /* Installs the replacements in the copy's unix VFS; call before the copy opens any file.
  * Returns an SQLite result code. */
 int harmonylite_sqlite_use_ofd_locks(void) {
   sqlite3_vfs *vfs = sqlite3_vfs_find("unix");
   int rc;
   if (vfs == 0 || vfs->iVersion < 3 || vfs->xSetSystemCall == 0) return SQLITE_ERROR;
+  if (pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child) != 0) return SQLITE_ERROR;
   rc = vfs->xSetSystemCall(vfs, "open", (sqlite3_syscall_ptr)harmonylite_open);
   if (rc != SQLITE_OK) return rc;
   rc = vfs->xSetSystemCall(vfs, "fcntl", (sqlite3_syscall_ptr)harmonylite_fcntl);

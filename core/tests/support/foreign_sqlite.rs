@@ -22,11 +22,18 @@ pub struct ForeignSqlite {
     libversion: unsafe extern "C" fn() -> *const c_char,
     open_v2: unsafe extern "C" fn(*const c_char, *mut Db, c_int, *const c_char) -> c_int,
     close_v2: unsafe extern "C" fn(Db) -> c_int,
-    exec: unsafe extern "C" fn(Db, *const c_char, *const c_void, *mut c_void, *mut *mut c_char) -> c_int,
+    exec: unsafe extern "C" fn(
+        Db,
+        *const c_char,
+        *const c_void,
+        *mut c_void,
+        *mut *mut c_char,
+    ) -> c_int,
     free: unsafe extern "C" fn(*mut c_void),
     errmsg: unsafe extern "C" fn(Db) -> *const c_char,
     busy_timeout: unsafe extern "C" fn(Db, c_int) -> c_int,
-    prepare_v2: unsafe extern "C" fn(Db, *const c_char, c_int, *mut Stmt, *mut *const c_char) -> c_int,
+    prepare_v2:
+        unsafe extern "C" fn(Db, *const c_char, c_int, *mut Stmt, *mut *const c_char) -> c_int,
     step: unsafe extern "C" fn(Stmt) -> c_int,
     column_text: unsafe extern "C" fn(Stmt, c_int) -> *const c_char,
     finalize: unsafe extern "C" fn(Stmt) -> c_int,
@@ -164,7 +171,9 @@ impl ForeignConn {
             self.errmsg()
         } else {
             // SAFETY: SQLite allocated a NUL-terminated message for us to free.
-            let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+            let text = unsafe { CStr::from_ptr(err) }
+                .to_string_lossy()
+                .into_owned();
             unsafe { (self.lib.free)(err.cast()) };
             text
         };
@@ -194,7 +203,9 @@ impl ForeignConn {
             out.push(if text.is_null() {
                 "NULL".to_string()
             } else {
-                unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned()
+                unsafe { CStr::from_ptr(text) }
+                    .to_string_lossy()
+                    .into_owned()
             });
         };
         // SAFETY: finalizing the statement prepared above, once.
