@@ -5,6 +5,8 @@
 //!
 //! A few seconds in CI; `HARMONYLITE_COEXIST_ROUNDS=200` (scripts/coexistence-soak.sh) for a long run.
 
+#[path = "support/foreign_sqlite.rs"]
+mod foreign_sqlite;
 mod support;
 
 use std::collections::BTreeSet;
@@ -13,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use foreign_sqlite::{foreign_sqlite, SQLITE_BUSY};
 use harmonylite::Config;
-use support::foreign_sqlite::{foreign_sqlite, SQLITE_BUSY};
 use support::*;
 
 const SCHEMA: &str =

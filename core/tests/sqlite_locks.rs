@@ -3,14 +3,16 @@
 //! engine connections on one file (read-only ones included) share one lock owner, and the descriptors the
 //! shim keeps stay bounded. The other copy is the system libsqlite3 (support/foreign_sqlite.rs).
 
+#[path = "support/foreign_sqlite.rs"]
+mod foreign_sqlite;
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use foreign_sqlite::{foreign_sqlite, SQLITE_BUSY};
 use harmonylite::sqlite_locks::{install, SqliteLocking};
 use rusqlite::{Connection, OpenFlags};
-use support::foreign_sqlite::{foreign_sqlite, SQLITE_BUSY};
 
 fn engine_connection(db: &Path) -> Connection {
     assert_eq!(install().expect("shim"), SqliteLocking::OpenFileDescription);

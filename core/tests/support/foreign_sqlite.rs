@@ -2,6 +2,7 @@
 //! `libsqlite3-0`, which `python3` depends on), loaded at run time with its own lock tables — what an app's
 //! `apsw`, better-sqlite3 or a statically linked Python `sqlite3` is next to the engine's bundled copy.
 #![allow(unsafe_code)] // FFI into the loaded library; each call's contract is SQLite's C API.
+#![allow(dead_code)] // each test binary uses part of it
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;

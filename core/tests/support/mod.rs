@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub mod foreign_sqlite;
-
 use harmonylite::{Config, Replica, Token};
 use rusqlite::Connection;
 
