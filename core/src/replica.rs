@@ -125,6 +125,7 @@ pub async fn open_replicated(db: impl AsRef<Path>, config: Config) -> Result<Rep
 }
 
 async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
+    crate::sqlite_locks::install()?;
     config.validate()?;
     if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
@@ -917,6 +918,7 @@ fn acquire_for_cleanup(state_dir: &Path) -> Result<NodeLock> {
 /// Removes capture (triggers and the library's tables) from a database that no process replicates. The
 /// app's own tables and data are untouched.
 pub fn cleanup_database(db: &Path) -> Result<usize> {
+    crate::sqlite_locks::install()?;
     let state_dir = Config::state_dir_for(db);
     let _lock = match std::fs::canonicalize(&state_dir) {
         Ok(state_dir) => Some(acquire_for_cleanup(&state_dir)?),

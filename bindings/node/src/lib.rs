@@ -12,7 +12,6 @@ mod error;
 mod events;
 mod promise;
 mod replica;
-mod sqlite_locks;
 
 use napi::bindgen_prelude::{Function, JsObjectValue, Object, Unknown};
 use napi::{Env, ValueType};
@@ -23,14 +22,15 @@ pub use error::ErrorCode;
 pub use events::{ChangeEvent, ChangeStream, Subscription};
 pub use replica::{open_replicated, PausedTable, Replica, ShardStatus, SnapshotProgress, Status};
 
-/// Module load: logging, the SQLite lock shim (before any database opens), and the symbol-keyed
+/// Module load: logging, the core's SQLite lock shim (before the engine opens any database, so its copy of
+/// SQLite and better-sqlite3's exclude each other: ADR 0012), and the symbol-keyed
 /// methods napi-rs cannot declare: `ChangeStream.prototype[Symbol.asyncIterator]` and
 /// `Replica.prototype[Symbol.asyncDispose]` (for `await using`), whose types are in the `.d.ts` header.
 #[napi(module_exports)]
 pub fn init(exports: Object, env: Env) -> napi::Result<()> {
     init_logging();
-    sqlite_locks::use_ofd_locks()
-        .map_err(|reason| napi::Error::new(napi::Status::GenericFailure, reason))?;
+    harmonylite::sqlite_locks::install()
+        .map_err(|err| napi::Error::new(napi::Status::GenericFailure, err.to_string()))?;
     let symbol: Function = env.get_global()?.get_named_property("Symbol")?;
 
     let async_iterator: Unknown = symbol.get_named_property("asyncIterator")?;

@@ -26,6 +26,7 @@ mod sqlite_link;
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     log_bridge::install();
+    sqlite_link::install()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let codes: Vec<&str> = harmonylite::ErrorCode::ALL
         .iter()

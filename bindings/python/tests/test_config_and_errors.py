@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, List
 
@@ -206,19 +207,10 @@ def test_cfg_as_toml_path(nats: NatsServer, replicas: List[Any], tmp_path: Path)
     assert replica.nats_urls == [nats.url]
 
 
-def test_two_sqlite_libraries_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """If Python's sqlite3 and the core used different SQLite libraries, opening must fail, not corrupt."""
-    from harmonylite import _replica
-
-    real = harmonylite._native.sqlite_library
-    assert real()[0] == sqlite3.sqlite_version  # this build shares Python's library
-    monkeypatch.setattr(_replica, "_sqlite_checked", False)
-    monkeypatch.setattr(_replica._native, "sqlite_library", lambda: ("3.99.0", 0))
-    with pytest.raises(harmonylite.SqliteError, match="another SQLite library"):
-        harmonylite.open_replicated(tmp_path / "x.db", {"nats": {"urls": ["nats://127.0.0.1:1"]}})
-    monkeypatch.setattr(_replica._native, "sqlite_library", lambda: (sqlite3.sqlite_version, -12345))
-    with pytest.raises(harmonylite.SqliteError, match="another SQLite library"):
-        harmonylite.open_replicated(tmp_path / "x.db", {"nats": {"urls": ["nats://127.0.0.1:1"]}})
-    monkeypatch.setattr(_replica._native, "sqlite_library", real)
-    _replica._check_one_sqlite()
-    assert _replica._sqlite_checked
+def test_the_engine_carries_its_own_sqlite_and_locks_beside_any_other() -> None:
+    """The native module bundles SQLite (any Python, any sqlite3 build) and, on Linux, its copy takes
+    open-file-description locks so that it coexists with the app's SQLite (ADR 0012)."""
+    version, locking = harmonylite._native.sqlite_library()
+    assert tuple(int(part) for part in version.split(".")) >= (3, 54)
+    if sys.platform.startswith("linux"):
+        assert locking == "open-file-description"

@@ -201,8 +201,10 @@ pub fn config_for(server: &NatsServer, node_id: u64) -> Config {
     config
 }
 
-/// The app's connection: SQLite defaults, and `trusted_schema` explicitly OFF.
+/// The app's connection: SQLite defaults, and `trusted_schema` explicitly OFF. The test shares the engine's
+/// SQLite copy, so the lock shim goes in first, as a Rust app that shares it should do (ADR 0012).
 pub fn app_connection(db: &Path) -> Connection {
+    harmonylite::sqlite_locks::install().expect("SQLite lock shim");
     let conn = Connection::open(db).expect("open app connection");
     conn.execute_batch("PRAGMA trusted_schema = OFF;")
         .expect("trusted_schema off");

@@ -13,7 +13,6 @@ See :func:`open_replicated`, :class:`Replica`, :class:`Config`, :mod:`harmonylit
 
 from __future__ import annotations
 
-import sqlite3  # noqa: F401  (first: the native module must bind to the SQLite library this Python's sqlite3 uses)
 from typing import Tuple
 
 from . import _native

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type, Ty
 
 from . import _native
 from ._config import Config, ConfigLike
-from .errors import ConfigError, HarmonyLiteError, SqliteError
+from .errors import ConfigError, HarmonyLiteError
 
 
 __all__ = [
@@ -265,43 +265,6 @@ def _timeout(timeout: Optional[float]) -> float:
 
 def _token(token: Union[Token, str]) -> Token:
     return token if isinstance(token, Token) else Token(str(token))
-
-
-_sqlite_checked = False
-
-
-def _check_one_sqlite() -> None:
-    """Refuses to run when Python's ``sqlite3`` and HarmonyLite use two different SQLite libraries.
-
-    Two copies of SQLite in one process do not see each other's locks, so the app's writes and the
-    library's would corrupt the database. The native module links the system ``libsqlite3``, which is the one
-    ``sqlite3`` uses unless this Python has SQLite built in (as some standalone builds do). The proof: a
-    process-wide setting changed through ``sqlite3`` must be visible to the native module.
-    """
-    global _sqlite_checked
-    if _sqlite_checked:
-        return
-    native_version, _ = _native.sqlite_library()
-    same = native_version == sqlite3.sqlite_version
-    if same:
-        probe = sqlite3.connect(":memory:")
-        try:
-            old = probe.execute("PRAGMA soft_heap_limit").fetchone()[0]
-            probe.execute(f"PRAGMA soft_heap_limit = {old + 4093 if old else 1 << 40}")
-            marked = probe.execute("PRAGMA soft_heap_limit").fetchone()[0]
-            _, seen = _native.sqlite_library()
-            probe.execute(f"PRAGMA soft_heap_limit = {old}")
-        finally:
-            probe.close()
-        same = marked == old or seen == marked
-    if not same:
-        raise SqliteError(
-            f"Python's sqlite3 module uses another SQLite library ({sqlite3.sqlite_version}) than HarmonyLite "
-            f"({native_version}); two SQLite libraries in one process ignore each other's locks and would "
-            "corrupt the database. Use a Python whose sqlite3 module links the system libsqlite3 (Debian/Ubuntu "
-            "python3, pyenv, the official Docker images), or run HarmonyLite as a separate process."
-        )
-    _sqlite_checked = True
 
 
 def _sync_log_level() -> None:
@@ -588,7 +551,6 @@ def open_replicated(db: DbLike, cfg: ConfigLike = None) -> Replica:
     """
     path = _db_path(db)
     config = _config(cfg)
-    _check_one_sqlite()
     _sync_log_level()
     return Replica(_native.open_replicated(path, config._native))
 

@@ -28,7 +28,6 @@ from ._replica import (
     Token,
     _config,
     _db_path,
-    _check_one_sqlite,
     _ReplicaBase,
     _sync_log_level,
     _timeout,
@@ -100,7 +99,6 @@ async def open_replicated(db: DbLike, cfg: ConfigLike = None) -> Replica:
     """Starts replicating a SQLite database; the coroutine form of :func:`harmonylite.open_replicated`."""
     path = _db_path(db)
     config = _config(cfg)
-    _check_one_sqlite()
     _sync_log_level()
     native: _native.Replica = await _native.open_replicated_async(path, config._native)
     return Replica(native)
