@@ -51,21 +51,6 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .ctx("starting capture install")?;
     let mut schema = Schema::read(&tx, config)?;
-    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-    for table in schema.tables.values().filter(|_| config.publish) {
-        let (id, new) = table_id(&tx, &table.name)?;
-        // Rows a table holds before its triggers exist are logged now, so every row reaches the cluster:
-        // the rows of a database replicated for the first time (it seeds the cluster), and those a table
-        // created while the app ran got before this install. A row whose replication state matches its
-        // values is not sent again (the stamper compares).
-        if new {
-            backfill(&tx, table, id)?;
-        }
-        for trigger in triggers::for_table(table, id) {
-            wanted.insert(trigger.name, trigger.sql);
-        }
-    }
-    crate::state::meta::mark_capture_installed(&tx)?;
     let existing: Vec<(String, String)> = tx
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'")
         .and_then(|mut stmt| {
@@ -73,6 +58,30 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("listing capture triggers")?;
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for table in schema.tables.values().filter(|_| config.publish) {
+        let (id, new) = table_id(&tx, &table.name)?;
+        let table_triggers = triggers::for_table(table, id);
+        // Rows a table holds before its triggers exist are logged now, so every row reaches the cluster:
+        // the rows of a database replicated for the first time (it seeds the cluster), and those a table
+        // created while the app ran got before this install. A row whose replication state matches its
+        // values is not sent again (the stamper compares).
+        if new {
+            backfill(&tx, table, id)?;
+        } else if !table_triggers
+            .iter()
+            .any(|t| existing.iter().any(|(name, _)| *name == t.name))
+        {
+            // A known table without any of its triggers was dropped and created again: a rebuild (Django's
+            // AlterField, sqlite-utils' `transform`: CREATE new__t, INSERT … SELECT, DROP t, RENAME). What
+            // the app wrote between the rebuild's commit and this install was not captured.
+            reconcile(&tx, table, id)?;
+        }
+        for trigger in table_triggers {
+            wanted.insert(trigger.name, trigger.sql);
+        }
+    }
+    crate::state::meta::mark_capture_installed(&tx)?;
     let mut changed = 0usize;
     for (name, sql) in &existing {
         if wanted.get(name) != Some(sql) {
@@ -148,6 +157,53 @@ fn backfill(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
     if logged > 0 {
         info!(table = %table.name, rows = logged, "rows written before capture was installed are logged, to be sent to the cluster");
     }
+    Ok(())
+}
+
+/// Brings a rebuilt table's changes into the log: every row it holds (the stamper sends only those whose
+/// values differ from their replication state, so the rebuild itself sends nothing), and a delete for
+/// every row the state says exists but the table no longer holds.
+fn reconcile(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
+    let slots: String = (0..table.pk.len()).map(|i| format!(", k{i}")).collect();
+    let keys: String = table
+        .pk
+        .iter()
+        .map(|c| format!(", {}", triggers::quote(c)))
+        .collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) SELECT {id}, {}, {}{keys} FROM {}",
+            triggers::OP_INSERT,
+            triggers::COMMIT_MILLIS,
+            triggers::quote(&table.name)
+        ),
+        [],
+    )
+    .ctx("logging the rows of a rebuilt table")?;
+    let mut deleted = 0usize;
+    for (bytes, state) in crate::state::rows::for_table(conn, &table.name)? {
+        if !state.exists() {
+            continue;
+        }
+        let Some(pk) = crate::log::pk_from_key(&bytes) else {
+            continue;
+        };
+        let present: bool = conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+                triggers::quote(&table.name),
+                triggers::key_filter(&table.pk)
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row(rusqlite::params_from_iter(pk.iter()), |row| row.get(0))
+            })
+            .ctx("reading a rebuilt table")?;
+        if !present {
+            log_local_change(conn, &table.name, triggers::OP_DELETE, &pk)?;
+            deleted += 1;
+        }
+    }
+    info!(table = %table.name, deleted, "table rebuilt: its rows are compared with their replication state, so what was written during the rebuild is sent");
     Ok(())
 }
 

@@ -4,4 +4,6 @@ pub mod codec;
 pub mod record;
 
 pub use codec::{decode, encode, DecodeError};
-pub use record::{image_hash, pk_key, shard_of, value_hash, Batch, Op, RowChange, Value};
+pub use record::{
+    image_hash, pk_from_key, pk_key, shard_of, value_hash, Batch, Op, RowChange, Value,
+};

@@ -124,6 +124,11 @@ pub fn pk_key(pk: &[Value]) -> Vec<u8> {
     rmp_serde::to_vec(pk).unwrap_or_default()
 }
 
+/// The key back from [`pk_key`]'s bytes (None when they are not such bytes).
+pub fn pk_from_key(bytes: &[u8]) -> Option<Vec<Value>> {
+    rmp_serde::from_slice(bytes).ok()
+}
+
 /// Stable shard of a row: FNV-1a over (table, canonical key), so every node routes a row the same way.
 pub fn shard_of(table: &str, pk_bytes: &[u8], shards: u32) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
