@@ -8,8 +8,9 @@
 #   tests/apps/run.sh -k django          pytest arguments pass through
 #
 # Installs what it needs: the Python binding (from this checkout) and the apps into the repository's .venv
-# (made by scripts/setup.sh), the Node binding and the Node apps into tests/apps/node/node_modules (npm's
-# cache in /var/cache/harmonylite/npm when that is writable). Ends with "apps: N passed, N failed".
+# (made by scripts/setup.sh), the Node binding and the Node apps into tests/apps/node/node_modules (`npm ci`
+# from the committed lock; npm's cache in /var/cache/harmonylite/npm when that is writable). Each install is
+# redone only when what it is built from changed. Ends with "apps: N passed, N failed".
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -69,12 +70,18 @@ fi
 
 step "Node apps and binding (npm install in tests/apps/node)"
 node_stamp=$APPS/node/node_modules/.harmonylite-apps
-node_hash=$( { sources_hash core bindings/node; sha256sum "$APPS/node/package.json"; } | sha256sum | cut -d' ' -f1)
+node_hash=$( { sources_hash core bindings/node; sha256sum "$APPS/node/package-lock.json"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_hash" ]; then
   started=$SECONDS
   rm -f "$ROOT"/bindings/node/harmonylite.*.node # built again from these sources by its install script
   # better-sqlite3 builds from source when no prebuilt binary can be downloaded (about a minute).
-  (cd "$APPS/node" && npm install --no-save --foreground-scripts) || fail "npm install in tests/apps/node failed"
+  npm_log=$(mktemp)
+  if ! (cd "$APPS/node" && npm ci --foreground-scripts) >"$npm_log" 2>&1; then
+    tail -n 60 "$npm_log" >&2
+    rm -f "$npm_log"
+    fail "npm ci in tests/apps/node failed"
+  fi
+  rm -f "$npm_log"
   (cd "$APPS/node" && node -e "require('knex'); require('better-sqlite3'); require('harmonylite')") \
     || fail "the Node apps do not load"
   echo "$node_hash" >"$node_stamp"

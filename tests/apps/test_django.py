@@ -4,6 +4,7 @@ gunicorn -w 2 with the replica opened in AppConfig.ready() and a manage.py comma
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Dict
@@ -131,3 +132,51 @@ def test_rolling_addfield_and_alterfield_while_node1_writes(tmp_path: Path, nats
     ledger = cluster.ledger()
     written = sum(1 for e in ledger.present.get("shop_product", {}) if e.startswith("w1-"))
     report("django rolling migrations", rows=ledger.size(), writer_rows=written, **timings)
+
+
+def test_the_guides_settings_are_the_projects() -> None:
+    from django_cluster import PROJECT, guide_block
+
+    block = guide_block("# mysite/settings.py")
+    databases = block[block.index("DATABASES = {"):block.index("\n}\n") + 3]
+    assert databases in (PROJECT / "mysite" / "settings.py").read_text(), databases
+
+
+def test_gunicorn_two_workers_open_in_ready_and_a_manage_command_beside_them(
+        tmp_path: Path, nats: NatsServer, procs: Processes) -> None:
+    timings: Dict[str, float] = {}
+    cluster = DjangoCluster(tmp_path, nats, procs)
+    n1, n2, n3 = cluster.nodes
+    for node in cluster.nodes:
+        node.manage("migrate", "--noinput")
+        node.replicate(True)
+    with timed("gunicorn up", timings):
+        n1.start_gunicorn(workers=2)  # each worker's ready() opens the replica: one runs it, one attaches
+        n2.start_gunicorn()
+        n3.start_gunicorn()
+    status = n1.get("/replica")
+    assert status["role"] in ("active", "attached") and status["replicator_pid"], status
+    # Requests served by both workers write through one replicator.
+    journal = n1.journal()
+    pids = set()
+    with timed("http writes", timings):
+        with open(journal, "a") as out:
+            for i in range(ROWS * 2):
+                ref = f"http-{i}"
+                reply = n1.request("POST", "/products", {"ref": ref, "name": f"product {ref}", "category": "web"})
+                pids.add(reply["pid"])
+                out.write(json.dumps({"at": time.time(), "op": "created", "table": "shop_product",
+                                      "label_column": "ref", "label": ref, "values": {"name": f"product {ref}"}})
+                          + "\n")
+    replicators = {n1.get("/replica")["replicator_pid"] for _ in range(4)}
+    assert len(replicators) == 1, f"two replicators for one file: {replicators}"
+    # A manage.py command while gunicorn runs attaches to the workers' replicator.
+    out = n1.write("create", "--prefix", "cmd", "--count", str(ROWS), "--category", "web")
+    assert "replica role: attached" in out, out
+    n2.write("create", "--prefix", "n2", "--count", str(ROWS), "--category", "garden")
+    with timed("converged", timings):
+        assert_converged(cluster.dbs, cluster.ledger())
+    report("django gunicorn -w 2", rows=cluster.ledger().size(), serving_pids=len(pids), **timings)
+    for node in cluster.nodes:
+        node.stop_gunicorn()
+    assert_converged(cluster.dbs, cluster.ledger())

@@ -41,7 +41,15 @@ TEMPLATES = [
     }
 ]
 WSGI_APPLICATION = "mysite.wsgi.application"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+        # The replicator writes to the file too (it applies other nodes' rows, it records what it sent):
+        # transactions that take the write lock when they begin wait for it instead of failing.
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # quick logins in the suite
 STATIC_URL = "static/"
