@@ -4,7 +4,7 @@
 //! captured changes into the outbox and hands them to the publisher, applies received batches, and
 //! answers status queries. One thread, one connection: the library never races itself for the write lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -114,6 +114,14 @@ struct DbWorker {
     /// Tables with parked changes, and when parked changes were last retried.
     parked_tables: std::collections::BTreeSet<String>,
     last_parked_retry: Instant,
+    /// After a local schema change, parked changes wait until the schema has been still for
+    /// `SCHEMA_SETTLE` (see there); `retry_after_settle` says a retry is owed then.
+    settle_until: Instant,
+    retry_after_settle: bool,
+    /// Tables created since the replica opened, not captured yet, and when each was first seen (see
+    /// `NEW_TABLE_GRACE`); `schema_recheck_at`: when the next of them is due.
+    new_tables: BTreeMap<String, Instant>,
+    schema_recheck_at: Option<Instant>,
     data_version: i64,
     outputs: DbOutputs,
     last_outbox_id: i64,
@@ -162,6 +170,18 @@ const CHECKPOINT_AFTER: u32 = 1024;
 /// Parked changes are retried after whatever may unblock them (a schema change, a write to their table)
 /// and, for those waiting on time (a clock ahead of ours) or on anything else, at least this often.
 const PARKED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// A table created while the replica runs is captured once it has existed this long. Tools create and
+/// drop probe tables outside any transaction (sqlite-utils: `t<random hex>` with one row, to test for
+/// upsert support): captured at once, such a table's row went out, and every other node kept it waiting
+/// for a table that never comes. Rows written meanwhile are not missed: a table's existing rows are
+/// logged when it is first captured.
+const NEW_TABLE_GRACE: Duration = Duration::from_millis(500);
+/// Parked changes wait until the local schema has been still this long before they are retried. A
+/// migration tool runs its own steps right after the schema change that unblocks them (Django's
+/// post_migrate reads which content types and permissions exist and inserts the missing ones): received
+/// rows applied in between made its INSERT fail on a UNIQUE constraint. Applied after it, identical rows
+/// merge as one.
+const SCHEMA_SETTLE: Duration = Duration::from_secs(2);
 
 /// Opens the database, installs capture, and starts the thread.
 pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(DbHandle, Opened)> {
@@ -349,6 +369,10 @@ impl DbWorker {
                 // The thread retries parked changes as soon as it runs (`run`): the schema or the data they
                 // wait for may have changed while the node was stopped.
                 last_parked_retry: Instant::now(),
+                settle_until: Instant::now(),
+                retry_after_settle: false,
+                new_tables: BTreeMap::new(),
+                schema_recheck_at: None,
                 data_version,
                 outputs,
                 last_outbox_id,
@@ -428,8 +452,18 @@ impl DbWorker {
             {
                 self.store_deferred_writes();
             }
-            if !self.parked_tables.is_empty()
-                && self.last_parked_retry.elapsed() >= PARKED_RETRY_INTERVAL
+            if self
+                .schema_recheck_at
+                .is_some_and(|at| Instant::now() >= at)
+            {
+                self.schema.version = -1; // re-read: a new table is due for capture
+                if let Err(err) = self.refresh_schema_if_changed() {
+                    warn!(error = %err, "schema refresh failed; will retry");
+                }
+            }
+            if (self.retry_after_settle && Instant::now() >= self.settle_until)
+                || (!self.parked_tables.is_empty()
+                    && self.last_parked_retry.elapsed() >= PARKED_RETRY_INTERVAL)
             {
                 self.retry_parked(None);
             }
@@ -509,18 +543,48 @@ impl DbWorker {
         if version == self.schema.version {
             return Ok(false);
         }
-        let schema = capture::install(&mut self.conn, &self.config)?;
+        let hold = self.tables_to_hold()?;
+        let schema = capture::install_holding(&mut self.conn, &self.config, &hold)?;
         for refused in &schema.refused {
             error!(error = %refused, "table not replicated");
         }
+        if self.schema.version != -1 || schema.tables != self.schema.tables {
+            // A local schema change (not only a held table's turn): let it settle (`SCHEMA_SETTLE`).
+            self.settle_until = Instant::now() + SCHEMA_SETTLE;
+        }
         self.schema = schema;
-        // Changes that waited for this schema may apply now.
-        self.retry_parked(None);
+        // Changes that waited for this schema may apply now, once it has settled.
+        self.retry_after_settle = true;
         Ok(true)
+    }
+
+    /// The new tables still in their `NEW_TABLE_GRACE`, and when the next one is due.
+    fn tables_to_hold(&mut self) -> Result<BTreeSet<String>> {
+        let present = capture::Schema::read(&self.conn, &self.config)?;
+        let registered = capture::registered_tables(&self.conn)?;
+        let now = Instant::now();
+        self.new_tables
+            .retain(|name, _| present.tables.contains_key(name) && !registered.contains(name));
+        let mut hold = BTreeSet::new();
+        let mut next: Option<Instant> = None;
+        for name in present.tables.keys().filter(|n| !registered.contains(*n)) {
+            let due = *self.new_tables.entry(name.clone()).or_insert(now) + NEW_TABLE_GRACE;
+            if now < due {
+                hold.insert(name.clone());
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        self.schema_recheck_at = next;
+        Ok(hold)
     }
 
     /// Retries parked changes (of the given tables, or all) in one write transaction.
     fn retry_parked(&mut self, tables: Option<&[String]>) {
+        if Instant::now() < self.settle_until {
+            self.retry_after_settle = true;
+            return;
+        }
+        self.retry_after_settle = false;
         self.last_parked_retry = Instant::now();
         let waiting = match tables {
             Some(tables) => tables.iter().any(|t| self.parked_tables.contains(t)),
@@ -543,6 +607,7 @@ impl DbWorker {
                 stamp: publish.then_some(&settings),
                 history: &self.history,
                 parked_tables: &self.parked_tables,
+                retry_parked: true,
             };
             let result = retry_parked_batch(&tx, &run, &mut clock, tables)?;
             outbox::delete(&tx, &self.acked)?;
@@ -783,6 +848,7 @@ impl DbWorker {
             let unsaved = &self.unsaved_positions;
             let history = &mut self.history;
             let parked_tables = &mut self.parked_tables;
+            let retry_parked = Instant::now() >= self.settle_until;
             with_busy_retry(limit, || {
                 let mut clock = start_clock;
                 let tx = begin_write(conn, limit, "starting an apply transaction")?;
@@ -793,6 +859,7 @@ impl DbWorker {
                     stamp: publish.then_some(&settings),
                     history,
                     parked_tables,
+                    retry_parked,
                 };
                 let result = apply_batch(&tx, &run, &mut clock, messages)?;
                 outbox::delete(&tx, acked)?;

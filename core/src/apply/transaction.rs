@@ -26,6 +26,9 @@ pub struct BatchRun<'a> {
     pub history: &'a ClockHistory,
     /// Tables with parked changes before this transaction.
     pub parked_tables: &'a BTreeSet<String>,
+    /// Whether parked changes may be retried after the batch wrote their tables (not while a local
+    /// schema change settles, see `db_thread::SCHEMA_SETTLE`).
+    pub retry_parked: bool,
 }
 
 pub struct BatchResult {
@@ -56,7 +59,11 @@ pub fn apply_batch(
     let mut outcome = applier::apply_messages(tx, &ctx, clock, messages)?;
     // What this batch wrote may unblock changes parked on the same table, or on a table whose rows point
     // at it.
-    let touched = unblocked(run.schema, &outcome.tables, run.parked_tables, true);
+    let touched = if run.retry_parked {
+        unblocked(run.schema, &outcome.tables, run.parked_tables, true)
+    } else {
+        Vec::new()
+    };
     let retried = retry_tables(tx, &ctx, clock, run, touched.clone())?;
     outcome.absorb(retried);
     capture::discard_own_changes(tx, mark)?;

@@ -9,7 +9,7 @@ pub mod commit_watch;
 pub mod schema;
 pub mod triggers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::{info, warn};
@@ -47,10 +47,21 @@ pub fn discard_own_changes(conn: &Connection, mark: i64) -> Result<usize> {
 /// ones, drops those of tables that are gone or no longer selected. Runs in one write transaction.
 /// A read replica (`publish = false`) gets no triggers at all: it sends nothing.
 pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
+    install_holding(conn, config, &BTreeSet::new())
+}
+
+/// [`install`], leaving out the tables in `hold` (new tables not captured yet, see
+/// [`registered_tables`]): they get no triggers and are not part of the schema returned.
+pub fn install_holding(
+    conn: &mut Connection,
+    config: &Config,
+    hold: &BTreeSet<String>,
+) -> Result<Schema> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .ctx("starting capture install")?;
     let mut schema = Schema::read(&tx, config)?;
+    schema.tables.retain(|name, _| !hold.contains(name));
     let existing: Vec<(String, String)> = tx
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'")
         .and_then(|mut stmt| {
@@ -113,6 +124,16 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
         );
     }
     Ok(schema)
+}
+
+/// The tables capture has ever been installed on (a table not among them is new to this node).
+pub fn registered_tables(conn: &Connection) -> Result<BTreeSet<String>> {
+    conn.prepare_cached(&format!("SELECT name FROM {TABLES}"))
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<BTreeSet<String>>>()
+        })
+        .ctx("reading table ids")
 }
 
 /// The table's id in the registry, and whether it was just registered.
