@@ -114,14 +114,16 @@ struct DbWorker {
     /// Tables with parked changes, and when parked changes were last retried.
     parked_tables: std::collections::BTreeSet<String>,
     last_parked_retry: Instant,
-    /// After a local schema change, parked changes wait until the schema has been still for
-    /// `SCHEMA_SETTLE` (see there); `retry_after_settle` says a retry is owed then.
+    /// While a migration tool migrates, parked changes wait until `settle_until` (`SCHEMA_SETTLE`);
+    /// `retry_after_settle` says a retry is owed then.
     settle_until: Instant,
     retry_after_settle: bool,
     /// Tables created since the replica opened, not captured yet, and when each was first seen (see
     /// `NEW_TABLE_GRACE`); `schema_recheck_at`: when the next of them is due.
     new_tables: BTreeMap<String, Instant>,
     schema_recheck_at: Option<Instant>,
+    capture_now: bool,
+    migrations_seen: i64,
     data_version: i64,
     outputs: DbOutputs,
     last_outbox_id: i64,
@@ -176,8 +178,8 @@ const PARKED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// for a table that never comes. Rows written meanwhile are not missed: a table's existing rows are
 /// logged when it is first captured.
 const NEW_TABLE_GRACE: Duration = Duration::from_millis(500);
-/// Parked changes wait until the local schema has been still this long before they are retried. A
-/// migration tool runs its own steps right after the schema change that unblocks them (Django's
+/// While a migration tool migrates (its bookkeeping table changes with the schema), parked changes are
+/// retried only once the schema has been still this long. A migration tool runs its own steps right after the schema change that unblocks them (Django's
 /// post_migrate reads which content types and permissions exist and inserts the missing ones): received
 /// rows applied in between made its INSERT fail on a UNIQUE constraint. Applied after it, identical rows
 /// merge as one.
@@ -350,6 +352,7 @@ impl DbWorker {
         let parked_tables = parked::tables(&conn)?;
         let last_outbox_id = pending_outbox.last().map(|e| e.id).unwrap_or(0);
         outputs.positions.send_replace(positions);
+        let migrations_seen = migration_bookkeeping(&conn);
         info!(
             db = %db.display(),
             node_id,
@@ -373,6 +376,8 @@ impl DbWorker {
                 retry_after_settle: false,
                 new_tables: BTreeMap::new(),
                 schema_recheck_at: None,
+                capture_now: false,
+                migrations_seen,
                 data_version,
                 outputs,
                 last_outbox_id,
@@ -470,6 +475,7 @@ impl DbWorker {
             self.checkpoint_if_due(idle);
         }
         // Last chance to move committed changes into the outbox; whatever stays goes out next open.
+        self.capture_new_tables_now();
         self.stamp_all();
         self.store_deferred_writes();
         debug!("database thread stopped");
@@ -500,6 +506,7 @@ impl DbWorker {
             }
             Command::Flush { reply } => {
                 self.app_committed();
+                self.capture_new_tables_now();
                 self.stamp_all();
                 let _ = reply.send(Ok(self.last_outbox_id));
             }
@@ -548,18 +555,32 @@ impl DbWorker {
         for refused in &schema.refused {
             error!(error = %refused, "table not replicated");
         }
-        if self.schema.version != -1 || schema.tables != self.schema.tables {
-            // A local schema change (not only a held table's turn): let it settle (`SCHEMA_SETTLE`).
+        self.schema = schema;
+        // Changes that waited for this schema may apply now; while a migration tool is at work (its
+        // bookkeeping changed with the schema), once it has finished (`SCHEMA_SETTLE`).
+        let migrations = migration_bookkeeping(&self.conn);
+        if migrations != self.migrations_seen {
+            self.migrations_seen = migrations;
             self.settle_until = Instant::now() + SCHEMA_SETTLE;
         }
-        self.schema = schema;
-        // Changes that waited for this schema may apply now, once it has settled.
-        self.retry_after_settle = true;
+        self.retry_parked(None);
         Ok(true)
+    }
+
+    /// Ends the grace of new tables (`sync()`, close): everything committed so far goes out.
+    fn capture_new_tables_now(&mut self) {
+        if self.schema_recheck_at.is_some() {
+            self.capture_now = true;
+            self.schema.version = -1;
+        }
     }
 
     /// The new tables still in their `NEW_TABLE_GRACE`, and when the next one is due.
     fn tables_to_hold(&mut self) -> Result<BTreeSet<String>> {
+        if std::mem::take(&mut self.capture_now) {
+            self.schema_recheck_at = None;
+            return Ok(BTreeSet::new());
+        }
         let present = capture::Schema::read(&self.conn, &self.config)?;
         let registered = capture::registered_tables(&self.conn)?;
         let now = Instant::now();
@@ -1011,4 +1032,27 @@ fn load_outbox(conn: &Connection, node_id: u64) -> Result<Vec<OutboxEntry>> {
 pub fn cleanup_database(db: &Path) -> Result<usize> {
     let mut conn = open_connection(db, Duration::from_secs(5))?;
     capture::cleanup(&mut conn)
+}
+
+/// How many rows the migration tools' bookkeeping tables hold (it changes as a tool migrates).
+fn migration_bookkeeping(conn: &Connection) -> i64 {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .unwrap_or_default();
+    tables
+        .iter()
+        .filter(|t| crate::config::migration_tool(t).is_some())
+        .map(|t| {
+            conn.query_row(
+                &format!("SELECT count(*) FROM {}", capture::triggers::quote(t)),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap_or(0)
+        })
+        .sum()
 }

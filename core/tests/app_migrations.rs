@@ -176,8 +176,8 @@ async fn a_table_rebuild_is_not_sent_again_and_writes_right_after_it_are_not_los
     );
 }
 
-/// Right after the schema change that unblocks them, parked rows wait until the schema has been still for
-/// a moment: the migration tool's next step (Django's post_migrate: read which content types exist, insert
+/// Right after the migration (a schema change recorded in the tool's bookkeeping) that unblocks them,
+/// parked rows wait until the schema has been still for a moment: the migration tool's next step (Django's post_migrate: read which content types exist, insert
 /// the missing ones) otherwise met them half-way and failed on `UNIQUE (app_label, model)`. The node's own
 /// identical rows then merge with the received ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +199,8 @@ async fn parked_rows_wait_for_the_migration_to_finish_its_own_inserts() {
          INSERT INTO new__django_content_type(id, app_label, model) SELECT id, app_label, model FROM django_content_type;
          DROP TABLE django_content_type;
          ALTER TABLE new__django_content_type RENAME TO django_content_type;
+         CREATE TABLE IF NOT EXISTS django_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, name TEXT NOT NULL, applied TEXT NOT NULL);
+         INSERT INTO django_migrations(app, name, applied) VALUES ('contenttypes', '0002_remove_content_type_name', 'now');
          COMMIT;",
     )
     .expect("migration");
