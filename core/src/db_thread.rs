@@ -462,9 +462,8 @@ impl DbWorker {
                 .is_some_and(|at| Instant::now() >= at)
             {
                 self.schema.version = -1; // re-read: a new table is due for capture
-                if let Err(err) = self.refresh_schema_if_changed() {
-                    warn!(error = %err, "schema refresh failed; will retry");
-                }
+                                          // Capturing it logs its rows (no app commit wakes the stamper for those): stamp them now.
+                self.stamp_all();
             }
             if (self.retry_after_settle && Instant::now() >= self.settle_until)
                 || (!self.parked_tables.is_empty()

@@ -258,6 +258,7 @@ async fn a_probe_table_dropped_at_once_is_not_replicated_and_a_new_table_that_st
         .expect("notes");
     b.exec("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)");
     drop(conn);
+    // No sync(): the new table is captured by itself, and its row stamped and sent.
     wait_until_async("node 2 to receive the new table's row", || {
         b.dump("notes").len() == 1
     })
