@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: the Rust workspace (formatting, lints, unit, property and multi-node
-# integration tests against real nats-server processes), then each binding's own suite (Python, Node, Swift)
-# the benchmark smoke run and the short fault campaign (scripts/faults.sh; its scenarios known to fail today
-# are left out, see RELIABILITY.md). Each suite prints "<suite>: N passed, N failed"; the last line sums
-# them all.
+# integration tests against real nats-server processes), then each binding's own suite (Python, Node, Swift),
+# the real-app acceptance suite (tests/apps: Django, gunicorn, sqlite-utils, knex + better-sqlite3 from the
+# registries, three nodes each), the benchmark smoke run and the short fault campaign (scripts/faults.sh).
+# Each suite prints "<suite>: N passed, N failed"; the last line sums them all.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh rust       only the Rust workspace (also: python, node, swift, bench, faults)
+#   scripts/test.sh rust       only the Rust workspace (also: python, node, swift, apps, bench, faults)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -18,7 +18,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(rust python node swift bench faults)
+[ ${#suites[@]} -gt 0 ] || suites=(rust python node swift apps bench faults)
 # Binding crates are linted and tested by their own scripts (Swift builds against the system SQLite).
 binding_crates=(--exclude harmonylite-python --exclude harmonylite-node --exclude harmonylite-swift --exclude uniffi-bindgen-swift)
 existing_excludes=()
@@ -87,9 +87,10 @@ for suite in "${suites[@]}"; do
     python) run_script python bindings/python/test.sh ;;
     node) run_script node bindings/node/test.sh ;;
     swift) run_script swift bindings/swift/test.sh ;;
+    apps) run_script apps tests/apps/run.sh ;;
     bench) run_script bench bench/smoke.sh ;;
     faults) run_script faults scripts/faults.sh --short ;;
-    *) echo "unknown suite $suite (rust, python, node, swift, bench, faults)"; record "$suite" 0 1 ;;
+    *) echo "unknown suite $suite (rust, python, node, swift, apps, bench, faults)"; record "$suite" 0 1 ;;
   esac
 done
 

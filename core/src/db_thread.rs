@@ -4,7 +4,7 @@
 //! captured changes into the outbox and hands them to the publisher, applies received batches, and
 //! answers status queries. One thread, one connection: the library never races itself for the write lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -123,6 +123,16 @@ struct DbWorker {
     /// Tables with parked changes, and when parked changes were last retried.
     parked_tables: std::collections::BTreeSet<String>,
     last_parked_retry: Instant,
+    /// While a migration tool migrates, parked changes wait until `settle_until` (`SCHEMA_SETTLE`);
+    /// `retry_after_settle` says a retry is owed then.
+    settle_until: Instant,
+    retry_after_settle: bool,
+    /// Tables created since the replica opened, not captured yet, and when each was first seen (see
+    /// `NEW_TABLE_GRACE`); `schema_recheck_at`: when the next of them is due.
+    new_tables: BTreeMap<String, Instant>,
+    schema_recheck_at: Option<Instant>,
+    capture_now: bool,
+    migrations_seen: i64,
     data_version: i64,
     outputs: DbOutputs,
     last_outbox_id: i64,
@@ -171,6 +181,18 @@ const CHECKPOINT_AFTER: u32 = 1024;
 /// Parked changes are retried after whatever may unblock them (a schema change, a write to their table)
 /// and, for those waiting on time (a clock ahead of ours) or on anything else, at least this often.
 const PARKED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// A table created while the replica runs is captured once it has existed this long. Tools create and
+/// drop probe tables outside any transaction (sqlite-utils: `t<random hex>` with one row, to test for
+/// upsert support): captured at once, such a table's row went out, and every other node kept it waiting
+/// for a table that never comes. Rows written meanwhile are not missed: a table's existing rows are
+/// logged when it is first captured.
+const NEW_TABLE_GRACE: Duration = Duration::from_millis(500);
+/// While a migration tool migrates (its bookkeeping table changes with the schema), parked changes are
+/// retried only once the schema has been still this long. A migration tool runs its own steps right after the schema change that unblocks them (Django's
+/// post_migrate reads which content types and permissions exist and inserts the missing ones): received
+/// rows applied in between made its INSERT fail on a UNIQUE constraint. Applied after it, identical rows
+/// merge as one.
+const SCHEMA_SETTLE: Duration = Duration::from_secs(2);
 
 /// Opens the database, installs capture, and starts the thread.
 pub(crate) fn start(db: &Path, config: &Config, outputs: DbOutputs) -> Result<(DbHandle, Opened)> {
@@ -344,6 +366,7 @@ impl DbWorker {
         let parked_tables = parked::tables(&conn)?;
         let last_outbox_id = pending_outbox.last().map(|e| e.id).unwrap_or(0);
         outputs.positions.send_replace(positions);
+        let migrations_seen = migration_bookkeeping(&conn);
         info!(
             db = %db.display(),
             node_id,
@@ -364,6 +387,12 @@ impl DbWorker {
                 // The thread retries parked changes as soon as it runs (`run`): the schema or the data they
                 // wait for may have changed while the node was stopped.
                 last_parked_retry: Instant::now(),
+                settle_until: Instant::now(),
+                retry_after_settle: false,
+                new_tables: BTreeMap::new(),
+                schema_recheck_at: None,
+                capture_now: false,
+                migrations_seen,
                 data_version,
                 outputs,
                 last_outbox_id,
@@ -443,14 +472,24 @@ impl DbWorker {
             {
                 self.store_deferred_writes();
             }
-            if !self.parked_tables.is_empty()
-                && self.last_parked_retry.elapsed() >= PARKED_RETRY_INTERVAL
+            if self
+                .schema_recheck_at
+                .is_some_and(|at| Instant::now() >= at)
+            {
+                self.schema.version = -1; // re-read: a new table is due for capture
+                                          // Capturing it logs its rows (no app commit wakes the stamper for those): stamp them now.
+                self.stamp_all();
+            }
+            if (self.retry_after_settle && Instant::now() >= self.settle_until)
+                || (!self.parked_tables.is_empty()
+                    && self.last_parked_retry.elapsed() >= PARKED_RETRY_INTERVAL)
             {
                 self.retry_parked(None);
             }
             self.checkpoint_if_due(idle);
         }
         // Last chance to move committed changes into the outbox; whatever stays goes out next open.
+        self.capture_new_tables_now();
         self.stamp_all();
         self.store_deferred_writes();
         debug!("database thread stopped");
@@ -481,6 +520,7 @@ impl DbWorker {
             }
             Command::Flush { reply } => {
                 self.app_committed();
+                self.capture_new_tables_now();
                 self.stamp_all();
                 let _ = reply.send(Ok(self.last_outbox_id));
             }
@@ -527,18 +567,62 @@ impl DbWorker {
         if version == self.schema.version {
             return Ok(false);
         }
-        let schema = capture::install(&mut self.conn, &self.config)?;
+        let hold = self.tables_to_hold()?;
+        let schema = capture::install_holding(&mut self.conn, &self.config, &hold)?;
         for refused in &schema.refused {
             error!(error = %refused, "table not replicated");
         }
         self.schema = schema;
-        // Changes that waited for this schema may apply now.
+        // Changes that waited for this schema may apply now; while a migration tool is at work (its
+        // bookkeeping changed with the schema), once it has finished (`SCHEMA_SETTLE`).
+        let migrations = migration_bookkeeping(&self.conn);
+        if migrations != self.migrations_seen {
+            self.migrations_seen = migrations;
+            self.settle_until = Instant::now() + SCHEMA_SETTLE;
+        }
         self.retry_parked(None);
         Ok(true)
     }
 
+    /// Ends the grace of new tables (`sync()`, close): everything committed so far goes out.
+    fn capture_new_tables_now(&mut self) {
+        if self.schema_recheck_at.is_some() {
+            self.capture_now = true;
+            self.schema.version = -1;
+        }
+    }
+
+    /// The new tables still in their `NEW_TABLE_GRACE`, and when the next one is due.
+    fn tables_to_hold(&mut self) -> Result<BTreeSet<String>> {
+        if std::mem::take(&mut self.capture_now) {
+            self.schema_recheck_at = None;
+            return Ok(BTreeSet::new());
+        }
+        let present = capture::Schema::read(&self.conn, &self.config)?;
+        let registered = capture::registered_tables(&self.conn)?;
+        let now = Instant::now();
+        self.new_tables
+            .retain(|name, _| present.tables.contains_key(name) && !registered.contains(name));
+        let mut hold = BTreeSet::new();
+        let mut next: Option<Instant> = None;
+        for name in present.tables.keys().filter(|n| !registered.contains(*n)) {
+            let due = *self.new_tables.entry(name.clone()).or_insert(now) + NEW_TABLE_GRACE;
+            if now < due {
+                hold.insert(name.clone());
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        self.schema_recheck_at = next;
+        Ok(hold)
+    }
+
     /// Retries parked changes (of the given tables, or all) in one write transaction.
     fn retry_parked(&mut self, tables: Option<&[String]>) {
+        if Instant::now() < self.settle_until {
+            self.retry_after_settle = true;
+            return;
+        }
+        self.retry_after_settle = false;
         self.last_parked_retry = Instant::now();
         let waiting = match tables {
             Some(tables) => tables.iter().any(|t| self.parked_tables.contains(t)),
@@ -562,6 +646,7 @@ impl DbWorker {
                 stamp: publish.then_some(&settings),
                 history: &self.history,
                 parked_tables: &self.parked_tables,
+                retry_parked: true,
             };
             let result = retry_parked_batch(&tx, &run, &mut clock, tables)?;
             outbox::delete(&tx, &self.acked)?;
@@ -852,6 +937,7 @@ impl DbWorker {
             let unsaved = &self.unsaved_positions;
             let history = &mut self.history;
             let parked_tables = &mut self.parked_tables;
+            let retry_parked = Instant::now() >= self.settle_until;
             with_busy_retry(limit, || {
                 let mut clock = start_clock;
                 let tx = begin_write(conn, limit, "starting an apply transaction")?;
@@ -863,6 +949,7 @@ impl DbWorker {
                     stamp: publish.then_some(&settings),
                     history,
                     parked_tables,
+                    retry_parked,
                 };
                 let result = apply_batch(&tx, &run, &mut clock, messages)?;
                 outbox::delete(&tx, acked)?;
@@ -1014,4 +1101,27 @@ fn load_outbox(conn: &Connection, publisher: Publisher) -> Result<Vec<OutboxEntr
 pub fn cleanup_database(db: &Path) -> Result<usize> {
     let mut conn = open_connection(db, Duration::from_secs(5))?;
     capture::cleanup(&mut conn)
+}
+
+/// How many rows the migration tools' bookkeeping tables hold (it changes as a tool migrates).
+fn migration_bookkeeping(conn: &Connection) -> i64 {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .unwrap_or_default();
+    tables
+        .iter()
+        .filter(|t| crate::config::migration_tool(t).is_some())
+        .map(|t| {
+            conn.query_row(
+                &format!("SELECT count(*) FROM {}", capture::triggers::quote(t)),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap_or(0)
+        })
+        .sum()
 }

@@ -299,6 +299,7 @@ impl Replica {
             stamp: Some(&settings),
             history: &self.history,
             parked_tables: &self.parked_tables,
+            retry_parked: true,
         };
         let result = apply_batch(&tx, &run, &mut self.clock, &messages).expect("apply");
         let ids: Vec<i64> = result
@@ -343,6 +344,7 @@ impl Replica {
             stamp: Some(&settings),
             history: &self.history,
             parked_tables: &self.parked_tables,
+            retry_parked: true,
         };
         let result = retry_parked_batch(&tx, &run, &mut self.clock, None).expect("retry");
         let queued = result.stamped.map(|s| s.outbox).unwrap_or_default();

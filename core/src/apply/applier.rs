@@ -585,6 +585,9 @@ fn apply_change(
                 read_row(tx, table, &change.pk)?
             };
             let existed = stored.as_ref().is_some_and(RowState::exists);
+            if let Some(reason) = waits_for_parent(tx, ctx, table, change, &write)? {
+                return Ok(Applied::Park(ParkKind::Constraint, reason));
+            }
             if let Some(parked) =
                 write_change(tx, ctx, table, origin, change, &write, fresh, outcome)?
             {
@@ -734,6 +737,48 @@ fn apply_change(
             Ok(resolved.unwrap_or(Applied::Written))
         }
     }
+}
+
+/// A row that points (by a declared foreign key) at a parent row this node does not hold, while that
+/// parent's own change waits here (parked: its table lacks a column, a local NOT NULL column, ...), waits
+/// too. Written now, it would leave a dangling reference that the app's checks refuse: Django runs
+/// `PRAGMA foreign_key_check` after each migration, and a node migrating while another's rows arrive met
+/// `auth_permission` rows whose `django_content_type` rows still waited for their table's new shape.
+/// A parent that is simply missing (deleted, or never replicated) does not hold the row back.
+fn waits_for_parent(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    change: &RowChange,
+    write: &[usize],
+) -> Result<Option<String>> {
+    for (column, parent) in &table.parents {
+        let Some(value) = write
+            .iter()
+            .map(|i| &change.columns[*i])
+            .find(|(name, _)| name == column)
+            .map(|(_, value)| value)
+        else {
+            continue;
+        };
+        if matches!(value, Value::Null) {
+            continue;
+        }
+        let Some(parent_table) = ctx.schema.tables.get(parent) else {
+            continue;
+        };
+        let key = std::slice::from_ref(value);
+        if read_row(tx, parent_table, key)?.is_some() {
+            continue;
+        }
+        if parked::has_key(tx, parent, &pk_key(key))? {
+            return Ok(Some(format!(
+                "`{}`.{column} points at a row of `{parent}` that waits here too",
+                table.name
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Writes the change's winning columns. `fresh`: the row is replaced (a new life, or first seen here).

@@ -28,6 +28,9 @@ pub struct BatchRun<'a> {
     pub history: &'a ClockHistory,
     /// Tables with parked changes before this transaction.
     pub parked_tables: &'a BTreeSet<String>,
+    /// Whether parked changes may be retried after the batch wrote their tables (not while a local
+    /// schema change settles, see `db_thread::SCHEMA_SETTLE`).
+    pub retry_parked: bool,
 }
 
 pub struct BatchResult {
@@ -57,17 +60,15 @@ pub fn apply_batch(
         history: run.history,
     };
     let mut outcome = applier::apply_messages(tx, &ctx, clock, messages)?;
-    let touched: Vec<String> = outcome
-        .tables
-        .iter()
-        .filter(|t| run.parked_tables.contains(*t))
-        .cloned()
-        .collect();
-    for table in &touched {
-        // What this batch wrote may unblock changes parked on the same table.
-        let retried = applier::retry_parked(tx, &ctx, clock, Some(table), PARKED_RETRY_BATCH)?;
-        outcome.absorb(retried);
-    }
+    // What this batch wrote may unblock changes parked on the same table, or on a table whose rows point
+    // at it.
+    let touched = if run.retry_parked {
+        unblocked(run.schema, &outcome.tables, run.parked_tables, true)
+    } else {
+        Vec::new()
+    };
+    let retried = retry_tables(tx, &ctx, clock, run, touched.clone())?;
+    outcome.absorb(retried);
     capture::discard_own_changes(tx, mark)?;
     // On a node that publishes nothing, what the library changed for the app is logged, like the app's
     // own writes, after the discard (elsewhere it was stamped at once: `applier::flush_follow_ups`).
@@ -118,11 +119,7 @@ pub fn retry_parked_batch(
         stamp: run.stamp,
         history: run.history,
     };
-    let mut outcome = ApplyOutcome::default();
-    for table in &wanted {
-        let retried = applier::retry_parked(tx, &ctx, clock, Some(table), PARKED_RETRY_BATCH)?;
-        outcome.absorb(retried);
-    }
+    let mut outcome = retry_tables(tx, &ctx, clock, run, wanted)?;
     capture::discard_own_changes(tx, mark)?;
     for (table, op, pk) in &outcome.follow_ups {
         capture::log_local_change(tx, table, *op, pk)?;
@@ -136,6 +133,52 @@ pub fn retry_parked_batch(
         stamped,
         parked_tables: Some(parked::tables(tx)?),
     })
+}
+
+/// Retries the parked changes of `tables`; then, a few rounds at most, those of the parked tables whose
+/// rows point at a table the retry wrote (a row that waited for its parent row applies with it).
+fn retry_tables(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    run: &BatchRun<'_>,
+    mut tables: Vec<String>,
+) -> Result<ApplyOutcome> {
+    let mut outcome = ApplyOutcome::default();
+    for _ in 0..4 {
+        if tables.is_empty() {
+            break;
+        }
+        let mut written = BTreeSet::new();
+        for table in &tables {
+            let retried = applier::retry_parked(tx, ctx, clock, Some(table), PARKED_RETRY_BATCH)?;
+            written.extend(retried.tables.iter().cloned());
+            outcome.absorb(retried);
+        }
+        tables = unblocked(run.schema, &written, run.parked_tables, false);
+    }
+    Ok(outcome)
+}
+
+/// The parked tables that writes to `written` may unblock: the tables whose foreign keys point at them
+/// (and, with `itself`, the written tables themselves).
+fn unblocked(
+    schema: &Schema,
+    written: &BTreeSet<String>,
+    parked: &BTreeSet<String>,
+    itself: bool,
+) -> Vec<String> {
+    let mut tables = BTreeSet::new();
+    for table in written {
+        if itself {
+            tables.insert(table.clone());
+        }
+        if let Some(info) = schema.tables.get(table) {
+            tables.extend(info.referenced_by.iter().map(|(child, _)| child.clone()));
+        }
+    }
+    tables.retain(|t| parked.contains(t));
+    tables.into_iter().collect()
 }
 
 fn stamp_first(

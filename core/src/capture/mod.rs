@@ -9,7 +9,7 @@ pub mod commit_watch;
 pub mod schema;
 pub mod triggers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::{info, warn};
@@ -47,25 +47,21 @@ pub fn discard_own_changes(conn: &Connection, mark: i64) -> Result<usize> {
 /// ones, drops those of tables that are gone or no longer selected. Runs in one write transaction.
 /// A read replica (`publish = false`) gets no triggers at all: it sends nothing.
 pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
+    install_holding(conn, config, &BTreeSet::new())
+}
+
+/// [`install`], leaving out the tables in `hold` (new tables not captured yet, see
+/// [`registered_tables`]): they get no triggers and are not part of the schema returned.
+pub fn install_holding(
+    conn: &mut Connection,
+    config: &Config,
+    hold: &BTreeSet<String>,
+) -> Result<Schema> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .ctx("starting capture install")?;
     let mut schema = Schema::read(&tx, config)?;
-    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-    for table in schema.tables.values().filter(|_| config.publish) {
-        let (id, new) = table_id(&tx, &table.name)?;
-        // Rows a table holds before its triggers exist are logged now, so every row reaches the cluster:
-        // the rows of a database replicated for the first time (it seeds the cluster), and those a table
-        // created while the app ran got before this install. A row whose replication state matches its
-        // values is not sent again (the stamper compares).
-        if new {
-            backfill(&tx, table, id)?;
-        }
-        for trigger in triggers::for_table(table, id) {
-            wanted.insert(trigger.name, trigger.sql);
-        }
-    }
-    crate::state::meta::mark_capture_installed(&tx)?;
+    schema.tables.retain(|name, _| !hold.contains(name));
     let existing: Vec<(String, String)> = tx
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_\\_harmonylite\\_\\_%' ESCAPE '\\'")
         .and_then(|mut stmt| {
@@ -73,6 +69,30 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("listing capture triggers")?;
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for table in schema.tables.values().filter(|_| config.publish) {
+        let (id, new) = table_id(&tx, &table.name)?;
+        let table_triggers = triggers::for_table(table, id);
+        // Rows a table holds before its triggers exist are logged now, so every row reaches the cluster:
+        // the rows of a database replicated for the first time (it seeds the cluster), and those a table
+        // created while the app ran got before this install. A row whose replication state matches its
+        // values is not sent again (the stamper compares).
+        if new {
+            backfill(&tx, table, id)?;
+        } else if !table_triggers
+            .iter()
+            .any(|t| existing.iter().any(|(name, _)| *name == t.name))
+        {
+            // A known table without any of its triggers was dropped and created again: a rebuild (Django's
+            // AlterField, sqlite-utils' `transform`: CREATE new__t, INSERT … SELECT, DROP t, RENAME). What
+            // the app wrote between the rebuild's commit and this install was not captured.
+            reconcile(&tx, table, id)?;
+        }
+        for trigger in table_triggers {
+            wanted.insert(trigger.name, trigger.sql);
+        }
+    }
+    crate::state::meta::mark_capture_installed(&tx)?;
     let mut changed = 0usize;
     for (name, sql) in &existing {
         if wanted.get(name) != Some(sql) {
@@ -104,6 +124,16 @@ pub fn install(conn: &mut Connection, config: &Config) -> Result<Schema> {
         );
     }
     Ok(schema)
+}
+
+/// The tables capture has ever been installed on (a table not among them is new to this node).
+pub fn registered_tables(conn: &Connection) -> Result<BTreeSet<String>> {
+    conn.prepare_cached(&format!("SELECT name FROM {TABLES}"))
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<BTreeSet<String>>>()
+        })
+        .ctx("reading table ids")
 }
 
 /// The table's id in the registry, and whether it was just registered.
@@ -148,6 +178,53 @@ fn backfill(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
     if logged > 0 {
         info!(table = %table.name, rows = logged, "rows written before capture was installed are logged, to be sent to the cluster");
     }
+    Ok(())
+}
+
+/// Brings a rebuilt table's changes into the log: every row it holds (the stamper sends only those whose
+/// values differ from their replication state, so the rebuild itself sends nothing), and a delete for
+/// every row the state says exists but the table no longer holds.
+fn reconcile(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
+    let slots: String = (0..table.pk.len()).map(|i| format!(", k{i}")).collect();
+    let keys: String = table
+        .pk
+        .iter()
+        .map(|c| format!(", {}", triggers::quote(c)))
+        .collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) SELECT {id}, {}, {}{keys} FROM {}",
+            triggers::OP_INSERT,
+            triggers::COMMIT_MILLIS,
+            triggers::quote(&table.name)
+        ),
+        [],
+    )
+    .ctx("logging the rows of a rebuilt table")?;
+    let mut deleted = 0usize;
+    for (bytes, state) in crate::state::rows::for_table(conn, &table.name)? {
+        if !state.exists() {
+            continue;
+        }
+        let Some(pk) = crate::log::pk_from_key(&bytes) else {
+            continue;
+        };
+        let present: bool = conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+                triggers::quote(&table.name),
+                triggers::key_filter(&table.pk)
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row(rusqlite::params_from_iter(pk.iter()), |row| row.get(0))
+            })
+            .ctx("reading a rebuilt table")?;
+        if !present {
+            log_local_change(conn, &table.name, triggers::OP_DELETE, &pk)?;
+            deleted += 1;
+        }
+    }
+    info!(table = %table.name, deleted, "table rebuilt: its rows are compared with their replication state, so what was written during the rebuild is sent");
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub struct TableInfo {
     pub nullable_pk: Vec<String>,
     /// Columns of other tables that reference this table's key by a declared foreign key: (table, column).
     pub referenced_by: Vec<(String, String)>,
+    /// This table's single-column foreign keys to the key of another replicated table: (column, parent).
+    /// A received row whose parent row waits here (parked) waits with it (`apply::applier`).
+    pub parents: Vec<(String, String)>,
     /// Column sets of the table's UNIQUE constraints other than the key.
     pub unique: Vec<Vec<String>>,
     pub merge: MergeMode,
@@ -81,6 +84,7 @@ impl TableInfo {
             auto_key: false,
             nullable_pk: Vec::new(),
             referenced_by: Vec::new(),
+            parents: Vec::new(),
             unique: Vec::new(),
             merge: MergeMode::Column,
             default_hashes: Vec::new(),
@@ -220,7 +224,7 @@ impl Schema {
 /// Records, on each replicated table, the single-column foreign keys of other replicated tables that
 /// reference its key (a moved row takes its children along).
 fn link_foreign_keys(conn: &Connection, tables: &mut BTreeMap<String, TableInfo>) -> Result<()> {
-    let mut links: Vec<(String, String, String)> = Vec::new();
+    let mut links: Vec<(String, String, String, Option<String>)> = Vec::new();
     for child in tables.keys() {
         let keys: Vec<(i64, i64, String, String, Option<String>)> = conn
             .prepare("SELECT id, seq, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1)")
@@ -241,14 +245,21 @@ fn link_foreign_keys(conn: &Connection, tables: &mut BTreeMap<String, TableInfo>
             if keys.iter().filter(|k| k.0 == *id).count() != 1 {
                 continue; // composite foreign keys cannot follow a moved single-column key
             }
-            links.push((parent.clone(), child.clone(), from.clone()));
-            let _ = to;
+            links.push((parent.clone(), child.clone(), from.clone(), to.clone()));
         }
     }
-    for (parent, child, column) in links {
-        if let Some(table) = tables.get_mut(&parent) {
-            if table.pk.len() == 1 {
-                table.referenced_by.push((child, column));
+    for (parent, child, column, to) in links {
+        let Some(table) = tables.get_mut(&parent) else {
+            continue;
+        };
+        if table.pk.len() != 1 {
+            continue;
+        }
+        let to_key = to.as_ref().is_none_or(|to| *to == table.pk[0]);
+        table.referenced_by.push((child.clone(), column.clone()));
+        if to_key {
+            if let Some(child) = tables.get_mut(&child) {
+                child.parents.push((column, parent));
             }
         }
     }

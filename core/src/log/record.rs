@@ -124,8 +124,8 @@ pub fn pk_key(pk: &[Value]) -> Vec<u8> {
     rmp_serde::to_vec(pk).unwrap_or_default()
 }
 
-/// The key values back from [`pk_key`]'s bytes (None for bytes it did not write).
-pub fn pk_values(bytes: &[u8]) -> Option<Vec<Value>> {
+/// The key back from [`pk_key`]'s bytes (None when they are not such bytes).
+pub fn pk_from_key(bytes: &[u8]) -> Option<Vec<Value>> {
     rmp_serde::from_slice(bytes).ok()
 }
 

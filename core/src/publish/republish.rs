@@ -22,7 +22,7 @@ use super::OutboxEntry;
 use crate::capture::{Schema, TableInfo};
 use crate::clock::Version;
 use crate::error::Result;
-use crate::log::{encode, pk_values, shard_of, Batch, Op, RowChange, Value};
+use crate::log::{encode, pk_from_key, shard_of, Batch, Op, RowChange, Value};
 use crate::state::outbox;
 use crate::state::rows::{self, RowState};
 
@@ -51,7 +51,7 @@ pub fn republish_shard(
             if shard_of(&info.name, &pk_bytes, settings.shards) != shard {
                 continue;
             }
-            let Some(pk) = pk_values(&pk_bytes).filter(|pk| pk.len() == info.pk.len()) else {
+            let Some(pk) = pk_from_key(&pk_bytes).filter(|pk| pk.len() == info.pk.len()) else {
                 continue;
             };
             let changes = row_changes(tx, info, pk, &state)?;
