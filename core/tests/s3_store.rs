@@ -45,13 +45,6 @@ fn moto_server_binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
-
 /// A moto_server child process on 127.0.0.1, killed on drop.
 struct Moto {
     child: Child,
@@ -73,7 +66,7 @@ impl Moto {
             let dir = tempfile::tempdir().expect("a temp dir");
             let log = dir.path().join("moto.log");
             let log_file = std::fs::File::create(&log).expect("the moto log file");
-            let port = free_port();
+            let port = support::free_port();
             let mut command = Command::new(&binary);
             command
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -761,7 +754,7 @@ fn assert_names_endpoint(result: harmonylite::Result<impl std::fmt::Debug>, endp
 
 #[tokio::test]
 async fn unreachable_endpoint_fails_quickly_and_names_it() {
-    let port = free_port(); // nothing listens there
+    let port = support::free_port(); // nothing listens there
     let endpoint = format!("127.0.0.1:{port}");
     let options = S3Options {
         attempts: 3,

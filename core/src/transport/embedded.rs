@@ -1763,11 +1763,15 @@ mod tests {
         assert_eq!(plan.routes(), vec!["nats://10.9.9.2:6222"]);
     }
 
+    /// Random below the ephemeral range, checked free (see `core/tests/support::free_port`).
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
+        for _ in 0..1000 {
+            let port = 20_000 + rand::random::<u16>() % 12_000;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("no free port between 20000 and 32000");
     }
 
     async fn wait_for<F, Fut>(what: &str, mut check: F)
