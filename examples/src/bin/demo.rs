@@ -82,6 +82,10 @@ fn summary(db: &Path) -> Result<(i64, String), String> {
 }
 
 async fn run(options: Options) -> Result<(), String> {
+    // The demo's own connections use the engine's SQLite copy: switch its locking before the first one
+    // opens (open_replicated would do it too, but possibly while another thread holds a lock taken the old
+    // way; see docs/adr/0012-sqlite-coexistence.md).
+    harmonylite::sqlite_locks::install().map_err(|e| e.to_string())?;
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = match &options.keep {
         Some(dir) => {
