@@ -39,8 +39,10 @@ pub fn nats_server_binary() -> PathBuf {
 /// Linux), where servers started with port -1 and every client connection take theirs, so nothing else in
 /// the run is handed it between this check and the server's bind (a port from `bind(0)` is, under load).
 pub fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let port = 20_000 + rand::random::<u16>() % 12_000;
+    // std's randomly seeded hasher: the CLI's tests share this file and do not depend on `rand`.
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0..1000u32 {
+        let port = 20_000 + (std::hash::BuildHasher::hash_one(&seed, attempt) % 12_000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
