@@ -246,14 +246,30 @@ async fn a_probe_table_dropped_at_once_is_not_replicated_and_a_new_table_that_st
     let a = Node::start(config_for(&server, 1), MIGRATED).await;
     let b = Node::start(config_for(&server, 2), MIGRATED).await;
     let conn = a.conn();
+    // The rule is timing: a table dropped within the capture grace (500 ms) of its creation is never
+    // captured. A probe this test could not drop well within it (the machine stalled the thread) may be
+    // captured, as it would be in an app, and is left out of the check below.
+    let mut slow_probes = Vec::new();
     for i in 0..5 {
         conn.execute_batch(&format!(
             "BEGIN; CREATE TABLE t{i}probe(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t{i}probe VALUES (1, 'one'); COMMIT;"
         ))
         .expect("probe");
+        let created = std::time::Instant::now();
         conn.execute_batch(&format!("DROP TABLE IF EXISTS t{i}probe"))
             .expect("drop");
+        if created.elapsed() > std::time::Duration::from_millis(250) {
+            eprintln!(
+                "t{i}probe lived {:?}: left out of the check",
+                created.elapsed()
+            );
+            slow_probes.push(format!("t{i}probe"));
+        }
     }
+    assert!(
+        slow_probes.len() < 5,
+        "no probe was dropped within the grace"
+    );
     conn.execute_batch("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'kept');")
         .expect("notes");
     b.exec("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)");
@@ -265,9 +281,13 @@ async fn a_probe_table_dropped_at_once_is_not_replicated_and_a_new_table_that_st
     .await;
     settle(&[&a, &b]).await;
     let status = b.replica().status().await.expect("status");
+    let replicated: Vec<_> = status
+        .paused_tables
+        .iter()
+        .filter(|p| !slow_probes.contains(&p.table))
+        .collect();
     assert!(
-        status.paused_tables.is_empty(),
-        "a probe table was replicated: {:?}",
-        status.paused_tables
+        replicated.is_empty(),
+        "a probe table dropped within the grace was replicated: {replicated:?}"
     );
 }
