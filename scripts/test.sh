@@ -46,7 +46,7 @@ run_rust() {
   echo "== rust: cargo clippy"
   cargo clippy --workspace "${existing_excludes[@]}" --all-targets -- -D warnings || status=1
   echo "== rust: cargo test"
-  cargo test --workspace "${existing_excludes[@]}" 2>&1 | tee "$log"
+  cargo test --workspace --no-fail-fast "${existing_excludes[@]}" 2>&1 | tee "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   local passed failed
   passed=$(grep -E '^test result:' "$log" | awk '{s += $4} END {print s + 0}')
