@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI smoke test of the benchmark harness: builds it (debug by default, reusing the test build; set
 # BENCH_PROFILE=release for a release build), runs `--quick` once into a temp folder, and checks that it
-# finishes in time and writes valid JSON with every scenario and a markdown table. No figure is asserted.
+# exits 0 and writes valid JSON with every scenario and a markdown table. No figure, and no duration, is
+# asserted: the suite runs beside other suites on a loaded machine, and speed is what the benchmark itself
+# measures. A generous timeout (BENCH_SMOKE_TIMEOUT, seconds) only stops a run that hangs.
 # Ends with one line: "bench: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_BUILD_TARGET="${CARGO_BUILD_TARGET:-x86_64-unknown-linux-gnu}"
 export HARMONYLITE_NATS_SERVER="${HARMONYLITE_NATS_SERVER:-$PWD/.venv/bin/nats-server}"
 profile="${BENCH_PROFILE:-debug}"
-limit="${BENCH_SMOKE_LIMIT:-90}"
+hang_limit="${BENCH_SMOKE_TIMEOUT:-900}"
 
 passed=0
 failed=0
@@ -36,7 +38,7 @@ bin="$CARGO_TARGET_DIR/$CARGO_BUILD_TARGET/$profile/harmonylite-bench"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 started=$(date +%s)
-timeout --kill-after=10 $((limit + 60)) "$bin" --quick --out "$out" >"$out/stdout" 2>"$out/stderr"
+timeout --kill-after=10 "$hang_limit" "$bin" --quick --out "$out" >"$out/stdout" 2>"$out/stderr"
 rc=$?
 elapsed=$(( $(date +%s) - started ))
 if [ "$rc" -eq 0 ]; then
@@ -45,7 +47,6 @@ else
   fail "--quick run exits 0 (exit ${rc}); its stderr:"
   tail -n 30 "$out/stderr" | sed 's/^/    /'
 fi
-if [ "$elapsed" -le "$limit" ]; then pass "--quick run within ${limit} s"; else fail "--quick run took ${elapsed} s (limit ${limit} s)"; fi
 
 python="$PWD/.venv/bin/python"
 [ -x "$python" ] || python=python3

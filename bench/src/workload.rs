@@ -152,12 +152,5 @@ pub fn one_row_message_bytes() -> usize {
             ("body".into(), Value::Text(body(id, 0))),
         ],
     };
-    encode(
-        &Batch {
-            node_id: 1,
-            changes: vec![change],
-        },
-        true,
-    )
-    .len()
+    encode(&Batch::of_changes(1, vec![change]), true).len()
 }

@@ -323,9 +323,10 @@ export interface Conflict {
    * What happened: a received change lost (`change_lost`), a received change replaced values its
    * writer had not seen (`values_overwritten`), a delete won over edits (`deleted_with_edits`), a row
    * was moved to a fresh auto-assigned key (`key_moved`), a local constraint refused a change
-   * (`constraint`).
+   * (`constraint`), changes of a table this node lacks were discarded because their node dropped it
+   * (`table_dropped`).
    */
-  kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint'
+  kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint' | 'table_dropped'
   /** The columns involved. */
   columns: Array<string>
   /** The side that was kept. */

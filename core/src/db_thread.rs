@@ -23,7 +23,7 @@ use crate::clock::{Clock, ClockHistory};
 use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ConflictHub, EventHub};
-use crate::log::{decode, pk_key, Origin, Publisher};
+use crate::log::{decode, pk_key, shard_of, Origin, Publisher};
 use crate::publish::republish::republish_shard;
 use crate::publish::stamp::{self, StampSettings};
 use crate::publish::OutboxEntry;
@@ -127,6 +127,8 @@ struct DbWorker {
     /// `retry_after_settle` says a retry is owed then.
     settle_until: Instant,
     retry_after_settle: bool,
+    /// Announcing dropped tables failed (the database was busy): tried again at the next stamp.
+    announce_drops_owed: bool,
     /// Tables created since the replica opened, not captured yet, and when each was first seen (see
     /// `NEW_TABLE_GRACE`); `schema_recheck_at`: when the next of them is due.
     new_tables: BTreeMap<String, Instant>,
@@ -389,6 +391,7 @@ impl DbWorker {
                 last_parked_retry: Instant::now(),
                 settle_until: Instant::now(),
                 retry_after_settle: false,
+                announce_drops_owed: false,
                 new_tables: BTreeMap::new(),
                 schema_recheck_at: None,
                 capture_now: false,
@@ -415,7 +418,8 @@ impl DbWorker {
         let mut stamp_due = false;
         let mut hold_until = Instant::now();
         let mut last_stamp = Instant::now();
-        // Whatever the app committed while we were not running.
+        // Tables dropped while we were not running, then whatever the app committed meanwhile.
+        self.announce_dropped_tables();
         self.stamp_all();
         self.retry_parked(None);
         loop {
@@ -573,6 +577,7 @@ impl DbWorker {
             error!(error = %refused, "table not replicated");
         }
         self.schema = schema;
+        self.announce_dropped_tables();
         // Changes that waited for this schema may apply now; while a migration tool is at work (its
         // bookkeeping changed with the schema), once it has finished (`SCHEMA_SETTLE`).
         let migrations = migration_bookkeeping(&self.conn);
@@ -582,6 +587,60 @@ impl DbWorker {
         }
         self.retry_parked(None);
         Ok(true)
+    }
+
+    /// Announces, once each, the replicated tables the app dropped here (ADR 0016), so that nodes lacking
+    /// them stop keeping this node's changes of them waiting; a table created again is forgotten as dropped
+    /// (a later drop is announced anew). A read replica announces nothing: it sent nothing.
+    fn announce_dropped_tables(&mut self) {
+        if !self.config.publish {
+            return;
+        }
+        self.announce_drops_owed = false;
+        /// The tables announced now, their messages, and the clock after stamping them.
+        type Announced = (Vec<String>, Vec<OutboxEntry>, Clock);
+        let result = (|| -> Result<Option<Announced>> {
+            let gone = capture::gone_tables(&self.conn)?;
+            let announced = library::dropped::tables_of(&self.conn, self.node_id)?;
+            let new: Vec<String> = gone
+                .iter()
+                .filter(|table| !announced.iter().any(|(done, _)| done == *table))
+                .cloned()
+                .collect();
+            let back: Vec<&String> = announced
+                .iter()
+                .map(|(table, _)| table)
+                .filter(|table| !gone.contains(table))
+                .collect();
+            if new.is_empty() && back.is_empty() {
+                return Ok(None);
+            }
+            let settings = self.stamp_settings();
+            let tx = begin_write(&self.conn, self.busy_limit(), "announcing dropped tables")?;
+            for table in back {
+                library::dropped::forget(&tx, table, self.node_id)?;
+            }
+            let mut clock = self.clock;
+            let queued = stamp::stamp_dropped_tables(&tx, &mut clock, &settings, &new)?;
+            outbox::delete(&tx, &self.acked)?;
+            tx.commit().ctx("announcing dropped tables")?;
+            Ok(Some((new, queued, clock)))
+        })();
+        match result {
+            Ok(None) => {}
+            Ok(Some((tables, queued, clock))) => {
+                self.acked.clear();
+                self.clock = clock;
+                if !tables.is_empty() {
+                    info!(tables = ?tables, "replicated tables dropped here; announced to the other nodes");
+                }
+                self.after_stamp(queued, Vec::new());
+            }
+            Err(err) => {
+                self.announce_drops_owed = true;
+                warn!(error = %err, "announcing dropped tables failed; will retry");
+            }
+        }
     }
 
     /// Ends the grace of new tables (`sync()`, close): everything committed so far goes out.
@@ -694,13 +753,25 @@ impl DbWorker {
         let settings = self.stamp_settings();
         let limit = self.busy_limit();
         let (conn, schema) = (&self.conn, &self.schema);
+        let mut clock = self.clock;
         let republished = with_busy_retry(limit, || {
             let tx = begin_write(conn, limit, "republishing rows after broker data loss")?;
-            let republished = republish_shard(&tx, schema, &settings, shard)?;
+            let mut republished = republish_shard(&tx, schema, &settings, shard)?;
+            // The tables this node dropped are announced again too (ADR 0016), on the shard they route to.
+            let drops: Vec<String> = library::dropped::tables_of(&tx, settings.node_id)?
+                .into_iter()
+                .map(|(table, _)| table)
+                .filter(|table| shard_of(table, &[], settings.shards) == shard)
+                .collect();
+            clock = self.clock;
+            republished.outbox.extend(stamp::stamp_dropped_tables(
+                &tx, &mut clock, &settings, &drops,
+            )?);
             tx.commit()
                 .ctx("republishing rows after broker data loss")?;
             Ok(republished)
         })?;
+        self.clock = clock;
         info!(
             shard,
             rows = republished.rows,
@@ -787,6 +858,9 @@ impl DbWorker {
     fn stamp_all(&mut self) -> usize {
         if let Err(err) = self.refresh_schema_if_changed() {
             warn!(error = %err, "schema refresh failed; will retry");
+        }
+        if self.announce_drops_owed {
+            self.announce_dropped_tables();
         }
         if !self.config.publish {
             return 0;

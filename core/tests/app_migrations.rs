@@ -291,3 +291,156 @@ async fn a_probe_table_dropped_at_once_is_not_replicated_and_a_new_table_that_st
         "a probe table dropped within the grace was replicated: {replicated:?}"
     );
 }
+
+/// A table that lived on node 1 long enough to be replicated, then was dropped there (a probe table that
+/// outlived the capture grace, a model an app removed): node 2, which never had the table, must not keep
+/// node 1's changes of it waiting forever. They are discarded once node 1 announces the drop, recorded as
+/// one `table_dropped` conflict, and a change of it that arrives after the announcement (another shard) is
+/// discarded too. Node 3, which has the table, keeps it and its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_a_table_its_node_dropped_do_not_wait_forever_where_the_table_is_missing() {
+    use harmonylite::clock::Version;
+    use harmonylite::log::{Op, RowChange, Value};
+    init_logging();
+    const KEPT: &str = "CREATE TABLE kept(id INTEGER PRIMARY KEY, v TEXT);";
+    let server = NatsServer::start();
+    let a = Node::start(config_for(&server, 1), KEPT).await;
+    let b = Node::start(config_for(&server, 2), KEPT).await;
+    let c = Node::start(
+        config_for(&server, 3),
+        "CREATE TABLE kept(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE scratch(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .await;
+    a.exec(
+        "CREATE TABLE scratch(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO scratch VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         INSERT INTO kept VALUES (1, 'before');",
+    );
+    let token = a.sync().await;
+    for node in [&b, &c] {
+        node.replica()
+            .wait_for(&token, WAIT)
+            .await
+            .expect("wait_for");
+    }
+    let status = b.replica().status().await.expect("status");
+    let scratch = status
+        .paused_tables
+        .iter()
+        .find(|p| p.table == "scratch")
+        .unwrap_or_else(|| panic!("scratch waits on node 2: {:?}", status.paused_tables));
+    assert_eq!(scratch.waiting_changes, 3, "{:?}", status.paused_tables);
+    assert_eq!(c.dump("scratch").len(), 3, "node 3 has the table");
+
+    a.exec("DROP TABLE scratch; INSERT INTO kept VALUES (2, 'after');");
+    let token = a.sync().await;
+    for node in [&b, &c] {
+        node.replica()
+            .wait_for(&token, WAIT)
+            .await
+            .expect("wait_for");
+    }
+    let status = b.replica().status().await.expect("status");
+    assert!(
+        status.paused_tables.is_empty(),
+        "nothing waits for a table its only writer dropped: {:?}",
+        status.paused_tables
+    );
+    let logged = b.replica().conflicts(0, 100).await.expect("conflicts");
+    let dropped: Vec<_> = logged
+        .iter()
+        .filter(|c| c.kind == harmonylite::ConflictKind::TableDropped)
+        .collect();
+    assert_eq!(dropped.len(), 1, "{logged:?}");
+    assert_eq!(dropped[0].table, "scratch");
+    assert_eq!(dropped[0].loser.as_ref().map(|l| l.node), Some(1));
+    assert!(
+        dropped[0].detail.contains("3 change(s)"),
+        "{}",
+        dropped[0].detail
+    );
+    assert_eq!(
+        c.dump("scratch").len(),
+        3,
+        "node 3 keeps its table and rows"
+    );
+    assert_same(&[&a, &b, &c], &["kept"]);
+    assert_eq!(b.dump("kept").len(), 2);
+
+    // A change of the dropped table stamped before the drop, arriving only now: discarded, not parked.
+    let hlc = (harmonylite::clock::wall_millis() - 60_000) << 16;
+    let born = Version { hlc, node: 1 };
+    let late = RowChange {
+        table: "scratch".into(),
+        op: Op::Insert,
+        hlc,
+        cl: 1,
+        born,
+        born_hash: hlc,
+        life: born,
+        seen: None,
+        pk: vec![Value::Integer(4)],
+        columns: vec![
+            ("id".into(), Value::Integer(4)),
+            ("v".into(), Value::Text("late".into())),
+        ],
+    };
+    let token = inject(&server, 1, vec![late]).await;
+    b.replica().wait_for(&token, WAIT).await.expect("wait_for");
+    let status = b.replica().status().await.expect("status");
+    assert!(
+        status.paused_tables.is_empty(),
+        "{:?}",
+        status.paused_tables
+    );
+    let logged = b.replica().conflicts(0, 100).await.expect("conflicts");
+    assert_eq!(
+        logged
+            .iter()
+            .filter(|c| c.kind == harmonylite::ConflictKind::TableDropped)
+            .count(),
+        2,
+        "{logged:?}"
+    );
+}
+
+/// A node that drops a replicated table while it is stopped announces the drop when it opens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_while_the_node_was_stopped_is_announced_at_open() {
+    init_logging();
+    let server = NatsServer::start();
+    let mut a = Node::start(
+        config_for(&server, 1),
+        "CREATE TABLE kept(id INTEGER PRIMARY KEY);",
+    )
+    .await;
+    let b = Node::start(
+        config_for(&server, 2),
+        "CREATE TABLE kept(id INTEGER PRIMARY KEY);",
+    )
+    .await;
+    a.exec("CREATE TABLE scratch(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO scratch VALUES (1, 'x');");
+    let token = a.sync().await;
+    b.replica().wait_for(&token, WAIT).await.expect("wait_for");
+    assert_eq!(
+        b.replica()
+            .status()
+            .await
+            .expect("status")
+            .paused_tables
+            .len(),
+        1
+    );
+    a.close().await;
+    a.exec("DROP TABLE scratch");
+    a.open().await;
+    let token = a.sync().await;
+    b.replica().wait_for(&token, WAIT).await.expect("wait_for");
+    let status = b.replica().status().await.expect("status");
+    assert!(
+        status.paused_tables.is_empty(),
+        "{:?}",
+        status.paused_tables
+    );
+}

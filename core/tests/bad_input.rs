@@ -17,13 +17,8 @@ async fn malformed_messages_are_parked_and_replication_goes_on() {
     a.replica().wait_ready(WAIT).await.expect("ready");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
-    let mut valid = harmonylite::log::encode(
-        &harmonylite::log::Batch {
-            node_id: 9,
-            changes: vec![],
-        },
-        false,
-    );
+    let mut valid =
+        harmonylite::log::encode(&harmonylite::log::Batch::of_changes(9, vec![]), false);
     valid.truncate(valid.len() - 1);
     let garbage: Vec<Vec<u8>> = vec![
         b"not a message at all".to_vec(),

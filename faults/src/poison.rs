@@ -96,14 +96,7 @@ fn message(kind: &str, victim_node: u64) -> Result<(Batch, String, Vec<Value>), 
         other => return Err(format!("unknown message kind {other} (one of {KINDS:?})")),
     };
     let (table, pk) = (change.table.clone(), change.pk.clone());
-    Ok((
-        Batch {
-            node_id,
-            changes: vec![change],
-        },
-        table,
-        pk,
-    ))
+    Ok((Batch::of_changes(node_id, vec![change]), table, pk))
 }
 
 /// Publishes one message of `kind` to the stream of its row's shard and waits for the PubAck.
@@ -176,14 +169,8 @@ pub fn write_fuzz_seeds(dirs: &[String]) -> Result<usize, String> {
         columns: vec![],
         ..item("x")
     };
-    batches.push(Batch {
-        node_id: 9,
-        changes: vec![item("x"), pair, update, delete],
-    });
-    batches.push(Batch {
-        node_id: 1,
-        changes: vec![],
-    });
+    batches.push(Batch::of_changes(9, vec![item("x"), pair, update, delete]));
+    batches.push(Batch::of_changes(1, vec![]));
     let mut written = 0;
     for dir in dirs {
         std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;

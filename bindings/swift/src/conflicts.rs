@@ -24,6 +24,9 @@ pub enum ConflictKind {
     /// A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row created first
     /// keeps the value and the other waits until the blocking data changes.
     Constraint,
+    /// Changes of a table this node lacks, from a node that has dropped the table since: discarded, as they
+    /// could never apply. One entry per table and node (`pk` empty, `detail` says how many).
+    TableDropped,
 }
 
 impl From<harmonylite::ConflictKind> for ConflictKind {
@@ -34,6 +37,7 @@ impl From<harmonylite::ConflictKind> for ConflictKind {
             harmonylite::ConflictKind::DeletedWithEdits => ConflictKind::DeletedWithEdits,
             harmonylite::ConflictKind::KeyMoved => ConflictKind::KeyMoved,
             harmonylite::ConflictKind::Constraint => ConflictKind::Constraint,
+            harmonylite::ConflictKind::TableDropped => ConflictKind::TableDropped,
         }
     }
 }
@@ -121,6 +125,7 @@ pub fn conflict_kind_name(kind: ConflictKind) -> String {
         ConflictKind::DeletedWithEdits => harmonylite::ConflictKind::DeletedWithEdits,
         ConflictKind::KeyMoved => harmonylite::ConflictKind::KeyMoved,
         ConflictKind::Constraint => harmonylite::ConflictKind::Constraint,
+        ConflictKind::TableDropped => harmonylite::ConflictKind::TableDropped,
     };
     core.as_str().to_string()
 }

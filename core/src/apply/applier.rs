@@ -8,10 +8,10 @@
 //! refuses it, a value the column cannot hold, a forged clock or key) is parked on its own with the reason
 //! and the rest of the batch goes on; only an error of the database itself (busy, I/O) fails the batch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params_from_iter, Transaction};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::merge::{plan, Plan};
 use crate::capture::schema::{insert_sql, update_sql};
@@ -24,8 +24,8 @@ use crate::log::{decode, pk_key, value_hash, Op, Origin, RowChange, Value};
 use crate::publish::stamp::read_row;
 use crate::state::conflicts::{self, Conflict, ConflictKind, ConflictSide};
 use crate::state::parked::{self, ParkKind};
-use crate::state::positions;
 use crate::state::rows::{self, RowState};
+use crate::state::{dropped, positions};
 
 /// A stamp more than this far ahead of the local clock is parked until the local clock gets there: a
 /// forged or broken clock would otherwise freeze the row (no later write could beat it).
@@ -65,6 +65,11 @@ pub struct ApplyOutcome {
     /// their events.
     pub stamped: Vec<crate::publish::OutboxEntry>,
     pub stamped_events: Vec<ChangeEvent>,
+    /// Changes discarded because their node dropped their table, which this node lacks (ADR 0016), per
+    /// (table, node); recorded as one conflict each by `record_discarded`.
+    pub discarded: BTreeMap<(String, u64), u64>,
+    /// How many changes were discarded so (the map above is emptied as it is recorded).
+    pub discarded_changes: u64,
 }
 
 impl ApplyOutcome {
@@ -83,6 +88,10 @@ impl ApplyOutcome {
         self.moved_keys += more.moved_keys;
         self.follow_ups.extend(more.follow_ups);
         self.tables.extend(more.tables);
+        self.discarded_changes += more.discarded_changes;
+        for (key, count) in more.discarded {
+            *self.discarded.entry(key).or_default() += count;
+        }
         self.stamped.extend(more.stamped);
         self.stamped_events.extend(more.stamped_events);
     }
@@ -135,6 +144,8 @@ enum Applied {
     /// The change's row lost its auto-assigned key to a row created earlier elsewhere.
     Displaced,
     Park(ParkKind, String),
+    /// A change of a table this node lacks, whose node has dropped the table since: it can never apply.
+    Discarded,
 }
 
 pub fn apply_messages(
@@ -176,6 +187,9 @@ pub fn apply_messages(
                         for change in &batch.changes {
                             apply_or_park(tx, ctx, clock, batch.node_id, change, &mut outcome)?;
                         }
+                        for drop in &batch.dropped {
+                            table_dropped_at(tx, ctx, batch.node_id, drop, &mut outcome)?;
+                        }
                     }
                 }
             }
@@ -189,7 +203,59 @@ pub fn apply_messages(
         positions::store(tx, *shard, *seq)?;
     }
     outcome.positions = positions;
+    record_discarded(tx, &mut outcome)?;
     Ok(outcome)
+}
+
+/// `origin` dropped a table (ADR 0016). Remembered, so that its older changes of the table arriving later
+/// (on other shards) are not kept waiting; if this node lacks the table, those already waiting here are
+/// discarded. A node that has the table keeps it and its rows: only the app's own migrations drop tables.
+fn table_dropped_at(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    origin: u64,
+    drop: &crate::log::TableDropped,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    dropped::record(tx, &drop.table, origin, drop.hlc)?;
+    if ctx.schema.tables.contains_key(&drop.table) {
+        return Ok(());
+    }
+    let discarded = parked::discard_from(tx, &drop.table, origin, drop.hlc)?;
+    if discarded > 0 {
+        *outcome
+            .discarded
+            .entry((drop.table.clone(), origin))
+            .or_default() += discarded;
+    }
+    Ok(())
+}
+
+/// One conflict per (table, node) whose changes were discarded in this transaction.
+fn record_discarded(tx: &Transaction<'_>, outcome: &mut ApplyOutcome) -> Result<()> {
+    for ((table, origin), count) in std::mem::take(&mut outcome.discarded) {
+        outcome.discarded_changes += count;
+        let dropped_at = dropped::dropped_at(tx, &table, origin)?.unwrap_or_default();
+        info!(%table, origin, changes = count, "changes of a table its node dropped, which this node lacks, discarded");
+        record_conflict(
+            tx,
+            outcome,
+            Conflict {
+                kind: ConflictKind::TableDropped,
+                loser: Some(ConflictSide {
+                    node: origin,
+                    hlc: dropped_at,
+                    values: Vec::new(),
+                }),
+                detail: format!(
+                    "{count} change(s) of table `{table}` from node {origin} discarded: this node does not \
+                     have the table, and node {origin} has dropped it, so they could never apply"
+                ),
+                ..Conflict::about(&table, &[])
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Applies every change of a batch under the merge rules, whoever made it (used to carry this node's
@@ -256,6 +322,12 @@ fn apply_or_park(
         Applied::Park(kind, reason) => {
             outcome.deferred += 1;
             parked::park(tx, origin, change, kind, &reason)?;
+        }
+        Applied::Discarded => {
+            *outcome
+                .discarded
+                .entry((change.table.clone(), origin))
+                .or_default() += 1;
         }
     }
     Ok(())
@@ -361,8 +433,16 @@ pub fn retry_parked(
                 outcome.kept += 1;
                 parked::remove(tx, waiting.id)?;
             }
+            Applied::Discarded => {
+                parked::remove(tx, waiting.id)?;
+                *outcome
+                    .discarded
+                    .entry((waiting.change.table.clone(), waiting.origin))
+                    .or_default() += 1;
+            }
         }
     }
+    record_discarded(tx, &mut outcome)?;
     Ok(outcome)
 }
 
@@ -511,6 +591,13 @@ fn apply_change(
 ) -> Result<Applied> {
     let table = match validate(ctx.schema, change) {
         Ok(table) => table,
+        Err(_)
+            if !ctx.schema.tables.contains_key(&change.table)
+                && dropped::dropped_at(tx, &change.table, origin)?
+                    .is_some_and(|at| change.hlc <= at) =>
+        {
+            return Ok(Applied::Discarded);
+        }
         Err((kind, reason)) => return Ok(Applied::Park(kind, reason)),
     };
     let pk_bytes = pk_key(&change.pk);

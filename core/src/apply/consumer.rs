@@ -138,7 +138,11 @@ impl ShardConsumer {
             last_seq: state.last_sequence,
         };
         let known = self.health.identity(&stream_name);
-        if let Some(reason) = judge(known, current, position) {
+        // A loss the stream keeper found (the stream missing, then created again) may come before this
+        // consumer ever saw the lost incarnation, or after it last looked: the repair is owed all the same.
+        let loss =
+            judge(known, current, position).or_else(|| self.health.unrepaired_loss(&stream_name));
+        if let Some(reason) = loss {
             self.reset_position(&stream_name, &reason, position, current)
                 .await?;
             position = 0;

@@ -78,11 +78,12 @@ pub fn apply_batch(
     if outcome.applied > 0 || stamped.as_ref().is_some_and(|s| s.log_entries > 0) {
         meta::save_clock(tx, clock)?;
     }
-    let parked_tables = if outcome.deferred > 0 || !touched.is_empty() {
-        Some(parked::tables(tx)?)
-    } else {
-        None
-    };
+    let parked_tables =
+        if outcome.deferred > 0 || !touched.is_empty() || outcome.discarded_changes > 0 {
+            Some(parked::tables(tx)?)
+        } else {
+            None
+        };
     let stamped = with_own_changes(stamped, &mut outcome);
     Ok(BatchResult {
         outcome,

@@ -136,6 +136,20 @@ pub fn registered_tables(conn: &Connection) -> Result<BTreeSet<String>> {
         .ctx("reading table ids")
 }
 
+/// Tables capture was installed on that the database no longer holds at all (dropped; a table left out
+/// by the config still exists and is not among them).
+pub fn gone_tables(conn: &Connection) -> Result<Vec<String>> {
+    conn.prepare_cached(&format!(
+        "SELECT name FROM {TABLES} WHERE name NOT IN (SELECT name FROM sqlite_master WHERE type = 'table')
+         ORDER BY name"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+    })
+    .ctx("reading dropped tables")
+}
+
 /// The table's id in the registry, and whether it was just registered.
 fn table_id(conn: &Connection, name: &str) -> Result<(i64, bool)> {
     let existing: Option<i64> = conn

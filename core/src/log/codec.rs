@@ -110,6 +110,10 @@ mod tests {
     fn sample() -> Batch {
         Batch {
             node_id: 42,
+            dropped: vec![crate::log::record::TableDropped {
+                table: "gone".into(),
+                hlc: 78,
+            }],
             changes: vec![RowChange {
                 table: "t".into(),
                 op: Op::Insert,

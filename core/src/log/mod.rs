@@ -7,5 +7,6 @@ pub mod record;
 pub use codec::{decode, encode, DecodeError};
 pub use publisher::{Origin, PublishedBy, Publisher};
 pub use record::{
-    image_hash, pk_from_key, pk_key, shard_of, value_hash, Batch, Op, RowChange, Value,
+    image_hash, pk_from_key, pk_key, shard_of, value_hash, Batch, Op, RowChange, TableDropped,
+    Value,
 };

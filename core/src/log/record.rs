@@ -93,6 +93,30 @@ pub struct RowChange {
 pub struct Batch {
     pub node_id: u64,
     pub changes: Vec<RowChange>,
+    /// Replicated tables this node dropped, each once, after the changes above (ADR 0016): a node that
+    /// lacks such a table stops keeping this node's earlier changes of it waiting for a table that will
+    /// not come. Absent in messages of libraries that predate it.
+    #[serde(default)]
+    pub dropped: Vec<TableDropped>,
+}
+
+impl Batch {
+    /// A batch of row changes only.
+    pub fn of_changes(node_id: u64, changes: Vec<RowChange>) -> Batch {
+        Batch {
+            node_id,
+            changes,
+            dropped: Vec::new(),
+        }
+    }
+}
+
+/// A replicated table that its node dropped (`DROP TABLE` committed, the table absent at a later schema
+/// check), stamped like a change: every change of it the node made is older.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDropped {
+    pub table: String,
+    pub hlc: Hlc,
 }
 
 /// A value's hash: storage class and bytes (REAL by bits), xxh3 — the same on every platform and node.

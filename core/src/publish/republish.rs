@@ -73,13 +73,7 @@ pub fn republish_shard(
         for batch in split_by_size(changes, settings.max_message_bytes) {
             let rows = batch.len() as u32;
             let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
-            let payload = encode(
-                &Batch {
-                    node_id: node,
-                    changes: batch,
-                },
-                settings.compress,
-            );
+            let payload = encode(&Batch::of_changes(node, batch), settings.compress);
             let id = outbox::insert(tx, shard, rows, &payload)?;
             republished.outbox.push(OutboxEntry {
                 id,

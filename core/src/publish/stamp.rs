@@ -22,10 +22,11 @@ use crate::clock::{commit_stamp, wall_millis, Clock, ClockHistory, Version};
 use crate::error::{Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
 use crate::log::{
-    encode, image_hash, pk_key, shard_of, value_hash, Batch, Op, Publisher, RowChange, Value,
+    encode, image_hash, pk_key, shard_of, value_hash, Batch, Op, Publisher, RowChange,
+    TableDropped, Value,
 };
 use crate::state::rows::{self, RowState};
-use crate::state::{meta, outbox};
+use crate::state::{dropped, meta, outbox};
 
 #[derive(Debug, Clone)]
 pub struct StampSettings {
@@ -195,10 +196,7 @@ fn stamp_rows(
             let rows = batch.len() as u32;
             let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
             let payload = encode(
-                &Batch {
-                    node_id: settings.node_id,
-                    changes: batch,
-                },
+                &Batch::of_changes(settings.node_id, batch),
                 settings.compress,
             );
             let id = outbox::insert(tx, shard as u32, rows, &payload)?;
@@ -218,6 +216,50 @@ fn stamp_rows(
         log_entries: 0,
         tables,
     })
+}
+
+/// Announces tables this node dropped (ADR 0016): each is stamped after everything this node wrote (the
+/// clock ticks past every stamp so far), recorded as announced, and queued as one message on the shard its
+/// name routes to. Call inside a write transaction.
+pub fn stamp_dropped_tables(
+    tx: &Transaction<'_>,
+    clock: &mut Clock,
+    settings: &StampSettings,
+    tables: &[String],
+) -> Result<Vec<OutboxEntry>> {
+    let mut per_shard: Vec<Vec<TableDropped>> = vec![Vec::new(); settings.shards.max(1) as usize];
+    for table in tables {
+        let hlc = clock.tick(wall_millis());
+        dropped::record(tx, table, settings.node_id, hlc)?;
+        per_shard[shard_of(table, &[], settings.shards) as usize].push(TableDropped {
+            table: table.clone(),
+            hlc,
+        });
+    }
+    let mut queued = Vec::new();
+    for (shard, drops) in per_shard.into_iter().enumerate() {
+        let Some(max_hlc) = drops.iter().map(|d| d.hlc).max() else {
+            continue;
+        };
+        let payload = encode(
+            &Batch {
+                node_id: settings.node_id,
+                changes: Vec::new(),
+                dropped: drops,
+            },
+            settings.compress,
+        );
+        let id = outbox::insert(tx, shard as u32, 0, &payload)?;
+        queued.push(OutboxEntry {
+            id,
+            shard: shard as u32,
+            rows: 0,
+            msg_id: settings.publisher().message_id(id, max_hlc),
+            payload: payload.into(),
+        });
+    }
+    meta::save_clock(tx, clock)?;
+    Ok(queued)
 }
 
 type LogRead = (Vec<PendingRow>, Option<i64>, usize);

@@ -27,6 +27,10 @@ pub enum ConflictKind {
     /// A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row created first
     /// keeps the value and the other waits (parked) until the blocking data changes.
     Constraint,
+    /// Changes of a table this node does not have, from a node that has dropped the table since: they
+    /// could only wait forever, so they are discarded (ADR 0016). One entry per table and node, `pk` empty;
+    /// `loser`: that node and the stamp of its drop; `detail`: how many changes.
+    TableDropped,
 }
 
 impl ConflictKind {
@@ -37,6 +41,7 @@ impl ConflictKind {
             ConflictKind::DeletedWithEdits => "deleted_with_edits",
             ConflictKind::KeyMoved => "key_moved",
             ConflictKind::Constraint => "constraint",
+            ConflictKind::TableDropped => "table_dropped",
         }
     }
 }

@@ -13,8 +13,10 @@
 //! | `conflicts` | bounded log of merge losers, moved keys and constraint resolutions |
 //! | `dead_letters` | messages that could not be decoded |
 //! | `rejected` | local changes that cannot be published |
+//! | `dropped` | replicated tables each node dropped, and when |
 
 pub mod conflicts;
+pub mod dropped;
 pub mod meta;
 pub mod outbox;
 pub mod parked;
@@ -62,7 +64,9 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS __harmonylite__dead_letters(id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
              seq INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__rejected(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
-             pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
+             pk BLOB NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS __harmonylite__dropped(tbl TEXT NOT NULL, node INTEGER NOT NULL,
+             hlc INTEGER NOT NULL, PRIMARY KEY(tbl, node)) WITHOUT ROWID;"
     ))
     .ctx("creating the library's tables")?;
     upgrade(conn)

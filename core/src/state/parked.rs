@@ -250,6 +250,34 @@ pub fn fold_update(conn: &Connection, change: &RowChange) -> Result<bool> {
     Ok(false)
 }
 
+/// Discards the changes of `table` from `origin` stamped at or before `until` (that node dropped the
+/// table then, and this node lacks it: ADR 0016). Returns how many.
+pub fn discard_from(
+    conn: &Connection,
+    table: &str,
+    origin: u64,
+    until: crate::clock::Hlc,
+) -> Result<u64> {
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_map([table], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading parked changes")?;
+    let mut discarded = 0;
+    for (id, blob) in rows {
+        let Ok((from, change, _)) = rmp_serde::from_slice::<Stored>(&blob) else {
+            continue;
+        };
+        if from == origin && change.hlc <= until {
+            remove(conn, id)?;
+            discarded += 1;
+        }
+    }
+    Ok(discarded)
+}
+
 pub fn has_key(conn: &Connection, table: &str, pk: &[u8]) -> Result<bool> {
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2)",

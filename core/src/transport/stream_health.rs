@@ -242,6 +242,16 @@ impl StreamHealth {
         }
     }
 
+    /// The reason of `stream`'s latest loss while this node has not republished its rows after it.
+    pub fn unrepaired_loss(&self, stream: &str) -> Option<String> {
+        lock(&self.losses)
+            .iter()
+            .rev()
+            .find(|l| l.stream == stream)
+            .filter(|l| l.republished_rows.is_none())
+            .map(|l| l.reason.clone())
+    }
+
     pub fn losses(&self) -> Vec<BrokerDataLoss> {
         lock(&self.losses).clone()
     }

@@ -402,7 +402,8 @@ pub async fn inject(
 ) -> Token {
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
-    let payload = harmonylite::log::encode(&harmonylite::log::Batch { node_id, changes }, true);
+    let payload =
+        harmonylite::log::encode(&harmonylite::log::Batch::of_changes(node_id, changes), true);
     let ack = js
         .publish("harmonylite-change-log.0", payload.into())
         .await

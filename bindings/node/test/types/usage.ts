@@ -39,7 +39,7 @@ async function app(): Promise<void> {
   await replica.conflicts()
   await replica.conflicts({ after: conflicts[0].id })
   const first: Conflict = conflicts[0]
-  const kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint' = first.kind
+  const kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint' | 'table_dropped' = first.kind
   const loser: ConflictSide | null = first.loser
   const lostValue: null | bigint | number | string | Buffer | undefined = loser?.values['rating']
   const lostBy: bigint | undefined = loser?.node

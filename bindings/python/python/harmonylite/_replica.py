@@ -187,7 +187,7 @@ class Conflict(TypedDict):
     table: str
     pk: Tuple[SqlValue, ...]
     """The row's primary-key values, in key order."""
-    kind: Literal["change_lost", "values_overwritten", "deleted_with_edits", "key_moved", "constraint"]
+    kind: Literal["change_lost", "values_overwritten", "deleted_with_edits", "key_moved", "constraint", "table_dropped"]
     columns: List[str]
     """The columns involved."""
     winner: Optional[ConflictSide]

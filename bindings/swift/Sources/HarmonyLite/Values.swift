@@ -42,7 +42,7 @@ extension ChangeOp: CustomStringConvertible {
 
 extension ConflictKind: CustomStringConvertible {
     /// The stable name shared with the other languages: `change_lost`, `values_overwritten`,
-    /// `deleted_with_edits`, `key_moved` or `constraint`.
+    /// `deleted_with_edits`, `key_moved`, `constraint` or `table_dropped`.
     public var description: String {
         nativeConflictKindName(kind: self)
     }
