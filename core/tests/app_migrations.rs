@@ -444,3 +444,62 @@ async fn a_table_dropped_while_the_node_was_stopped_is_announced_at_open() {
         status.paused_tables
     );
 }
+
+/// Django's RemoveField is `ALTER TABLE … DROP COLUMN` (no rebuild), run node by node. Node 2 drops the
+/// column first; node 1, not migrated yet, still sends it: an insert carries the whole row image, an update
+/// of the column carries it alone. Node 2 must apply those changes without the column (it is gone here for
+/// good, and from node 1 too once node 1 migrates), not keep them waiting forever with every later change of
+/// their rows behind them. The same scenario through Django: tests/apps/test_django.py,
+/// `test_rolling_removefield_while_node1_writes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_carrying_a_column_dropped_here_apply_without_it() {
+    init_logging();
+    let server = NatsServer::start();
+    let schema = "CREATE TABLE product(id INTEGER PRIMARY KEY, name TEXT NOT NULL, note TEXT);";
+    let a = Node::start(config_for(&server, 1), schema).await;
+    let b = Node::start(config_for(&server, 2), schema).await;
+    a.exec("INSERT INTO product(id, name, note) VALUES (1, 'one', 'first note')");
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["product"]);
+
+    // Node 2 migrates first; node 1 goes on with the old code.
+    b.exec("ALTER TABLE product DROP COLUMN note");
+    a.exec(
+        "INSERT INTO product(id, name, note) VALUES (2, 'two', NULL);
+         UPDATE product SET note = 'second note' WHERE id = 1;
+         UPDATE product SET name = 'ONE' WHERE id = 1;",
+    );
+    let token = a.sync().await;
+    b.replica().wait_for(&token, WAIT).await.expect("wait_for");
+    // Then node 1 migrates, and writes with the new code.
+    a.exec(
+        "ALTER TABLE product DROP COLUMN note; INSERT INTO product(id, name) VALUES (3, 'three');",
+    );
+    converge(&[&a, &b]).await;
+    let expected = vec![
+        vec!["i1".to_string(), "tONE".to_string()],
+        vec!["i2".to_string(), "ttwo".to_string()],
+        vec!["i3".to_string(), "tthree".to_string()],
+    ];
+    let started = std::time::Instant::now();
+    while b.dump("product") != expected {
+        if started.elapsed() > WAIT {
+            let status = b.replica().status().await.expect("status");
+            panic!(
+                "timed out after {WAIT:?} waiting for node 2 to apply node 1's changes: node 2 holds {:?}, \
+                 waiting: {:?}",
+                b.dump("product"),
+                status.paused_tables
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    settle(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["product"]);
+    let status = b.replica().status().await.expect("status");
+    assert!(
+        status.paused_tables.is_empty(),
+        "{:?}",
+        status.paused_tables
+    );
+}

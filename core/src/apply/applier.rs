@@ -526,11 +526,9 @@ fn validate<'a>(
             ),
         ));
     }
-    if let Some((missing, _)) = change
-        .columns
-        .iter()
-        .find(|(name, _)| !table.columns.iter().any(|c| c == name))
-    {
+    if let Some((missing, _)) = change.columns.iter().find(|(name, _)| {
+        !table.columns.iter().any(|c| c == name) && !table.dropped_columns.contains(name)
+    }) {
         return Err((
             ParkKind::Schema,
             format!(
@@ -599,6 +597,29 @@ fn apply_change(
             return Ok(Applied::Discarded);
         }
         Err((kind, reason)) => return Ok(Applied::Park(kind, reason)),
+    };
+    // Values for columns this node dropped (a node not migrated yet still sends them) go nowhere.
+    let without_dropped;
+    let change = if change
+        .columns
+        .iter()
+        .any(|(name, _)| table.dropped_columns.contains(name))
+    {
+        without_dropped = RowChange {
+            columns: change
+                .columns
+                .iter()
+                .filter(|(name, _)| !table.dropped_columns.contains(name))
+                .cloned()
+                .collect(),
+            ..change.clone()
+        };
+        if without_dropped.op == Op::Update && without_dropped.columns.is_empty() {
+            return Ok(Applied::Kept);
+        }
+        &without_dropped
+    } else {
+        change
     };
     let pk_bytes = pk_key(&change.pk);
     let stored = rows::read(tx, &table.name, &pk_bytes)?;

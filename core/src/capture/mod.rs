@@ -92,6 +92,10 @@ pub fn install_holding(
             wanted.insert(trigger.name, trigger.sql);
         }
     }
+    // After the registrations above (a table registered here first would not count as new).
+    for table in schema.tables.values_mut() {
+        table.dropped_columns = crate::state::note_columns(&tx, &table.name, &table.columns)?;
+    }
     crate::state::meta::mark_capture_installed(&tx)?;
     let mut changed = 0usize;
     for (name, sql) in &existing {

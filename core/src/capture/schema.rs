@@ -36,6 +36,9 @@ pub struct TableInfo {
     /// Hash of each column's declared default, evaluated (NULL when none): a column added by a migration
     /// holds it in every old row, and a row whose state predates the column is not "changed" by holding it.
     pub default_hashes: Vec<u64>,
+    /// Columns this node's table had and dropped since (`ALTER TABLE … DROP COLUMN`, a rebuild without
+    /// them): a received change still carrying one (from a node not migrated yet) applies without it.
+    pub dropped_columns: Vec<String>,
     /// The statements the per-row paths run, built once per schema read.
     pub sql: TableSql,
 }
@@ -88,6 +91,7 @@ impl TableInfo {
             unique: Vec::new(),
             merge: MergeMode::Column,
             default_hashes: Vec::new(),
+            dropped_columns: Vec::new(),
             sql,
         }
     }

@@ -69,7 +69,60 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
              hlc INTEGER NOT NULL, PRIMARY KEY(tbl, node)) WITHOUT ROWID;"
     ))
     .ctx("creating the library's tables")?;
+    let has_known_columns: bool = conn
+        .query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{TABLES}') WHERE name = 'known_columns')"),
+            [],
+            |row| row.get(0),
+        )
+        .ctx("reading the library's tables")?;
+    if !has_known_columns {
+        // Every column each table has had here, so a column dropped here is told from one not added yet.
+        conn.execute_batch(&format!(
+            "ALTER TABLE {TABLES} ADD COLUMN known_columns TEXT"
+        ))
+        .ctx("upgrading the table registry")?;
+    }
     upgrade(conn)
+}
+
+/// Records `columns` among the columns `table` has had here; returns those it had and no longer has.
+pub fn note_columns(conn: &Connection, table: &str, columns: &[String]) -> Result<Vec<String>> {
+    let stored: Option<String> = conn
+        .prepare_cached(&format!(
+            "SELECT known_columns FROM {TABLES} WHERE name = ?1"
+        ))
+        .and_then(|mut stmt| {
+            use rusqlite::OptionalExtension;
+            stmt.query_row([table], |row| row.get::<_, Option<String>>(0))
+                .optional()
+        })
+        .ctx("reading the table registry")?
+        .flatten();
+    let mut known: Vec<String> = stored
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let dropped: Vec<String> = known
+        .iter()
+        .filter(|column| !columns.contains(column))
+        .cloned()
+        .collect();
+    let before = known.len();
+    for column in columns {
+        if !known.contains(column) {
+            known.push(column.clone());
+        }
+    }
+    if known.len() != before {
+        let text = serde_json::to_string(&known).unwrap_or_default();
+        conn.prepare_cached(&format!(
+            "INSERT INTO {TABLES}(name, known_columns) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET known_columns = excluded.known_columns"
+        ))
+        .and_then(|mut stmt| stmt.execute(rusqlite::params![table, text]))
+        .ctx("updating the table registry")?;
+    }
+    Ok(dropped)
 }
 
 /// Brings a database written by the format-1 library (row-level versions) to the current layout.
