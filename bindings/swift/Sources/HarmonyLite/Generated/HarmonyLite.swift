@@ -2456,6 +2456,11 @@ public enum ConflictKind: Equatable, Hashable {
      * keeps the value and the other waits until the blocking data changes.
      */
     case constraint
+    /**
+     * Changes of a table this node lacks, from a node that has dropped the table since: discarded, as they
+     * could never apply. One entry per table and node (`pk` empty, `detail` says how many).
+     */
+    case tableDropped
 
 
 
@@ -2487,6 +2492,8 @@ public struct FfiConverterTypeConflictKind: FfiConverterRustBuffer {
         
         case 5: return .constraint
         
+        case 6: return .tableDropped
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -2513,6 +2520,10 @@ public struct FfiConverterTypeConflictKind: FfiConverterRustBuffer {
         
         case .constraint:
             writeInt(&buf, Int32(5))
+        
+        
+        case .tableDropped:
+            writeInt(&buf, Int32(6))
         
         }
     }
