@@ -2,11 +2,13 @@
 # The whole test suite, as CI runs it: the Rust workspace (formatting, lints, unit, property and multi-node
 # integration tests against real nats-server processes), then each binding's own suite (Python, Node, Swift),
 # the real-app acceptance suite (tests/apps: Django, gunicorn, sqlite-utils, knex + better-sqlite3 from the
-# registries, three nodes each), the benchmark smoke run and the short fault campaign (scripts/faults.sh).
+# registries, three nodes each), the clean-room install suite (tests/install: the built packages installed
+# with pip and npm on a Debian root that has only Python and Node), the benchmark smoke run and the short
+# fault campaign (scripts/faults.sh).
 # Each suite prints "<suite>: N passed, N failed"; the last line sums them all.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh rust       only the Rust workspace (also: python, node, swift, apps, bench, faults)
+#   scripts/test.sh rust       only the Rust workspace (also: python, node, swift, apps, install, bench, faults)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -18,7 +20,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(rust python node swift apps bench faults)
+[ ${#suites[@]} -gt 0 ] || suites=(rust python node swift apps install bench faults)
 # Binding crates are linted and tested by their own scripts (Swift builds against the system SQLite).
 binding_crates=(--exclude harmonylite-python --exclude harmonylite-node --exclude harmonylite-swift --exclude uniffi-bindgen-swift)
 existing_excludes=()
@@ -88,9 +90,10 @@ for suite in "${suites[@]}"; do
     node) run_script node bindings/node/test.sh ;;
     swift) run_script swift bindings/swift/test.sh ;;
     apps) run_script apps tests/apps/run.sh ;;
+    install) run_script install tests/install/run.sh ;;
     bench) run_script bench bench/smoke.sh ;;
     faults) run_script faults scripts/faults.sh --short ;;
-    *) echo "unknown suite $suite (rust, python, node, swift, apps, bench, faults)"; record "$suite" 0 1 ;;
+    *) echo "unknown suite $suite (rust, python, node, swift, apps, install, bench, faults)"; record "$suite" 0 1 ;;
   esac
 done
 
