@@ -9,8 +9,10 @@
 #            XCFramework (bindings/swift/scripts/xcframework.sh) only on macOS with Xcode
 #   cli/     the `harmonylite` sidecar for linux x86_64 (glibc 2.17) with the pinned nats-server beside it
 #
-#   scripts/release.sh [--out DIR] [--only python,npm,swift,cli] [--test]
-#     --test   afterwards, run the install suite against the release's x86_64 wheel
+#   scripts/release.sh [--out DIR] [--only python,npm,swift,cli] [--targets all|x86_64] [--test]
+#     --targets x86_64  only the linux x86_64 glibc artifacts (no aarch64, no musl): a quicker check
+#     --test            afterwards, run the install suite against the release's x86_64 wheel and check the
+#                       Swift package with an app built by Swift alone
 #
 # Cross builds need the Rust targets (added with rustup here) and PyPI's ziglang and cargo-zigbuild
 # (installed into a tools venv); nothing else from outside.
@@ -21,15 +23,20 @@ cd "$REPO"
 OUT=$REPO/dist
 ONLY=python,npm,swift,cli
 RUN_TESTS=0
+TARGETS=all
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --out) OUT=$(mkdir -p "$2" && cd "$2" && pwd -P); shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --test) RUN_TESTS=1; shift ;;
-    *) echo "usage: $0 [--out DIR] [--only python,npm,swift,cli] [--test]" >&2; exit 2 ;;
+    --targets) TARGETS=$2; shift 2 ;;
+    *) echo "usage: $0 [--out DIR] [--only python,npm,swift,cli] [--targets all|x86_64] [--test]" >&2; exit 2 ;;
   esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+case "$TARGETS" in all | x86_64) ;; *) echo "--targets: all or x86_64, not $TARGETS" >&2; exit 2 ;; esac
+# Cross targets (anything but x86_64 glibc) are left out with --targets x86_64.
+cross_ok() { [ "$TARGETS" = "all" ] || [ "$1" = "x86_64-unknown-linux-gnu" ]; }
 
 VERSION=$(scripts/version.sh --check)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -71,6 +78,7 @@ if wants python; then
   for build in "x86_64-unknown-linux-gnu manylinux2014" "aarch64-unknown-linux-gnu manylinux2014" \
     "x86_64-unknown-linux-musl musllinux_1_2"; do
     read -r target compat <<<"$build"
+    cross_ok "$target" || continue
     log "python: wheel for $target ($compat, abi3)"
     t0=$SECONDS
     (cd bindings/python && CARGO_TARGET_DIR=$MATURIN_TARGET_DIR nice -n 10 maturin build --quiet --release \
@@ -103,6 +111,7 @@ if wants npm; then
     "linux-x64-musl x86_64-unknown-linux-musl x86_64"; do
     read -r name zig_target arch <<<"$build"
     target=${zig_target%.2.17}
+    cross_ok "$target" || continue
     log "npm: harmonylite-$name ($zig_target)"
     t0=$SECONDS
     flags=()
