@@ -86,7 +86,7 @@ if wants python; then
     took "$target" "$t0"
   done
   log "python: sdist"
-  (cd bindings/python && maturin sdist --quiet -o "$OUT/python")
+  (cd bindings/python && maturin sdist -o "$OUT/python")
   sdist=$(ls "$OUT"/python/harmonylite-*.tar.gz)
   log "python: the sdist builds (pip wheel $(basename "$sdist"), dev profile: a build check, not an artifact)"
   t0=$SECONDS
