@@ -67,7 +67,9 @@ let package = Package(
             name: "HarmonyLite",
             dependencies: ["HarmonyLiteFFI"],
             path: "Sources/HarmonyLite",
-            linkerSettings: [.unsafeFlags(["-L\(libDir)"])]
+            // --gc-sections: the archive holds all of the core's code, some of which calls SQLite functions
+            // newer than the system's (never called through this binding); unreferenced code goes away.
+            linkerSettings: [.unsafeFlags(["-L\(libDir)", "-Xlinker", "--gc-sections"])]
         ),
     ],
     swiftLanguageModes: [.v6]
