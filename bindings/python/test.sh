@@ -47,6 +47,12 @@ step "cargo fmt --check and clippy (harmonylite-python)"
 cargo fmt -p harmonylite-python -- --check || status=1
 cargo clippy --quiet -p harmonylite-python --all-targets -- -D warnings || status=1
 
+# Which sources the installed build comes from, for tests/apps/run.sh (it reuses this install rather than
+# building again): cleared before the build, written once the wheel is installed.
+build_stamp="$VENV/.harmonylite-python-build"
+rm -f "$build_stamp"
+sources=$(./scripts/sources-hash.sh core bindings/python)
+
 step "pip install ./bindings/python (source build through maturin)"
 started=$SECONDS
 "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall \
@@ -62,6 +68,7 @@ wheel=$(ls "$wheels"/harmonylite-*.whl 2>/dev/null | head -n 1)
 [ -n "$wheel" ] || fail "no wheel was built"
 "$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall "$wheel" \
   || fail "pip install of $wheel failed"
+echo "$sources" >"$build_stamp"
 echo "   $(basename "$wheel") in $((SECONDS - started)) s"
 
 step "stubs: mypy.stubtest and mypy --strict"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The real-app acceptance suite (issue 13): Django (+ gunicorn), knex + better-sqlite3 and sqlite-utils,
-# installed from the package registries, each scenario on three nodes over a real nats-server, each one
+# The real-app acceptance suite (issue 13): Django (+ gunicorn), Flask + Flask-SQLAlchemy + Flask-Migrate,
+# knex + better-sqlite3, plain better-sqlite3 in a cluster and sqlite-utils, installed from the package
+# registries, each scenario on three nodes over a real nats-server, each one
 # asserting identical databases and no lost row against a ledger of what the app committed.
 #
 #   tests/apps/run.sh                    the CI run (small row counts, about 3-4 minutes)
 #   HARMONYLITE_APPS_FULL=1 tests/apps/run.sh   larger row counts
 #   tests/apps/run.sh -k django          pytest arguments pass through
 #
-# Installs what it needs: the Python binding (from this checkout) and the apps into the repository's .venv
+# Installs what it needs: the Python binding (from this checkout, unless bindings/python/test.sh installed
+# these sources already) and the apps into the repository's .venv
 # (made by scripts/setup.sh), the Node binding and the Node apps into tests/apps/node/node_modules (`npm ci`
 # from the committed lock; npm's cache in /var/cache/harmonylite/npm when that is writable). Each install is
 # redone only when what it is built from changed. Ends with "apps: N passed, N failed".
@@ -31,7 +33,9 @@ fail() { echo "$1" >&2; summary 0 1; exit 1; }
 step() { echo "== apps: $*"; }
 
 # The apps under test, pinned (Django 5.2 is the LTS that runs on CPython 3.10-3.13).
-PY_APPS=("Django==5.2.19" "gunicorn==27.0.1" "sqlite-utils==4.2.1" "pytest>=8,<10" "pytest-timeout>=2" "maturin==1.16.0")
+PY_APPS=("Django==5.2.19" "gunicorn==27.0.1" "sqlite-utils==4.2.1"
+  "Flask==3.1.3" "Flask-SQLAlchemy==3.1.1" "SQLAlchemy==2.1.9" "Flask-Migrate==4.1.0" "alembic==1.20.1"
+  "pytest>=8,<10" "pytest-timeout>=2" "maturin==1.16.0")
 
 step "scripts/setup.sh (.venv, nats-server)"
 ./scripts/setup.sh >/dev/null || fail "scripts/setup.sh failed"
@@ -50,22 +54,26 @@ PYCHECK
   "$PY" -m pip install --quiet --disable-pip-version-check packaging "${PY_APPS[@]}" || fail "pip install of the apps failed"
 fi
 
-# The binding is rebuilt when the sources it is built from changed since the last install by this script
-# (the Python suite installs it too; cargo's cache makes a rebuild of unchanged sources quick).
+# The Python binding as users get it (the bundled SQLite, ADR 0012). When bindings/python/test.sh installed
+# it into this .venv from the sources as they are now (its stamp says so), that install is used as it is;
+# otherwise it is built the way that script builds it (the shared target folder, the dev profile), so the
+# two share cargo's cache.
 sources_hash() { # paths...
-  { git ls-files -s -- "$@" Cargo.lock; git diff HEAD -- "$@" Cargo.lock; } | sha256sum | cut -d' ' -f1
+  ./scripts/sources-hash.sh "$@"
 }
-step "Python binding (pip install ./bindings/python)"
-py_stamp=$VENV/.harmonylite-apps-binding
+step "Python binding"
+py_stamp=$VENV/.harmonylite-python-build
 py_hash=$(sources_hash core bindings/python)
-if [ "$(cat "$py_stamp" 2>/dev/null)" != "$py_hash" ] || ! "$PY" -c "import harmonylite" 2>/dev/null; then
+if [ "$(cat "$py_stamp" 2>/dev/null)" = "$py_hash" ] && "$PY" -c "import harmonylite" 2>/dev/null; then
+  echo "   the installed build of these sources"
+else
   started=$SECONDS
-  LIBSQLITE3_SYS_USE_PKG_CONFIG=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/system-sqlite" PYO3_PYTHON="$PY" \
-    MATURIN_PEP517_ARGS="--profile dev" \
+  rm -f "$py_stamp"
+  PYO3_PYTHON="$PY" MATURIN_PEP517_ARGS="--profile dev" \
     "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall \
     ./bindings/python || fail "pip install ./bindings/python failed"
   echo "$py_hash" >"$py_stamp"
-  echo "   built in $((SECONDS - started)) s"
+  echo "   pip install ./bindings/python: built in $((SECONDS - started)) s"
 fi
 
 step "Node apps and binding (npm install in tests/apps/node)"

@@ -5,13 +5,16 @@ committed."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ FULL = os.environ.get("HARMONYLITE_APPS_FULL") == "1"
 WAIT = 120.0
 """Seconds any wait may take on a slow, shared machine before it counts as a failure."""
 
-NODE_LOCAL = {"django_migrations", "knex_migrations", "knex_migrations_lock"}
+NODE_LOCAL = {"django_migrations", "knex_migrations", "knex_migrations_lock", "alembic_version"}
 """Tables that stay on their node (the migration tools' bookkeeping, docs/configuration.md)."""
 
 
@@ -350,6 +353,12 @@ class Ledger:
     def size(self) -> int:
         return sum(len(v) for v in self.present.values())
 
+    def column_removed(self, table: str, column: str) -> "Ledger":
+        """Forgets the values committed to a column that a migration has since removed."""
+        for values in self.present.get(table, {}).values():
+            values.pop(column, None)
+        return self
+
 
 def assert_converged(dbs: Sequence[Path], ledger: Optional[Ledger] = None, timeout: float = WAIT) -> float:
     """Waits until every node holds the same replicated tables with nothing left to send or apply, then
@@ -383,3 +392,120 @@ def iter_jsonl(paths: Iterable[Path]) -> Iterable[Dict[str, Any]]:
             for line in path.read_text().splitlines():
                 if line.strip():
                     yield json.loads(line)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Apps that serve HTTP on a Unix socket (no port to pick, none to race for)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float = 60) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def http_json(sock: Path, method: str, path: str, body: Optional[Dict[str, Any]] = None,
+              timeout: float = 60) -> Dict[str, Any]:
+    """One request to the app listening on ``sock``; its JSON answer. Raises OSError when nothing answers,
+    AssertionError on a status other than 200."""
+    conn = UnixHTTPConnection(sock, timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise AssertionError(f"{method} {path} on {sock}: {response.status} {data[:2000]!r}")
+        return json.loads(data)
+    finally:
+        conn.close()
+
+
+class HttpWriter:
+    """Creates notes through an app's ``POST /notes`` until stopped, each with a fresh ``ref``; journals a
+    note only once the app answered 200 (a request that failed, say while the app restarts, is not retried:
+    a note it may have committed anyway is simply not in the ledger)."""
+
+    def __init__(self, sock: Path, journal: Path, table: str, prefix: str, pace_s: float = 0.02) -> None:
+        self.sock, self.journal, self.table, self.prefix, self.pace_s = sock, journal, table, prefix, pace_s
+        self.written = 0
+        self.failed = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        attempt = 0
+        with open(self.journal, "a") as out:
+            while not self.stopping.is_set():
+                ref = f"{self.prefix}-{attempt}"
+                attempt += 1
+                try:
+                    http_json(self.sock, "POST", "/notes", {"ref": ref, "body": f"note {ref}"}, timeout=30)
+                except (OSError, AssertionError):
+                    self.failed += 1
+                else:
+                    out.write(json.dumps({"at": time.time(), "op": "created", "table": self.table,
+                                          "label_column": "ref", "label": ref,
+                                          "values": {"body": f"note {ref}"}}) + "\n")
+                    out.flush()
+                    self.written += 1
+                self.stopping.wait(self.pace_s)
+
+    def wait_for_more(self, count: int = 5) -> None:
+        seen = self.written
+        wait_until(f"the writer to {self.sock.parent.name} to go on writing", lambda: self.written >= seen + count)
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.thread.join(timeout=WAIT)
+        return self.written
+
+
+def replica_status(db: Path, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The status of the replicator that serves ``db``, through a handle of this process attached to it."""
+    import harmonylite
+
+    handle = harmonylite.open_replicated(str(db), cfg)
+    try:
+        status = dict(handle.status())
+        assert status["role"] == "attached", f"no replicator serves {db}: this process became it ({status})"
+        return status
+    finally:
+        handle.close()
+
+
+def assert_nothing_waits(dbs_and_cfgs: Sequence[Tuple[Path, Dict[str, Any]]]) -> None:
+    """Every node's status says nothing waits and nothing is unsent."""
+    for db, cfg in dbs_and_cfgs:
+        status = replica_status(db, cfg)
+        assert status["paused_tables"] == [] and status["unsent_rows"] == 0, \
+            f"{db}: paused {status['paused_tables']}, unsent {status['unsent_rows']}"
+
+
+def journal_created(journal: Path, table: str, label: Any, label_column: str = "ref", **values: Any) -> None:
+    """Appends one created row to a journal (call it once the app acknowledged the commit)."""
+    with open(journal, "a") as out:
+        out.write(json.dumps({"at": time.time(), "op": "created", "table": table, "label_column": label_column,
+                              "label": label, "values": values}) + "\n")
+
+
+def guide_blocks(guide: Path, language: str) -> List[str]:
+    """The fenced code blocks of one language in a guide, in order."""
+    import re
+
+    return re.findall(rf"```{language}\n(.*?)```", guide.read_text(), re.S)
+
+
+def guide_block(guide: Path, language: str, first_line: str) -> str:
+    """The ```language block of a guide whose first line is ``first_line``."""
+    for block in guide_blocks(guide, language):
+        if block.startswith(first_line + "\n"):
+            return block
+    raise AssertionError(f"{guide.relative_to(ROOT)} has no {language} block starting with {first_line!r}")

@@ -134,6 +134,61 @@ def test_rolling_addfield_and_alterfield_while_node1_writes(tmp_path: Path, nats
     report("django rolling migrations", rows=ledger.size(), writer_rows=written, **timings)
 
 
+def all_sent(node) -> bool:  # type: ignore[no-untyped-def]
+    status = node.get("/replica")
+    return status["pending_changes"] == 0 and status["unsent_rows"] == 0
+
+
+def test_rolling_removefield_while_node1_writes(tmp_path: Path, nats: NatsServer, procs: Processes) -> None:
+    """RemoveField (Django drops the column with ALTER TABLE ... DROP COLUMN) rolled out node by node while
+    node 1 writes. Nodes 2 and 3 go first, so node 1, not migrated yet, keeps sending rows whose image holds
+    the column they dropped, and node 3 sets it once more after node 2 dropped it; node 1 goes last (its
+    writer restarts with the new code, as a deploy restarts the app). Once every node has migrated, nothing
+    may wait: the column those values were for is gone everywhere."""
+    timings: Dict[str, float] = {}
+    cluster = migrated_cluster(tmp_path, nats, procs)
+    n1, n2, n3 = cluster.nodes
+    for node in cluster.nodes:
+        node.deploy_migration("0002_product_note", PRICE, PRICE_AND_NOTE)
+        node.manage("migrate", "--noinput")
+    n1.write("create", "--prefix", "base", "--count", str(ROWS * 2), "--category", "tools")
+    n1.write("note", "--prefix", "base", "--count", str(ROWS))
+    assert_converged(cluster.dbs, cluster.ledger())
+    stop = n1.start_writer("w1", "tools")  # the code with the field: every row it creates holds a note
+    writer_journal = n1.journals[-1]
+    wait_until("node 1's writer to commit", lambda: writer_journal.exists() and writer_journal.stat().st_size > 0)
+    with timed("RemoveField on nodes 2 and 3", timings):
+        for node in (n2, n3):
+            node.write("note", "--prefix", "base", "--count", "3")  # the old code sets the field once more
+            node.deploy_migration("0003_remove_product_note", PRICE_AND_NOTE, PRICE)
+            wait_until(f"{node.name} to send what it wrote", lambda: all_sent(node))
+            before = published_rows(node)
+            node.manage("migrate", "--noinput")
+            assert published_rows(node) == before, f"{node.name} sent rows for dropping a column"
+            node.write("create", "--prefix", f"after-{node.name}", "--count", "3", "--category", "tools")
+    with timed("RemoveField on node 1", timings):
+        seen = writer_journal.read_text().count("\n")
+        wait_until("node 1's writer to go on writing", lambda: writer_journal.read_text().count("\n") >= seen + 5)
+        stop.touch()
+        wait_until("node 1's writer to stop", lambda: "wrote" in procs.log_tail("node1-writer-w1"))
+        n1.deploy_migration("0003_remove_product_note", PRICE_AND_NOTE, PRICE)
+        n1.manage("migrate", "--noinput")
+        stop = n1.start_writer("w1b", "tools")  # the new code
+        wait_until("node 1's new writer to commit",
+                   lambda: n1.journals[-1].exists() and n1.journals[-1].stat().st_size > 0)
+        n1.write("create", "--prefix", "after-node1", "--count", "3", "--category", "tools")
+        stop.touch()
+        wait_until("node 1's new writer to stop", lambda: "wrote" in procs.log_tail("node1-writer-w1b"))
+    with timed("converged", timings):
+        ledger = cluster.ledger().column_removed("shop_product", "note")
+        assert_converged(cluster.dbs, ledger)
+    for node in cluster.nodes:
+        status = node.get("/replica")
+        assert status["paused_tables"] == [] and status["unsent_rows"] == 0, f"{node.name}: {status}"
+    written = sum(1 for e in ledger.present.get("shop_product", {}) if e.startswith("w1"))
+    report("django rolling RemoveField", rows=ledger.size(), writer_rows=written, **timings)
+
+
 def test_the_guides_settings_are_the_projects() -> None:
     from django_cluster import PROJECT, guide_block
 

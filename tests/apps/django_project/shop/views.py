@@ -16,6 +16,9 @@ def replica_status(request):
         "replicator_pid": status and status["replicator_pid"],
         "published_rows": status and status["published_rows"],
         "attached_handles": status and status["attached_handles"],
+        "paused_tables": status and status["paused_tables"],
+        "unsent_rows": status and status["unsent_rows"],
+        "pending_changes": status and status["pending_changes"],
     })
 
 
