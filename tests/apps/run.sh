@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The real-app acceptance suite (issue 13): Django (+ gunicorn), Flask + Flask-SQLAlchemy + Flask-Migrate,
 # knex + better-sqlite3, plain better-sqlite3 in a cluster and sqlite-utils, installed from the package
-# registries, each scenario on three nodes over a real nats-server, each one
-# asserting identical databases and no lost row against a ledger of what the app committed.
+# registries, each scenario on three nodes over a real nats-server, each one asserting identical databases
+# and no lost row against a ledger of what the app committed. The code of the guides in docs/guides/ is run
+# as written (the Swift guide's by bindings/swift/test.sh).
 #
 #   tests/apps/run.sh                    the CI run (small row counts, about 3-4 minutes)
 #   HARMONYLITE_APPS_FULL=1 tests/apps/run.sh   larger row counts
 #   tests/apps/run.sh -k django          pytest arguments pass through
 #
-# Installs what it needs: the Python binding (from this checkout, unless bindings/python/test.sh installed
-# these sources already) and the apps into the repository's .venv
-# (made by scripts/setup.sh), the Node binding and the Node apps into tests/apps/node/node_modules (`npm ci`
-# from the committed lock; npm's cache in /var/cache/harmonylite/npm when that is writable). Each install is
-# redone only when what it is built from changed. Ends with "apps: N passed, N failed".
+# Installs what it needs: the Python binding and the apps into the repository's .venv (made by
+# scripts/setup.sh; the binding is the one bindings/python/test.sh installed when it was built from these
+# sources, else built from this checkout), the Node binding and the Node apps into
+# tests/apps/node/node_modules (`npm ci` from the committed lock; npm's cache in /var/cache/harmonylite/npm
+# when that is writable). Each install is redone only when what it is built from changed. Ends with
+# "apps: N passed, N failed".
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"

@@ -12,7 +12,7 @@ import shlex
 import shutil
 import signal
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
@@ -42,7 +42,7 @@ def guide_commands() -> List[List[str]]:
     """The guide's `flask db` commands (init, migrate, upgrade), as argument lists."""
     block = next(b for b in guide_blocks(GUIDE, "sh") if "flask --app app db init" in b)
     commands = [shlex.split(line) for line in block.splitlines() if line.strip()]
-    assert [c[3] for c in commands] == ["init", "migrate", "upgrade"], commands
+    assert [c[4] for c in commands] == ["init", "migrate", "upgrade"], commands
     return commands
 
 
@@ -153,11 +153,9 @@ def test_flask_guide_on_three_nodes_gunicorn_upgrades_node_by_node_and_a_rolling
     assert_converged(dbs, ledger())
 
     # Concurrent inserts on two nodes: the same ids are picked on both; every note is kept.
-    threads = [threading.Thread(target=node.post, args=(f"c{node.number}", ROWS * 2)) for node in (n2, n3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(node.post, f"c{node.number}", ROWS * 2) for node in (n2, n3)]:
+            done.result(timeout=300)
     took_concurrent = assert_converged(dbs, ledger())
 
     # The next version (a new column), node by node, while node 1 serves writes.

@@ -15,11 +15,11 @@ final class GuideTests: XCTestCase {
         guard let start = guide.range(of: "```swift\n// NotesDatabase.swift\n"),
             let end = guide.range(of: "\n```", range: start.upperBound..<guide.endIndex)
         else { throw TestFailure("\(Self.guide.path) has no ```swift block starting with // NotesDatabase.swift") }
-        let block = "// NotesDatabase.swift\n" + guide[start.upperBound..<end.lowerBound] + "\n"
+        let block = "// NotesDatabase.swift\n" + String(guide[start.upperBound..<end.lowerBound]) + "\n"
         let copy = try String(
             contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
                 .appendingPathComponent("NotesDatabase.swift"), encoding: .utf8)
-        let header = copy.prefix { $0 != "\n" } + "\n"
+        let header = String(copy.prefix { $0 != "\n" }) + "\n"
         XCTAssertTrue(header.hasPrefix("// docs/guides/swift.md"), "NotesDatabase.swift lost its header line")
         XCTAssertEqual(
             String(copy.dropFirst(header.count)), block,

@@ -43,11 +43,11 @@ final class NotesDatabase {
     func addNote(ref: String, body: String) throws {
         var statement: OpaquePointer?
         guard sqlite3_prepare_v2(db, "INSERT INTO notes (ref, body) VALUES (?, ?)", -1, &statement, nil) == SQLITE_OK
-        else { throw Self.error(db) }
+        else { throw Self.failure(db) }
         defer { sqlite3_finalize(statement) }
         sqlite3_bind_text(statement, 1, ref, -1, Self.transient)
         sqlite3_bind_text(statement, 2, body, -1, Self.transient)
-        guard sqlite3_step(statement) == SQLITE_DONE else { throw Self.error(db) }
+        guard sqlite3_step(statement) == SQLITE_DONE else { throw Self.failure(db) }
     }
 
     /// Runs the steps this file has not run yet. `PRAGMA user_version` is a field of the file, never
@@ -57,7 +57,7 @@ final class NotesDatabase {
         do {
             var statement: OpaquePointer?
             guard sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &statement, nil) == SQLITE_OK else {
-                throw error(db)
+                throw failure(db)
             }
             let done = sqlite3_step(statement) == SQLITE_ROW ? Int(sqlite3_column_int(statement, 0)) : 0
             sqlite3_finalize(statement)
@@ -73,10 +73,10 @@ final class NotesDatabase {
     }
 
     static func exec(_ db: OpaquePointer, _ sql: String) throws {
-        guard sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK else { throw error(db) }
+        guard sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK else { throw failure(db) }
     }
 
-    private static func error(_ db: OpaquePointer) -> SQLiteError {
+    private static func failure(_ db: OpaquePointer) -> SQLiteError {
         SQLiteError(description: String(cString: sqlite3_errmsg(db)))
     }
 
