@@ -18,10 +18,13 @@ from support import NatsServer, Processes, assert_converged, report, scaled, wai
 ROWS = scaled(10, 200)
 
 
-def migrated_cluster(tmp_path: Path, nats: NatsServer, procs: Processes) -> DjangoCluster:
-    """Three nodes that ran `migrate` before the replica was ever opened, then serve with gunicorn."""
+def migrated_cluster(tmp_path: Path, nats: NatsServer, procs: Processes, *deployed: tuple) -> DjangoCluster:
+    """Three nodes that ran `migrate` before the replica was ever opened, then serve with gunicorn.
+    ``deployed``: (migration, model_from, model_to) of rollout/ deployed on every node before that."""
     cluster = DjangoCluster(tmp_path, nats, procs)
     for node in cluster.nodes:
+        for migration in deployed:
+            node.deploy_migration(*migration)
         node.manage("migrate", "--noinput")
     for node in cluster.nodes:
         node.replicate(True)
@@ -153,11 +156,8 @@ def test_rolling_removefield_while_node1_writes(tmp_path: Path, nats: NatsServer
     writer restarts with the new code, as a deploy restarts the app). Once every node has migrated, nothing
     may wait: the column those values were for is gone everywhere."""
     timings: Dict[str, float] = {}
-    cluster = migrated_cluster(tmp_path, nats, procs)
+    cluster = migrated_cluster(tmp_path, nats, procs, ("0002_product_note", PRICE, PRICE_AND_NOTE))
     n1, n2, n3 = cluster.nodes
-    for node in cluster.nodes:
-        node.deploy_migration("0002_product_note", PRICE, PRICE_AND_NOTE)
-        node.manage("migrate", "--noinput")
     n1.write("create", "--prefix", "base", "--count", str(ROWS * 2), "--category", "tools")
     n1.write("note", "--prefix", "base", "--count", str(ROWS))
     assert_converged(cluster.dbs, cluster.ledger())
