@@ -10,6 +10,7 @@ import shutil
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -51,6 +52,7 @@ class DjangoNode:
         self.journals: List[Path] = []
         self.gunicorn: Any = None
         self.writes = 0
+        self.workers = 1
         self.replicate(False)
 
     @property
@@ -94,13 +96,20 @@ class DjangoNode:
     def socket(self) -> Path:
         return self.dir / "gunicorn.sock"
 
-    def start_gunicorn(self, workers: int = 1) -> None:
+    def start_gunicorn(self, workers: int = 1, wait: bool = True) -> None:
+        """Starts gunicorn; with ``wait``, returns once it serves (else call ``wait_serving``)."""
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self.gunicorn = self.procs.start(
             f"{self.name}-gunicorn",
             [str(gunicorn), "-w", str(workers), "--bind", f"unix:{self.socket}", "--graceful-timeout", "20",
              "mysite.wsgi"],
             cwd=self.dir, env=self.env())
+        self.workers = workers
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self) -> None:
+        workers = self.workers
 
         def serving() -> Optional[Dict[str, Any]]:
             if self.gunicorn.poll() is not None:
@@ -151,6 +160,19 @@ class DjangoNode:
 class DjangoCluster:
     def __init__(self, root: Path, nats: NatsServer, procs: Processes) -> None:
         self.nodes = [DjangoNode(n, root, nats, procs) for n in (1, 2, 3)]
+
+    def migrate_all(self) -> None:
+        """`manage.py migrate` on the three nodes at once (each its own file: nothing to wait for)."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for done in [pool.submit(node.manage, "migrate", "--noinput") for node in self.nodes]:
+                done.result()
+
+    def start_gunicorn_all(self) -> None:
+        """Starts every node's gunicorn, then waits until each serves."""
+        for node in self.nodes:
+            node.start_gunicorn(wait=False)
+        for node in self.nodes:
+            node.wait_serving()
 
     @property
     def dbs(self) -> List[Path]:

@@ -106,6 +106,16 @@ class Processes:
                 process.wait()
         return process.returncode
 
+    def stop_together(self, processes: Sequence[subprocess.Popen[bytes]], timeout: float = 60) -> List[int]:
+        """Sends SIGTERM to each process group at once, then waits for each; their exit codes."""
+        for process in processes:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        return [self.stop(process, timeout=timeout) for process in processes]
+
     def stop_all(self) -> None:
         for _, process in reversed(self.running):
             self.stop(process)

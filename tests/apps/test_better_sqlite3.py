@@ -9,7 +9,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any, Dict, Optional, Set
+from typing import AbstractSet, Any, Dict, Optional, Set
 
 from support import (APPS, ROOT, HttpWriter, Ledger, NatsServer, Processes, assert_converged, assert_nothing_waits,
                      guide_block, http_json, journal_created, report, scaled, wait_until)
@@ -64,17 +64,18 @@ class ClusterNode:
     def py_cfg(self) -> Dict[str, Any]:
         return {"node_id": self.number, "nats": {"urls": [self.url]}}
 
-    def start(self) -> Dict[str, Any]:
+    def start(self, wait: bool = True) -> None:
         self.sock.unlink(missing_ok=True)  # left by the previous run of the app, as a deploy script clears it
         cfg = {"nodeId": self.number, "nats": {"urls": [self.url]}}
         self.primary = self.procs.start(f"{self.name}-app", ["node", "app.js"], cwd=self.dir,
                                         env=node_env(HARMONYLITE=json.dumps(cfg), PORT=str(self.sock)))
-        return self.wait_serving(set())
+        if wait:
+            self.wait_serving()
 
     def stop(self) -> None:
         assert self.procs.stop(self.primary) == 0, self.procs.log_tail(f"{self.name}-app")
 
-    def wait_serving(self, gone: Set[int]) -> Dict[str, Any]:
+    def wait_serving(self, gone: AbstractSet[int] = frozenset()) -> Dict[str, Any]:
         """Waits until two workers (none of ``gone``) serve, one replicating and the other attached to it."""
         def serving() -> Optional[Dict[str, Any]]:
             if self.primary.poll() is not None:
@@ -107,7 +108,9 @@ def test_better_sqlite3_guide_cluster_on_three_nodes_kill_9_and_a_rolling_migrat
     n1, n2, n3 = nodes
     dbs = [n.db for n in nodes]
     for node in nodes:
-        node.start()
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_serving()
     served_by = {node.number: node.post(f"a{node.number}", ROWS) for node in nodes}
     assert all(len(pids) == 2 for pids in served_by.values()), f"inserts not served by both workers: {served_by}"
     assert_converged(dbs, Ledger.from_journals(n.journal for n in nodes))
@@ -135,8 +138,8 @@ def test_better_sqlite3_guide_cluster_on_three_nodes_kill_9_and_a_rolling_migrat
     ledger = Ledger.from_journals([n.journal for n in nodes] + [writer_journal])
     took = assert_converged(dbs, ledger)
     assert_nothing_waits([(n.db, n.py_cfg) for n in nodes])
-    for node in nodes:
-        node.stop()
+    exits = procs.stop_together([node.primary for node in nodes])
+    assert exits == [0, 0, 0], {n.name: procs.log_tail(f"{n.name}-app") for n in nodes}
     assert_converged(dbs, ledger)
     report("better-sqlite3 cluster", rows=ledger.size(), writer_rows=written, writer_failed=writer.failed,
            new_replicator_after_kill=after["replicatorPid"] != replicator, rollout_converged_s=round(took, 2))

@@ -25,10 +25,10 @@ def migrated_cluster(tmp_path: Path, nats: NatsServer, procs: Processes, *deploy
     for node in cluster.nodes:
         for migration in deployed:
             node.deploy_migration(*migration)
-        node.manage("migrate", "--noinput")
+    cluster.migrate_all()
     for node in cluster.nodes:
         node.replicate(True)
-        node.start_gunicorn()
+    cluster.start_gunicorn_all()
     return cluster
 
 
@@ -67,7 +67,7 @@ def test_migrate_after_opening_node_by_node_while_node1_writes_then_concurrent_c
     with timed("serve empty", timings):
         for node in cluster.nodes:  # the replica opens on an empty database, in every node's workers
             node.replicate(True)
-            node.start_gunicorn()
+        cluster.start_gunicorn_all()
     with timed("migrate node 1", timings):
         n1.manage("migrate", "--noinput")  # attached to node 1's gunicorn, which replicates what it writes
         n1.manage("createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")
@@ -209,13 +209,15 @@ def test_gunicorn_two_workers_open_in_ready_and_a_manage_command_beside_them(
     timings: Dict[str, float] = {}
     cluster = DjangoCluster(tmp_path, nats, procs)
     n1, n2, n3 = cluster.nodes
+    cluster.migrate_all()
     for node in cluster.nodes:
-        node.manage("migrate", "--noinput")
         node.replicate(True)
     with timed("gunicorn up", timings):
-        n1.start_gunicorn(workers=2)  # each worker's ready() opens the replica: one runs it, one attaches
-        n2.start_gunicorn()
-        n3.start_gunicorn()
+        n1.start_gunicorn(workers=2, wait=False)  # each worker's ready() opens the replica: one runs it
+        n2.start_gunicorn(wait=False)
+        n3.start_gunicorn(wait=False)
+        for node in cluster.nodes:
+            node.wait_serving()
     status = n1.get("/replica")
     assert status["role"] in ("active", "attached") and status["replicator_pid"], status
     # Requests served by both workers write through one replicator.

@@ -14,7 +14,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import AbstractSet, Any, Dict, List, Optional, Set
 
 from support import (ROOT, HttpWriter, Ledger, NatsServer, Processes, assert_converged, assert_nothing_waits,
                      guide_block, guide_blocks, http_json, journal_created, python_env, report, scaled, wait_until)
@@ -83,14 +83,14 @@ class FlaskNode:
         run_flask(self.procs, f"{self.name}-flask", guide_commands()[2], self.dir, self.env())
 
     def start_gunicorn(self) -> None:
-        # The guide's command, bound to a Unix socket of this node's own (no port to race for).
+        """The guide's command, bound to a Unix socket of this node's own (no port to race for); call
+        ``wait_serving`` next."""
         self.gunicorn = self.procs.start(
             f"{self.name}-gunicorn",
             [str(BIN / "gunicorn"), "-w", "2", "--bind", f"unix:{self.sock}", "--graceful-timeout", "20",
              "app:create_app()"], cwd=self.dir, env=self.env())
-        self.wait_serving(set())
 
-    def wait_serving(self, old_workers: Set[int]) -> Dict[str, Any]:
+    def wait_serving(self, old_workers: AbstractSet[int] = frozenset()) -> Dict[str, Any]:
         """Waits until two new workers (none of ``old_workers``) serve, one replicating, the other attached."""
         def serving() -> Optional[Dict[str, Any]]:
             if self.gunicorn.poll() is not None:
@@ -147,6 +147,8 @@ def test_flask_guide_on_three_nodes_gunicorn_upgrades_node_by_node_and_a_rolling
     n1.upgrade()
     for node in nodes:
         node.start_gunicorn()
+    for node in nodes:
+        node.wait_serving()
     pids = n1.post("a1", ROWS)
     for node in (n2, n3):
         node.upgrade()  # attached to the node's gunicorn; node 1's rows waited for the table
@@ -180,8 +182,8 @@ def test_flask_guide_on_three_nodes_gunicorn_upgrades_node_by_node_and_a_rolling
     rollout = Ledger.from_journals(journals)
     took = assert_converged(dbs, rollout)
     assert_nothing_waits([(n.db, n.cfg) for n in nodes])
-    for node in nodes:
-        assert procs.stop(node.gunicorn) == 0, procs.log_tail(f"{node.name}-gunicorn")
+    exits = procs.stop_together([node.gunicorn for node in nodes])
+    assert exits == [0, 0, 0], {n.name: procs.log_tail(f"{n.name}-gunicorn") for n in nodes}
     assert_converged(dbs, rollout)
     report("flask", rows=rollout.size(), serving_pids=len(pids), writer_rows=written,
            writer_failed=writer.failed, concurrent_converged_s=round(took_concurrent, 2),
