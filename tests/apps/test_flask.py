@@ -143,15 +143,17 @@ def test_flask_guide_on_three_nodes_gunicorn_upgrades_node_by_node_and_a_rolling
     def ledger() -> Ledger:
         return Ledger.from_journals(n.journal for n in nodes)
 
-    # Node 1 upgrades before its workers start; nodes 2 and 3 serve an empty database first.
-    n1.upgrade()
-    for node in nodes:
+    # Node 1 upgrades before its workers start; nodes 2 and 3 serve an empty database meanwhile.
+    for node in (n2, n3):
         node.start_gunicorn()
+    n1.upgrade()
+    n1.start_gunicorn()
     for node in nodes:
         node.wait_serving()
     pids = n1.post("a1", ROWS)
-    for node in (n2, n3):
-        node.upgrade()  # attached to the node's gunicorn; node 1's rows waited for the table
+    with ThreadPoolExecutor(2) as pool:  # each node in its own time: here both at once
+        for upgraded in [pool.submit(node.upgrade) for node in (n2, n3)]:
+            upgraded.result()  # attached to the node's gunicorn; node 1's rows waited for the table
     assert_converged(dbs, ledger())
 
     # Concurrent inserts on two nodes: the same ids are picked on both; every note is kept.
