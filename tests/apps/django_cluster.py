@@ -97,12 +97,13 @@ class DjangoNode:
         return self.dir / "gunicorn.sock"
 
     def start_gunicorn(self, workers: int = 1, wait: bool = True) -> None:
-        """Starts gunicorn; with ``wait``, returns once it serves (else call ``wait_serving``)."""
+        """Starts gunicorn (without its control socket, whose default path in $HOME every gunicorn on the
+        machine shares); with ``wait``, returns once it serves (else call ``wait_serving``)."""
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self.gunicorn = self.procs.start(
             f"{self.name}-gunicorn",
             [str(gunicorn), "-w", str(workers), "--bind", f"unix:{self.socket}", "--graceful-timeout", "20",
-             "mysite.wsgi"],
+             "--no-control-socket", "mysite.wsgi"],
             cwd=self.dir, env=self.env())
         self.workers = workers
         if wait:

@@ -107,14 +107,22 @@ class Processes:
         return process.returncode
 
     def stop_together(self, processes: Sequence[subprocess.Popen[bytes]], timeout: float = 60) -> List[int]:
-        """Sends SIGTERM to each process group at once, then waits for each; their exit codes."""
+        """Sends SIGTERM to each process group at once, then waits for each (SIGKILL after ``timeout``); their
+        exit codes. One SIGTERM only: a second one can kill a server that already restored the default
+        handlers on its way out (gunicorn's master then exits -15)."""
         for process in processes:
             if process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        return [self.stop(process, timeout=timeout) for process in processes]
+        for process in processes:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return [process.returncode for process in processes]
 
     def stop_all(self) -> None:
         for _, process in reversed(self.running):

@@ -83,12 +83,13 @@ class FlaskNode:
         run_flask(self.procs, f"{self.name}-flask", guide_commands()[2], self.dir, self.env())
 
     def start_gunicorn(self) -> None:
-        """The guide's command, bound to a Unix socket of this node's own (no port to race for); call
-        ``wait_serving`` next."""
+        """The guide's command, bound to a Unix socket of this node's own (no port to race for) and without
+        gunicorn's control socket (its default path, in $HOME, is shared by every gunicorn on the machine);
+        call ``wait_serving`` next."""
         self.gunicorn = self.procs.start(
             f"{self.name}-gunicorn",
             [str(BIN / "gunicorn"), "-w", "2", "--bind", f"unix:{self.sock}", "--graceful-timeout", "20",
-             "app:create_app()"], cwd=self.dir, env=self.env())
+             "--no-control-socket", "app:create_app()"], cwd=self.dir, env=self.env())
 
     def wait_serving(self, old_workers: AbstractSet[int] = frozenset()) -> Dict[str, Any]:
         """Waits until two new workers (none of ``old_workers``) serve, one replicating, the other attached."""
