@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Dict
 
-import pytest
-
 from django_cluster import DjangoCluster, timed
 from support import NatsServer, Processes, assert_converged, report, scaled, wait_until
 
@@ -145,10 +143,6 @@ def all_sent(node) -> bool:  # type: ignore[no-untyped-def]
     return status["pending_changes"] == 0 and status["unsent_rows"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: a received change carrying a value for a column this node has dropped is parked forever "
-    "(apply/applier.rs validate(): 'column `note` of table `shop_product` does not exist here'), and every "
-    "later change of its row waits behind it"))
 def test_rolling_removefield_while_node1_writes(tmp_path: Path, nats: NatsServer, procs: Processes) -> None:
     """RemoveField (Django drops the column with ALTER TABLE ... DROP COLUMN) rolled out node by node while
     node 1 writes. Nodes 2 and 3 go first, so node 1, not migrated yet, keeps sending rows whose image holds
