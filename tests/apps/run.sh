@@ -84,14 +84,18 @@ node_hash=$( { sources_hash core bindings/node; sha256sum "$APPS/node/package-lo
 if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_hash" ]; then
   started=$SECONDS
   rm -f "$ROOT"/bindings/node/harmonylite.*.node # built again from these sources by its install script
-  # better-sqlite3 builds from source when no prebuilt binary can be downloaded (about a minute).
+  # better-sqlite3 builds from source when no prebuilt binary can be downloaded (about two minutes), so the
+  # node_modules `npm ci` makes is cached between checkouts (scripts/npm-ci-cached.sh).
   npm_log=$(mktemp)
-  if ! (cd "$APPS/node" && npm ci --foreground-scripts) >"$npm_log" 2>&1; then
+  if ! "$ROOT/scripts/npm-ci-cached.sh" "$APPS/node" --foreground-scripts >"$npm_log" 2>&1; then
     tail -n 60 "$npm_log" >&2
     rm -f "$npm_log"
     fail "npm ci in tests/apps/node failed"
   fi
   rm -f "$npm_log"
+  # A node_modules restored from the cache ran no install script: the binding's addon is built here from
+  # these sources (a no-op when npm ci just built it).
+  (cd "$ROOT/bindings/node" && node scripts/install.js) || fail "building the Node binding's addon failed"
   (cd "$APPS/node" && node -e "require('knex'); require('better-sqlite3'); require('harmonylite')") \
     || fail "the Node apps do not load"
   echo "$node_hash" >"$node_stamp"
