@@ -237,7 +237,9 @@ def test_fork_child_gets_a_clear_error(nats: NatsServer, replicas: List[Any], tm
 
 
 INTERRUPT_SCRIPT = r"""
-import sys, harmonylite
+import faulthandler, signal, sys, harmonylite
+# If the test times out waiting for this child, SIGUSR1 makes it print every thread's Python stack.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 replica = harmonylite.open_replicated(sys.argv[1], {"node_id": 1, "nats": {"urls": [sys.argv[2]]}})
 try:
     print("waiting", flush=True)
@@ -246,6 +248,30 @@ except KeyboardInterrupt:
     print("interrupted", flush=True)
 replica.close()
 """
+
+
+def stacks_of_hung_child(child: Any) -> str:
+    """Python stacks (faulthandler, on SIGUSR1) and native stacks (gdb, when installed) of a child that hangs,
+    so a failure says where it hangs; the child is killed afterwards."""
+    import select
+    import shutil
+    import signal
+    import subprocess
+
+    native = ""
+    gdb = shutil.which("gdb")
+    if gdb:
+        native = subprocess.run(
+            [gdb, "-p", str(child.pid), "-batch", "-ex", "thread apply all bt"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    child.send_signal(signal.SIGUSR1)
+    select.select([child.stderr], [], [], 10)  # until faulthandler has written (or 10 s)
+    child.kill()
+    out, err = child.communicate(timeout=30)
+    return f"stdout:\n{out}\nstderr (Python stacks):\n{err}\nnative stacks:\n{native}"
 
 
 def test_ctrl_c_interrupts_a_blocking_wait(nats: NatsServer, tmp_path: Path) -> None:
@@ -265,7 +291,10 @@ def test_ctrl_c_interrupts_a_blocking_wait(nats: NatsServer, tmp_path: Path) -> 
         assert child.stdout.readline().strip() == "waiting"
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=60)
+        try:
+            out, err = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the child did not stop after Ctrl-C:\n" + stacks_of_hung_child(child))
         assert "interrupted" in out, err
         assert time.monotonic() - started < 30
         assert child.returncode == 0, err
