@@ -294,8 +294,8 @@ pub struct Status {
     pub behind_retention: bool,
     /// JetStream lost messages this node relied on (a stream deleted or recreated, or holding less than
     /// this node had applied). Positions were reset to the new stream; rows that only the lost messages
-    /// carried are missing on the nodes that had not applied them until every node publishes its rows again
-    /// (not wired yet), so this stays true for the rest of the run.
+    /// carried are missing on the nodes that had not applied them until every node has published its rows
+    /// again (`broker_data_loss[].republished_rows`); this stays true for the rest of the run, as a record.
     pub broker_data_loss_detected: bool,
     /// Losses detected since open (one per lost stream incarnation).
     pub broker_data_loss_events: u64,
