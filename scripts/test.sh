@@ -181,11 +181,23 @@ else
     done
   }
   lane_pids=()
+  # Job control gives each lane a process group of its own, started with the signal dispositions a terminal
+  # gives: without it bash starts background jobs with SIGINT and SIGQUIT ignored, every process in the
+  # lane inherits that, and a Python child then never installs its Ctrl-C handler (the Python suite's
+  # Ctrl-C test hung that way). Ctrl-C or a TERM here stops every lane's whole group.
+  stop_lanes() {
+    local pid
+    for pid in "${lane_pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+    exit 130
+  }
+  trap stop_lanes INT TERM
+  set -m
   for lane in "${planned[@]}"; do
     # shellcheck disable=SC2086 # a lane is a list of suite names
     run_lane $lane &
     lane_pids+=($!)
   done
+  set +m
   # A line a minute while lanes run, so a long run shows it is alive.
   lanes_alive() {
     local pid

@@ -238,6 +238,10 @@ def test_fork_child_gets_a_clear_error(nats: NatsServer, replicas: List[Any], tm
 
 INTERRUPT_SCRIPT = r"""
 import faulthandler, signal, sys, harmonylite
+# Python installs its Ctrl-C handler only when SIGINT is not ignored at start, and a process started in the
+# background by a non-interactive shell (as CI runs suites) inherits SIGINT ignored: install it, as a
+# Python started from a terminal has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # If the test times out waiting for this child, SIGUSR1 makes it print every thread's Python stack.
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 replica = harmonylite.open_replicated(sys.argv[1], {"node_id": 1, "nats": {"urls": [sys.argv[2]]}})
