@@ -70,6 +70,9 @@ pub struct ApplyOutcome {
     pub discarded: BTreeMap<(String, u64), u64>,
     /// How many changes were discarded so (the map above is emptied as it is recorded).
     pub discarded_changes: u64,
+    /// Set while a change that already waited on a constraint is retried: if it still waits on a UNIQUE
+    /// value it is not recorded again (a retry every few seconds would fill the bounded conflict log).
+    pub retrying: bool,
 }
 
 impl ApplyOutcome {
@@ -295,7 +298,10 @@ fn apply_or_park(
     change: &RowChange,
     outcome: &mut ApplyOutcome,
 ) -> Result<()> {
-    if ctx.parked_tables.contains(&change.table) && waits_behind(tx, ctx, change)? {
+    // `parked_tables` is what waited before this transaction; once this transaction has parked something,
+    // a later change of the same row (an edit of a row parked a moment ago) must find it too.
+    let may_wait = ctx.parked_tables.contains(&change.table) || outcome.deferred > 0;
+    if may_wait && waits_behind(tx, ctx, change)? {
         outcome.deferred += 1;
         if change.op == Op::Update && parked::fold_update(tx, change)? {
             return Ok(());
@@ -322,6 +328,16 @@ fn apply_or_park(
         Applied::Park(kind, reason) => {
             outcome.deferred += 1;
             parked::park(tx, origin, change, kind, &reason)?;
+            // Rows that arrived first (on another shard) pointing at this row now point at a waiting row:
+            // they wait with it, as those arriving after it do.
+            if let Some(table) = ctx.schema.tables.get(&change.table) {
+                if !table.referenced_by.is_empty()
+                    && change.op != Op::Delete
+                    && read_row(tx, table, &change.pk)?.is_none()
+                {
+                    move_children_aside(tx, ctx, table, &change.pk, outcome)?;
+                }
+            }
         }
         Applied::Discarded => {
             *outcome
@@ -395,7 +411,11 @@ pub fn retry_parked(
             }
             continue;
         }
-        let applied = apply_change(tx, ctx, waiting.origin, &waiting.change, &mut outcome)?;
+        // A change that already waited on a constraint was recorded then.
+        outcome.retrying = waiting.kind == ParkKind::Constraint;
+        let applied = apply_change(tx, ctx, waiting.origin, &waiting.change, &mut outcome);
+        outcome.retrying = false;
+        let applied = applied?;
         flush_follow_ups(tx, ctx, clock, &mut outcome)?;
         match applied {
             Applied::Park(kind, reason) => {
@@ -694,6 +714,27 @@ fn apply_change(
             };
             let existed = stored.as_ref().is_some_and(RowState::exists);
             if let Some(reason) = waits_for_parent(tx, ctx, table, change, &write)? {
+                // An edit that points a row that is here at a waiting row: the row waits whole, with the
+                // edit, as on its origin (which moved it aside with the row it points at), and the rows
+                // pointing at it wait with it.
+                if let (false, Some(stored_state), Some(image)) = (
+                    fresh,
+                    stored.as_ref(),
+                    before.clone().or(read_row(tx, table, &change.pk)?),
+                ) {
+                    park_row_whole(
+                        tx,
+                        table,
+                        &change.pk,
+                        stored_state,
+                        image,
+                        Some((change, &write, origin)),
+                        &reason,
+                        outcome,
+                    )?;
+                    move_children_aside(tx, ctx, table, &change.pk, outcome)?;
+                    return Ok(Applied::Kept);
+                }
                 return Ok(Applied::Park(ParkKind::Constraint, reason));
             }
             if let Some(parked) =
@@ -971,7 +1012,9 @@ fn resolve_constraint(
             hlc: MAX_HLC,
             node: u64::MAX,
         });
-    let incoming_first = change.born < blocker_born;
+    // Rows one node created in one millisecond (or one transaction) share a stamp: the key breaks the
+    // tie, so every node picks the same row.
+    let incoming_first = (change.born, pk_key(&change.pk)) < (blocker_born, blocker_bytes.clone());
     let blocker_values: Vec<(String, Value)> = table
         .columns
         .iter()
@@ -980,6 +1023,7 @@ fn resolve_constraint(
         .collect();
     let key_text = describe_key(&blocker_pk);
     let detail;
+    let mut incoming_image: Option<Vec<(String, Value)>> = None;
     let result = if incoming_first {
         // Evict the later row: it waits, whole, until the value is free again.
         let Some(blocker_state) = blocker_state.clone() else {
@@ -1023,34 +1067,23 @@ fn resolve_constraint(
             outcome.deferred += 1;
             return write_change_again(tx, table, change, write, fresh);
         };
-        let newest = blocker_state.newest();
-        let evicted = RowChange {
-            table: table.name.clone(),
-            op: Op::Insert,
-            hlc: newest.hlc,
-            cl: blocker_state.cl,
-            born: blocker_state.born,
-            born_hash: blocker_state.born_hash,
-            life: blocker_state.life,
-            seen: None,
-            pk: blocker_pk.clone(),
-            columns: blocker_values.clone(),
-        };
-        execute_row_sql(tx, &table.sql.delete_row, blocker_pk.iter()).ctx("moving a row aside")?;
-        rows::remove(tx, &table.name, &blocker_bytes)?;
-        parked::park(
+        let reason = format!(
+            "UNIQUE({}) of `{}`: the value is held by the row with key {}, created first",
+            columns.join(", "),
+            table.name,
+            describe_key(&change.pk)
+        );
+        park_row_whole(
             tx,
-            newest.node,
-            &evicted,
-            ParkKind::Constraint,
-            &format!(
-                "UNIQUE({}) of `{}`: the value is held by the row with key {}, created first",
-                columns.join(", "),
-                table.name,
-                describe_key(&change.pk)
-            ),
+            table,
+            &blocker_pk,
+            &blocker_state,
+            blocker_image.clone(),
+            None,
+            &reason,
+            outcome,
         )?;
-        outcome.deferred += 1;
+        move_children_aside(tx, ctx, table, &blocker_pk, outcome)?;
         detail = format!(
             "UNIQUE({}): the row with key {} (created first, on node {}) keeps the value; the row with key {key_text} waits until it is free",
             columns.join(", "),
@@ -1101,44 +1134,27 @@ fn resolve_constraint(
             // An edit of a row that is here: the row waits whole, as it is on the node that made the edit
             // (which moved it aside the same way), so every node holds the same.
             (false, Some(own_state), Some(own_image)) => {
-                let mut image: Vec<(String, Value)> =
-                    table.columns.iter().cloned().zip(own_image).collect();
-                for i in write {
-                    let (name, value) = &change.columns[*i];
-                    if let Some(slot) = image.iter_mut().find(|(n, _)| n == name) {
-                        slot.1 = value.clone();
-                    }
-                }
-                let newest = own_state.newest().max(crate::clock::Version {
-                    hlc: change.hlc,
-                    node: origin,
-                });
-                let waiting = RowChange {
-                    table: table.name.clone(),
-                    op: Op::Insert,
-                    hlc: newest.hlc,
-                    cl: own_state.cl,
-                    born: own_state.born,
-                    born_hash: own_state.born_hash,
-                    life: own_state.life,
-                    seen: None,
-                    pk: change.pk.clone(),
-                    columns: image,
-                };
-                execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
-                    .ctx("moving a row aside")?;
-                rows::remove(tx, &table.name, &own_bytes)?;
-                parked::park(tx, newest.node, &waiting, ParkKind::Constraint, &reason)?;
-                outcome.deferred += 1;
+                incoming_image = Some(park_row_whole(
+                    tx,
+                    table,
+                    &change.pk,
+                    &own_state,
+                    own_image,
+                    Some((change, write, origin)),
+                    &reason,
+                    outcome,
+                )?);
+                move_children_aside(tx, ctx, table, &change.pk, outcome)?;
                 Some(Applied::Kept)
             }
             _ => Some(Applied::Park(ParkKind::Constraint, reason)),
         }
     };
+    // The side that waits is the whole row when it waits whole (an edit of a row that was here).
     let incoming_side = ConflictSide {
         node: origin,
         hlc: change.hlc,
-        values: change.columns.clone(),
+        values: incoming_image.unwrap_or_else(|| change.columns.clone()),
     };
     let blocker_side = ConflictSide {
         node: blocker_born.node,
@@ -1150,7 +1166,9 @@ fn resolve_constraint(
     } else {
         (blocker_side, incoming_side)
     };
-    let _ = ctx;
+    if outcome.retrying && !incoming_first {
+        return Ok(result); // recorded when it first waited
+    }
     record_conflict(
         tx,
         outcome,
@@ -1373,11 +1391,20 @@ fn resolve_collision(
         Plan::Delete { state, .. } => (state, true),
         _ => return Ok(Some(Applied::Kept)),
     };
+    // A row that points at a row waiting here waits too (`waits_for_parent`), with the key kept for it.
+    let waits = if deleted {
+        None
+    } else {
+        waits_for_parent(tx, ctx, table, change, &all)?
+            .map(|reason| Applied::Park(ParkKind::Constraint, reason))
+    };
     if deleted {
         execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
             .ctx("applying a remote delete")?;
-    } else if let Some(parked) = write_change(tx, ctx, table, origin, change, &all, true, outcome)?
-    {
+    } else if let Some(parked) = match waits {
+        Some(waiting) => Some(waiting),
+        None => write_change(tx, ctx, table, origin, change, &all, true, outcome)?,
+    } {
         // A constraint refuses the row that keeps the key (a row just moved off it may hold one of its
         // UNIQUE values until it is stamped): it waits, and the usual rule settles it when retried. The
         // other row leaves the key all the same — its creator moves it, every node alike — and the key is
@@ -1473,12 +1500,21 @@ fn rehome(
         }
     }
     let all: Vec<usize> = (0..moved.columns.len()).collect();
-    if let Some(parked) = write_change(tx, ctx, table, origin, &moved, &all, true, outcome)? {
+    let waits = waits_for_parent(tx, ctx, table, &moved, &all)?;
+    if let Some(reason) = &waits {
+        // It points at a row that waits here: it waits too, as this node's row under its new key, and is
+        // published when it applies (the other nodes dropped it under the old key; they hold the
+        // conflict record below).
+        parked::park_own(tx, ctx.node_id, &moved, reason)?;
+        outcome.deferred += 1;
+    } else if let Some(parked) = write_change(tx, ctx, table, origin, &moved, &all, true, outcome)?
+    {
         return Ok(Some(parked));
+    } else {
+        outcome
+            .follow_ups
+            .push((table.name.clone(), OP_INSERT, new_key.clone()));
     }
-    outcome
-        .follow_ups
-        .push((table.name.clone(), OP_INSERT, new_key.clone()));
     outcome.moved_keys += 1;
     record_conflict(
         tx,
@@ -1505,7 +1541,7 @@ fn rehome(
             ..Conflict::about(&table.name, &change.pk)
         },
     )?;
-    Ok(None)
+    Ok(waits.map(|_| Applied::Kept))
 }
 
 /// Moves this node's row off `key` to a fresh one, with the rows that reference it by a declared foreign
@@ -1543,24 +1579,7 @@ fn move_row(
         let Some(child) = ctx.schema.tables.get(child_name) else {
             continue;
         };
-        let keys: Vec<String> = child.pk.iter().map(|c| quote(c)).collect();
-        let children: Vec<Vec<Value>> = tx
-            .prepare(&format!(
-                "SELECT {} FROM {} WHERE {} = ?1",
-                keys.join(", "),
-                quote(&child.name),
-                quote(column)
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_map([&key[0]], |row| {
-                    (0..child.pk.len())
-                        .map(|i| row.get_ref(i).map(Value::from))
-                        .collect::<rusqlite::Result<Vec<Value>>>()
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .ctx("finding the rows that reference a moved row")?;
-        for child_key in children {
+        for child_key in keys_referencing(tx, child, column, &key[0])? {
             // Only references this node wrote point at its own row; one received from elsewhere points at
             // the row that keeps the key.
             let state = rows::read(tx, &child.name, &pk_key(&child_key))?;
@@ -1586,6 +1605,123 @@ fn move_row(
         }
     }
     Ok(new_key)
+}
+
+/// Keys of the rows of `child` whose `column` holds `value` (a declared foreign key to another row's key).
+fn keys_referencing(
+    tx: &Transaction<'_>,
+    child: &TableInfo,
+    column: &str,
+    value: &Value,
+) -> Result<Vec<Vec<Value>>> {
+    let keys: Vec<String> = child.pk.iter().map(|c| quote(c)).collect();
+    tx.prepare_cached(&format!(
+        "SELECT {} FROM {} WHERE {} = ?1",
+        keys.join(", "),
+        quote(&child.name),
+        quote(column)
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_map([value], |row| {
+            (0..child.pk.len())
+                .map(|i| row.get_ref(i).map(Value::from))
+                .collect::<rusqlite::Result<Vec<Value>>>()
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .ctx("finding the rows that reference a row")
+}
+
+/// Moves a row that is here aside, whole: deletes it and parks an insert of its image (with `fold`'s
+/// columns written over it: a received edit that cannot apply yet) under its state's lineage and newest
+/// version. Every node that moves the row aside parks the same, so the row waits alike everywhere.
+#[allow(clippy::too_many_arguments)]
+fn park_row_whole(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    key: &[Value],
+    state: &RowState,
+    image: Vec<Value>,
+    fold: Option<(&RowChange, &[usize], u64)>,
+    reason: &str,
+    outcome: &mut ApplyOutcome,
+) -> Result<Vec<(String, Value)>> {
+    let mut columns: Vec<(String, Value)> = table.columns.iter().cloned().zip(image).collect();
+    let mut newest = state.newest();
+    if let Some((change, write, origin)) = fold {
+        for i in write {
+            let (name, value) = &change.columns[*i];
+            if let Some(slot) = columns.iter_mut().find(|(n, _)| n == name) {
+                slot.1 = value.clone();
+            }
+        }
+        newest = newest.max(crate::clock::Version {
+            hlc: change.hlc,
+            node: origin,
+        });
+    }
+    let waiting = RowChange {
+        table: table.name.clone(),
+        op: Op::Insert,
+        hlc: newest.hlc,
+        cl: state.cl,
+        born: state.born,
+        born_hash: state.born_hash,
+        life: state.life,
+        seen: None,
+        pk: key.to_vec(),
+        columns,
+    };
+    execute_row_sql(tx, &table.sql.delete_row, key.iter()).ctx("moving a row aside")?;
+    rows::remove(tx, &table.name, &pk_key(key))?;
+    parked::park(tx, newest.node, &waiting, ParkKind::Constraint, reason)?;
+    outcome.deferred += 1;
+    Ok(waiting.columns)
+}
+
+/// Rows that point (by a declared foreign key) at a row this node has just moved aside (parked whole: it
+/// lost a UNIQUE value to a row created first) wait with it, whole, and so do the rows pointing at them.
+/// A row that arrives pointing at a waiting row waits too (`waits_for_parent`), so every node holds the
+/// same whether the children came before or after the eviction. A child without state (written here and
+/// not stamped yet) stays: its insert has not gone out, and no other node can hold it.
+fn move_children_aside(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    table: &TableInfo,
+    key: &[Value],
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    let mut parents: Vec<(&TableInfo, Vec<Value>)> = vec![(table, key.to_vec())];
+    let mut moved: BTreeSet<(String, Vec<u8>)> = BTreeSet::new();
+    while let Some((parent, parent_key)) = parents.pop() {
+        let [parent_value] = parent_key.as_slice() else {
+            continue; // declared single-column foreign keys only (`TableInfo::parents`)
+        };
+        for (child_name, column) in &parent.referenced_by {
+            let Some(child) = ctx.schema.tables.get(child_name) else {
+                continue;
+            };
+            for child_key in keys_referencing(tx, child, column, parent_value)? {
+                let bytes = pk_key(&child_key);
+                if !moved.insert((child.name.clone(), bytes.clone())) {
+                    continue;
+                }
+                let Some(state) = rows::read(tx, &child.name, &bytes)? else {
+                    continue;
+                };
+                let Some(image) = read_row(tx, child, &child_key)? else {
+                    continue;
+                };
+                let reason = format!(
+                    "`{}`.{column} points at a row of `{}` that waits here too",
+                    child.name, parent.name
+                );
+                park_row_whole(tx, child, &child_key, &state, image, None, &reason, outcome)?;
+                parents.push((child, child_key));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn record_conflict(
