@@ -1820,3 +1820,223 @@ fn regression_unique_name_passed_between_rows_of_one_node() {
         panic!("{err}");
     }
 }
+
+/// Found by the full generator: a child row missing on one node after its parent moved.
+#[test]
+fn regression_part_dropped_on_one_node() {
+    let steps = vec![
+        Step::Create {
+            node: 0,
+            name: Some(0),
+            child: false,
+        },
+        Step::Update {
+            node: 0,
+            pick: 3,
+            a: None,
+            b: Some(249),
+            rename: Some(2),
+        },
+        Step::Create {
+            node: 1,
+            name: Some(0),
+            child: true,
+        },
+        Step::Stamp { node: 1 },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: true,
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: true,
+        },
+        Step::Stamp { node: 0 },
+        Step::Deliver {
+            node: 2,
+            shard: 1,
+            count: 5,
+        },
+        Step::Create {
+            node: 0,
+            name: Some(3),
+            child: true,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: true,
+        },
+        Step::Create {
+            node: 2,
+            name: Some(0),
+            child: true,
+        },
+        Step::Create {
+            node: 1,
+            name: Some(1),
+            child: true,
+        },
+        Step::Update {
+            node: 1,
+            pick: 3,
+            a: Some(69),
+            b: Some(143),
+            rename: Some(2),
+        },
+        Step::KvPut {
+            node: 1,
+            key: 1,
+            x: None,
+            y: None,
+        },
+        Step::Create {
+            node: 0,
+            name: Some(0),
+            child: true,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 0,
+            count: 4,
+        },
+        Step::KvPut {
+            node: 0,
+            key: 1,
+            x: None,
+            y: Some(144),
+        },
+        Step::Restart { node: 1 },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::Update {
+            node: 1,
+            pick: 4,
+            a: Some(35),
+            b: Some(172),
+            rename: None,
+        },
+        Step::Stamp { node: 1 },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}
+
+/// Found by the full generator: a child row waiting on one node while the others hold it.
+#[test]
+fn regression_part_waits_on_one_node_only() {
+    let steps = vec![
+        Step::Create {
+            node: 1,
+            name: None,
+            child: true,
+        },
+        Step::Create {
+            node: 2,
+            name: Some(2),
+            child: false,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Update {
+            node: 0,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: None,
+        },
+        Step::Deliver {
+            node: 0,
+            shard: 0,
+            count: 1,
+        },
+        Step::Update {
+            node: 0,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: None,
+        },
+        Step::Update {
+            node: 1,
+            pick: 6,
+            a: None,
+            b: None,
+            rename: Some(2),
+        },
+        Step::KvPut {
+            node: 0,
+            key: 0,
+            x: None,
+            y: None,
+        },
+        Step::Recreate { node: 0, pick: 0 },
+        Step::KvPut {
+            node: 0,
+            key: 0,
+            x: Some(5),
+            y: Some(34),
+        },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}
+
+/// Found by the full generator: a key deleted and created again while a UNIQUE name is contested.
+#[test]
+fn regression_recreated_key_and_unique_name() {
+    let steps = vec![
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Stamp { node: 1 },
+        Step::Stamp { node: 0 },
+        Step::Update {
+            node: 0,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: Some(2),
+        },
+        Step::Recreate { node: 1, pick: 1 },
+        Step::Update {
+            node: 1,
+            pick: 1,
+            a: None,
+            b: None,
+            rename: Some(2),
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 0,
+            count: 1,
+        },
+        Step::Delete { node: 1, pick: 0 },
+        Step::Recreate { node: 1, pick: 0 },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}

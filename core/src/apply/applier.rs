@@ -301,6 +301,17 @@ fn apply_or_park(
     // `parked_tables` is what waited before this transaction; once this transaction has parked something,
     // a later change of the same row (an edit of a row parked a moment ago) must find it too.
     let may_wait = ctx.parked_tables.contains(&change.table) || outcome.deferred > 0;
+    if may_wait && change.op != Op::Update {
+        // A later life of a row (or its delete) supersedes what waits of its earlier lives: the writer saw
+        // that life deleted. Queued behind them it would wait as long as they do (forever, for a UNIQUE
+        // value the row no longer holds at its origin).
+        let movable = ctx
+            .schema
+            .tables
+            .get(&change.table)
+            .is_some_and(|t| t.auto_key);
+        parked::remove_superseded(tx, change, movable)?;
+    }
     if may_wait && waits_behind(tx, ctx, change)? {
         outcome.deferred += 1;
         if change.op == Op::Update && parked::fold_update(tx, change)? {
@@ -328,16 +339,7 @@ fn apply_or_park(
         Applied::Park(kind, reason) => {
             outcome.deferred += 1;
             parked::park(tx, origin, change, kind, &reason)?;
-            // Rows that arrived first (on another shard) pointing at this row now point at a waiting row:
-            // they wait with it, as those arriving after it do.
-            if let Some(table) = ctx.schema.tables.get(&change.table) {
-                if !table.referenced_by.is_empty()
-                    && change.op != Op::Delete
-                    && read_row(tx, table, &change.pk)?.is_none()
-                {
-                    move_children_aside(tx, ctx, table, &change.pk, outcome)?;
-                }
-            }
+            children_wait_with(tx, ctx, change, outcome)?;
         }
         Applied::Discarded => {
             *outcome
@@ -347,6 +349,27 @@ fn apply_or_park(
         }
     }
     Ok(())
+}
+
+/// Rows here that point at a row whose change waits (parked) while its key holds no row: they arrived
+/// first (on another shard, or while another lineage held the key), and wait with it as those arriving
+/// after it do.
+fn children_wait_with(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    change: &RowChange,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    let Some(table) = ctx.schema.tables.get(&change.table) else {
+        return Ok(());
+    };
+    if table.referenced_by.is_empty()
+        || change.op == Op::Delete
+        || read_row(tx, table, &change.pk)?.is_some()
+    {
+        return Ok(());
+    }
+    move_children_aside(tx, ctx, table, &change.pk, outcome)
 }
 
 /// Whether an earlier change of the same row waits (then this one waits behind it, in order). On a table
@@ -420,6 +443,11 @@ pub fn retry_parked(
         match applied {
             Applied::Park(kind, reason) => {
                 parked::update_reason(tx, waiting.id, kind, &reason)?;
+                // This node's own row waiting to be published is known nowhere else: rows pointing at
+                // it stay, as they do on the other nodes.
+                if !waiting.publish {
+                    children_wait_with(tx, ctx, &waiting.change, &mut outcome)?;
+                }
                 if holds_back {
                     still_blocked.insert(key);
                 }

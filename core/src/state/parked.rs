@@ -182,6 +182,38 @@ pub fn lineages_waiting(
         .collect())
 }
 
+/// Removes the waiting changes of earlier lives of `change`'s row (a smaller causal length: the row was
+/// deleted since, and `change` starts a later life or deletes it), of its lineage when `same_lineage_only`
+/// (a table whose keys are assigned: another lineage is another row). Returns how many were removed. A row
+/// of this node waiting to be published is known nowhere else and is left alone.
+pub fn remove_superseded(
+    conn: &Connection,
+    change: &RowChange,
+    same_lineage_only: bool,
+) -> Result<usize> {
+    let entries: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_map(params![change.table, pk_key(&change.pk)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading parked changes")?;
+    let mut removed = 0;
+    for (id, blob) in entries {
+        let Ok((_, waiting, publish)) = rmp_serde::from_slice::<Stored>(&blob) else {
+            continue;
+        };
+        if publish || waiting.cl >= change.cl || (same_lineage_only && waiting.born != change.born) {
+            continue;
+        }
+        remove(conn, id)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Gives a waiting row of this node a new key (its key went to a row created earlier elsewhere); it is
 /// published under that key once it applies.
 pub fn rekey(
