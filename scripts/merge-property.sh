@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The merge property test at length (core/tests/merge_property.rs): many more cases than CI runs, and the
-# full generator (UNIQUE names from a small pool, so key collisions, UNIQUE clashes and schema skew meet).
+# The merge property test at length (core/tests/merge_property.rs): many more cases than CI runs (200), with
+# the same generator (UNIQUE names from a small pool, so key collisions, UNIQUE clashes, children and schema
+# skew meet).
 #
-#   scripts/merge-property.sh            2000 cases, full generator
+#   scripts/merge-property.sh            2000 cases
 #   scripts/merge-property.sh 500        500 cases
-#   HARMONYLITE_PROPERTY_FULL=0 scripts/merge-property.sh   the CI generator
+#   HARMONYLITE_PROPERTY_FULL=0 scripts/merge-property.sh   without UNIQUE names
 #
 # A failing case prints its steps (paste them into a regression test) and, with HARMONYLITE_DEBUG_PROPERTY=1,
 # every published change and each node's rows, conflicts and parked changes.

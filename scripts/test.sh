@@ -63,7 +63,7 @@ run_rust() {
   python3 - "$artifacts" >"$binaries" <<'PYBIN' || status=1
 import json, os, sys
 # The slowest binaries (about 20-30 s each) start first, so the run does not end waiting on one of them.
-SLOW_FIRST = ["snapshot_memory", "stream_gaps", "s3_store", "sidecar", "snapshots"]
+SLOW_FIRST = ["merge_property", "snapshot_memory", "stream_gaps", "s3_store", "sidecar", "snapshots"]
 found = []
 for line in open(sys.argv[1]):
     try:

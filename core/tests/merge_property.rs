@@ -9,8 +9,8 @@
 //! delivered: every replica holds identical tables, and every row the app created and did not delete is
 //! there or parked (identically everywhere) with a conflict record.
 //!
-//! `HARMONYLITE_PROPTEST_CASES` sets the number of cases (CI runs the default; thousands on demand with
-//! `scripts/merge-property.sh`). A failure prints the seed and the steps.
+//! `HARMONYLITE_PROPTEST_CASES` sets the number of cases (CI runs the default, 200; thousands on demand
+//! with `scripts/merge-property.sh`). A failure prints the seed and the steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -87,11 +87,14 @@ enum Step {
     },
 }
 
-/// `HARMONYLITE_PROPERTY_FULL=1` also draws UNIQUE names from the small pool, so that key collisions,
-/// UNIQUE clashes and schema skew meet in one case (`scripts/merge-property.sh`; see the issue notes for
-/// what that still finds). Without it, items carry no name.
+/// Items draw UNIQUE names from a small pool, so that key collisions, UNIQUE clashes, children and schema
+/// skew meet in one case. `HARMONYLITE_PROPERTY_FULL=0` leaves names out (to tell a merge bug from a
+/// constraint one while debugging).
 fn unique_names() -> bool {
-    std::env::var("HARMONYLITE_PROPERTY_FULL").is_ok_and(|v| v == "1")
+    !matches!(
+        std::env::var("HARMONYLITE_PROPERTY_FULL").as_deref(),
+        Ok("0")
+    )
 }
 
 fn name_choice() -> BoxedStrategy<Option<usize>> {
@@ -794,7 +797,7 @@ fn cases() -> u32 {
     std::env::var("HARMONYLITE_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(200)
 }
 
 proptest! {
@@ -2035,6 +2038,171 @@ fn regression_recreated_key_and_unique_name() {
         },
         Step::Delete { node: 1, pick: 0 },
         Step::Recreate { node: 1, pick: 0 },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}
+
+/// Found by the full generator (2,000 cases).
+#[test]
+fn regression_case_208_of_2000() {
+    let steps = vec![
+        Step::Create {
+            node: 2,
+            name: None,
+            child: false,
+        },
+        Step::Stamp { node: 2 },
+        Step::Create {
+            node: 2,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::Update {
+            node: 2,
+            pick: 6,
+            a: None,
+            b: None,
+            rename: Some(1),
+        },
+        Step::Stamp { node: 2 },
+        Step::KvPut {
+            node: 0,
+            key: 0,
+            x: None,
+            y: None,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 1,
+            count: 1,
+        },
+        Step::Recreate { node: 1, pick: 0 },
+        Step::Update {
+            node: 1,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: Some(1),
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::KvPut {
+            node: 0,
+            key: 0,
+            x: None,
+            y: None,
+        },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}
+
+/// Found by the full generator (a saved seed).
+#[test]
+fn regression_saved_seed_after_life_ends() {
+    let steps = vec![
+        Step::Create {
+            node: 2,
+            name: None,
+            child: false,
+        },
+        Step::KvDelete { node: 0, key: 0 },
+        Step::Create {
+            node: 2,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::KvDelete { node: 0, key: 0 },
+        Step::Stamp { node: 2 },
+        Step::Deliver {
+            node: 0,
+            shard: 0,
+            count: 1,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 1,
+            count: 1,
+        },
+        Step::Update {
+            node: 1,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: Some(1),
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 0,
+            count: 3,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Update {
+            node: 1,
+            pick: 3,
+            a: None,
+            b: Some(0),
+            rename: None,
+        },
+        Step::Update {
+            node: 2,
+            pick: 1,
+            a: None,
+            b: None,
+            rename: Some(2),
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::Update {
+            node: 0,
+            pick: 5,
+            a: Some(53),
+            b: None,
+            rename: Some(1),
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Deliver {
+            node: 0,
+            shard: 1,
+            count: 2,
+        },
     ];
     if let Err(err) = run(&steps) {
         panic!("{err}");

@@ -314,7 +314,7 @@ fn apply_or_park(
     }
     if may_wait && waits_behind(tx, ctx, change)? {
         outcome.deferred += 1;
-        if change.op == Op::Update && parked::fold_update(tx, change)? {
+        if change.op == Op::Update && parked::fold_update(tx, change, origin)? {
             return Ok(());
         }
         return parked::park(
@@ -339,6 +339,7 @@ fn apply_or_park(
         Applied::Park(kind, reason) => {
             outcome.deferred += 1;
             parked::park(tx, origin, change, kind, &reason)?;
+            end_earlier_life(tx, ctx, change)?;
             children_wait_with(tx, ctx, change, outcome)?;
         }
         Applied::Discarded => {
@@ -349,6 +350,42 @@ fn apply_or_park(
         }
     }
     Ok(())
+}
+
+/// A waiting change of a later life of a row (a larger causal length: its writer deleted the life that is
+/// here, then created the row again) ends the life that is here at once: the row is deleted and its state
+/// says so, as on the nodes where that delete came first, and the later life applies when it can.
+fn end_earlier_life(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    change: &RowChange,
+) -> Result<()> {
+    if change.op == Op::Delete {
+        return Ok(());
+    }
+    let Some(table) = ctx.schema.tables.get(&change.table) else {
+        return Ok(());
+    };
+    let key = pk_key(&change.pk);
+    let Some(stored) = rows::read(tx, &table.name, &key)? else {
+        return Ok(());
+    };
+    let same_lineage = stored.born == change.born || stored.born_hash == change.born_hash;
+    let deleted_cl = change.cl - change.cl % 2; // the delete just before the change's (odd) life
+    if !stored.exists() || stored.cl >= deleted_cl || (table.auto_key && !same_lineage) {
+        return Ok(());
+    }
+    execute_row_sql(tx, &table.sql.delete_row, change.pk.iter())
+        .ctx("ending a row's earlier life")?;
+    rows::write(
+        tx,
+        &table.name,
+        &key,
+        &RowState {
+            cl: deleted_cl,
+            ..stored
+        },
+    )
 }
 
 /// Rows here that point at a row whose change waits (parked) while its key holds no row: they arrived
@@ -456,6 +493,13 @@ pub fn retry_parked(
                 clock.observe(waiting.change.hlc);
                 outcome.applied += 1;
                 parked::remove(tx, waiting.id)?;
+                // A row that waited whole gets back the version of each column, as if it had stayed.
+                rows::restore_column_versions(
+                    tx,
+                    &waiting.change.table,
+                    &pk_key(&waiting.change.pk),
+                    &waiting.column_versions,
+                )?;
                 if waiting.publish {
                     // This node's row, moved while it waited: published now as a new row of this node.
                     let table = &waiting.change.table;
@@ -1675,18 +1719,28 @@ fn park_row_whole(
     outcome: &mut ApplyOutcome,
 ) -> Result<Vec<(String, Value)>> {
     let mut columns: Vec<(String, Value)> = table.columns.iter().cloned().zip(image).collect();
+    let mut versions: parked::ColumnVersions = state
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.version))
+        .collect();
     let mut newest = state.newest();
     if let Some((change, write, origin)) = fold {
+        let incoming = crate::clock::Version {
+            hlc: change.hlc,
+            node: origin,
+        };
         for i in write {
             let (name, value) = &change.columns[*i];
             if let Some(slot) = columns.iter_mut().find(|(n, _)| n == name) {
                 slot.1 = value.clone();
             }
+            match versions.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = incoming,
+                None => versions.push((name.clone(), incoming)),
+            }
         }
-        newest = newest.max(crate::clock::Version {
-            hlc: change.hlc,
-            node: origin,
-        });
+        newest = newest.max(incoming);
     }
     let waiting = RowChange {
         table: table.name.clone(),
@@ -1702,7 +1756,14 @@ fn park_row_whole(
     };
     execute_row_sql(tx, &table.sql.delete_row, key.iter()).ctx("moving a row aside")?;
     rows::remove(tx, &table.name, &pk_key(key))?;
-    parked::park(tx, newest.node, &waiting, ParkKind::Constraint, reason)?;
+    parked::park_whole(
+        tx,
+        newest.node,
+        &waiting,
+        ParkKind::Constraint,
+        reason,
+        &versions,
+    )?;
     outcome.deferred += 1;
     Ok(waiting.columns)
 }

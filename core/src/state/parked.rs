@@ -7,6 +7,7 @@ use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::clock::Version;
 use crate::error::{Result, SqlContext};
 use crate::log::{pk_key, RowChange};
 
@@ -58,14 +59,28 @@ pub struct Parked {
     /// A row of this node that was moved to a fresh key while it waited: once applied, it is published
     /// as this node's new row (nobody else has it).
     pub publish: bool,
+    /// Per column, the version that wrote it (a row waiting whole; see [`ColumnVersions`]).
+    pub column_versions: ColumnVersions,
 }
 
-/// What a parked entry stores: (origin, change, publish).
-type Stored = (u64, RowChange, bool);
+/// The version that wrote each column of a row waiting whole (one that was here and was moved aside), so
+/// that edits folded into it, and the row once it applies, merge column by column as they would have.
+pub type ColumnVersions = Vec<(String, Version)>;
 
-fn encode(origin: u64, change: &RowChange, publish: bool) -> Vec<u8> {
+/// What a parked entry stores: (origin, change, publish, column versions). Entries written before column
+/// versions existed hold the first three only.
+type Stored = (u64, RowChange, bool, ColumnVersions);
+
+fn encode(origin: u64, change: &RowChange, publish: bool, versions: &ColumnVersions) -> Vec<u8> {
     // Serializing our own types cannot fail.
-    rmp_serde::to_vec(&(origin, change, publish)).unwrap_or_default()
+    rmp_serde::to_vec(&(origin, change, publish, versions)).unwrap_or_default()
+}
+
+fn decode(blob: &[u8]) -> std::result::Result<Stored, rmp_serde::decode::Error> {
+    rmp_serde::from_slice::<Stored>(blob).or_else(|_| {
+        rmp_serde::from_slice::<(u64, RowChange, bool)>(blob)
+            .map(|(origin, change, publish)| (origin, change, publish, Vec::new()))
+    })
 }
 
 pub fn park(
@@ -75,7 +90,19 @@ pub fn park(
     kind: ParkKind,
     reason: &str,
 ) -> Result<()> {
-    let blob = encode(origin, change, false);
+    park_whole(conn, origin, change, kind, reason, &Vec::new())
+}
+
+/// Parks a row that was here, whole, with the version of each of its columns.
+pub fn park_whole(
+    conn: &Connection,
+    origin: u64,
+    change: &RowChange,
+    kind: ParkKind,
+    reason: &str,
+    versions: &ColumnVersions,
+) -> Result<()> {
+    let blob = encode(origin, change, false, versions);
     conn.prepare_cached(
         "INSERT INTO __harmonylite__deferred(tbl, reason, change, kind, at, pk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
@@ -102,7 +129,7 @@ pub fn park_own(conn: &Connection, node_id: u64, change: &RowChange, reason: &st
         stmt.execute(params![
             change.table,
             reason,
-            encode(node_id, change, true),
+            encode(node_id, change, true, &Vec::new()),
             ParkKind::Constraint.as_str(),
             crate::clock::wall_millis() as i64,
             pk_key(&change.pk)
@@ -128,13 +155,14 @@ pub fn waiting(conn: &Connection, table: Option<&str>, limit: usize) -> Result<V
         .ctx("reading parked changes")?;
     let mut parked = Vec::with_capacity(rows.len());
     for (id, blob, kind) in rows {
-        match rmp_serde::from_slice::<Stored>(&blob) {
-            Ok((origin, change, publish)) => parked.push(Parked {
+        match decode(&blob) {
+            Ok((origin, change, publish, column_versions)) => parked.push(Parked {
                 id,
                 origin,
                 change,
                 kind: ParkKind::parse(&kind),
                 publish,
+                column_versions,
             }),
             Err(err) => {
                 warn!(id, error = %err, "unreadable parked change dropped");
@@ -176,9 +204,9 @@ pub fn lineages_waiting(
         .ctx("reading parked changes")?;
     Ok(blobs
         .iter()
-        .filter_map(|blob| rmp_serde::from_slice::<Stored>(blob).ok())
-        .filter(|(_, change, _)| change.op != crate::log::Op::Update)
-        .map(|(_, change, _)| change.born)
+        .filter_map(|blob| decode(blob).ok())
+        .filter(|(_, change, _, _)| change.op != crate::log::Op::Update)
+        .map(|(_, change, _, _)| change.born)
         .collect())
 }
 
@@ -202,10 +230,11 @@ pub fn remove_superseded(
         .ctx("reading parked changes")?;
     let mut removed = 0;
     for (id, blob) in entries {
-        let Ok((_, waiting, publish)) = rmp_serde::from_slice::<Stored>(&blob) else {
+        let Ok((_, waiting, publish, _)) = decode(&blob) else {
             continue;
         };
-        if publish || waiting.cl >= change.cl || (same_lineage_only && waiting.born != change.born) {
+        if publish || waiting.cl >= change.cl || (same_lineage_only && waiting.born != change.born)
+        {
             continue;
         }
         remove(conn, id)?;
@@ -229,7 +258,7 @@ pub fn rekey(
     .and_then(|mut stmt| {
         stmt.execute(params![
             id,
-            encode(origin, change, true),
+            encode(origin, change, true, &Vec::new()),
             pk_key(&change.pk),
             reason
         ])
@@ -239,10 +268,12 @@ pub fn rekey(
 }
 
 /// Folds a later update of a row into that row's insert waiting on a constraint (the whole row waits as one
-/// image, the same on every node, whichever node moved it aside and whatever it had received by then).
-/// Returns false when no such insert of the row's life waits here. An insert waiting on the schema is not
-/// folded into: its columns keep their own versions, and the update waits behind it instead.
-pub fn fold_update(conn: &Connection, change: &RowChange) -> Result<bool> {
+/// image, the same on every node, whichever node moved it aside and whatever it had received by then),
+/// column by column: an edited column takes the update's value when the update's version (`origin`'s stamp)
+/// beats the version that wrote the waiting value, as it would in the table. Returns false when no such
+/// insert of the row's life waits here. An insert waiting on the schema is not folded into: the update waits
+/// behind it instead.
+pub fn fold_update(conn: &Connection, change: &RowChange, origin: u64) -> Result<bool> {
     let rows: Vec<(i64, Vec<u8>)> = conn
         .prepare_cached(
             "SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2 AND kind = 'constraint'
@@ -256,7 +287,7 @@ pub fn fold_update(conn: &Connection, change: &RowChange) -> Result<bool> {
         })
         .ctx("reading parked changes")?;
     for (id, blob) in rows {
-        let Ok((origin, mut waiting, publish)) = rmp_serde::from_slice::<Stored>(&blob) else {
+        let Ok((from, mut waiting, publish, mut versions)) = decode(&blob) else {
             continue;
         };
         if waiting.op != crate::log::Op::Insert
@@ -265,17 +296,39 @@ pub fn fold_update(conn: &Connection, change: &RowChange) -> Result<bool> {
         {
             continue;
         }
-        if change.hlc > waiting.hlc {
-            for (name, value) in &change.columns {
-                match waiting.columns.iter_mut().find(|(n, _)| n == name) {
-                    Some(slot) => slot.1 = value.clone(),
-                    None => waiting.columns.push((name.clone(), value.clone())),
-                }
+        // Columns without a version of their own were written by the waiting change itself.
+        let written_by_waiting = Version {
+            hlc: waiting.hlc,
+            node: from,
+        };
+        for (name, _) in &waiting.columns {
+            if !versions.iter().any(|(n, _)| n == name) {
+                versions.push((name.clone(), written_by_waiting));
             }
-            waiting.hlc = change.hlc;
         }
+        let incoming = Version {
+            hlc: change.hlc,
+            node: origin,
+        };
+        for (name, value) in &change.columns {
+            let current = versions.iter_mut().find(|(n, _)| n == name);
+            if current.as_ref().is_some_and(|(_, v)| *v >= incoming) {
+                continue;
+            }
+            match current {
+                Some(slot) => slot.1 = incoming,
+                None => versions.push((name.clone(), incoming)),
+            }
+            match waiting.columns.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value.clone(),
+                None => waiting.columns.push((name.clone(), value.clone())),
+            }
+        }
+        waiting.hlc = waiting.hlc.max(change.hlc);
         conn.prepare_cached("UPDATE __harmonylite__deferred SET change = ?2 WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![id, encode(origin, &waiting, publish)]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![id, encode(from, &waiting, publish, &versions)])
+            })
             .ctx("updating a parked change")?;
         return Ok(true);
     }
@@ -299,7 +352,7 @@ pub fn discard_from(
         .ctx("reading parked changes")?;
     let mut discarded = 0;
     for (id, blob) in rows {
-        let Ok((from, change, _)) = rmp_serde::from_slice::<Stored>(&blob) else {
+        let Ok((from, change, _, _)) = decode(&blob) else {
             continue;
         };
         if from == origin && change.hlc <= until {

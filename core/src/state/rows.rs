@@ -124,6 +124,29 @@ pub fn remove(conn: &Connection, table: &str, pk: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Sets the version of each listed column of a row's state (keeping the value hashes): a row that waited
+/// whole (`parked::ColumnVersions`) applies as one insert, and its columns get back the versions that wrote
+/// them. Nothing happens for a row without state or a column the state lacks.
+pub fn restore_column_versions(
+    conn: &Connection,
+    table: &str,
+    pk: &[u8],
+    versions: &[(String, Version)],
+) -> Result<()> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let Some(mut state) = read(conn, table, pk)? else {
+        return Ok(());
+    };
+    for column in state.columns.iter_mut() {
+        if let Some((_, version)) = versions.iter().find(|(name, _)| *name == column.name) {
+            column.version = *version;
+        }
+    }
+    write(conn, table, pk, &state)
+}
+
 /// Every key of a table that has state, with it (for the divergence checksum and full re-publication).
 pub fn for_table(conn: &Connection, table: &str) -> Result<Vec<(Vec<u8>, RowState)>> {
     conn.prepare(
