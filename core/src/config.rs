@@ -886,8 +886,8 @@ mod tests {
             ("interval = \"soon\"", "not a duration"),
             ("interval = -1", ""),
         ] {
-            let err = Config::from_toml_str(&format!("[divergence_check]\n{text}\n"))
-                .expect_err(text);
+            let err =
+                Config::from_toml_str(&format!("[divergence_check]\n{text}\n")).expect_err(text);
             match err {
                 Error::Config { field, reason: why } => {
                     assert_eq!(field, "divergence_check.interval", "{text}: {why}");

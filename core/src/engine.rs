@@ -532,25 +532,24 @@ pub(crate) async fn start(
     }
     // A node that applies nothing holds only its own writes: it has nothing to compare.
     let divergence = Arc::new(DivergenceMonitor::default());
-    let divergence_checker = (config.replicate
-        && !config.divergence_check.interval.0.is_zero())
-    .then(|| {
-        tokio::spawn(
-            DivergenceChecker {
-                client: client.clone(),
-                js: js.clone(),
-                names: names.clone(),
-                config: config.clone(),
-                node_id,
-                db_path: db.clone(),
-                db: commands.clone(),
-                progress: config.publish.then(|| progress_rx.clone()),
-                positions: positions_rx.clone(),
-                monitor: divergence.clone(),
-            }
-            .run(ready_rx.clone(), shutdown_rx.clone()),
-        )
-    });
+    let divergence_checker = (config.replicate && !config.divergence_check.interval.0.is_zero())
+        .then(|| {
+            tokio::spawn(
+                DivergenceChecker {
+                    client: client.clone(),
+                    js: js.clone(),
+                    names: names.clone(),
+                    config: config.clone(),
+                    node_id,
+                    db_path: db.clone(),
+                    db: commands.clone(),
+                    progress: config.publish.then(|| progress_rx.clone()),
+                    positions: positions_rx.clone(),
+                    monitor: divergence.clone(),
+                }
+                .run(ready_rx.clone(), shutdown_rx.clone()),
+            )
+        });
     info!(node_id, urls = ?urls, publish = config.publish, replicate = config.replicate, "replica open");
     let snapshot_config = config.snapshot.clone();
     let save_automatically = config.publish

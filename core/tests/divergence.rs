@@ -122,11 +122,7 @@ async fn converged_nodes_compare_their_tables_and_find_no_divergence() {
     .await;
     for status in &statuses {
         let health = status.health();
-        assert!(
-            health.ok,
-            "node {}: {:?}",
-            status.node_id, health.problems
-        );
+        assert!(health.ok, "node {}: {:?}", status.node_id, health.problems);
     }
     // Later writes are compared too: the check keeps up with a cluster that goes on working.
     let targets: Vec<(u64, u64)> = statuses
@@ -165,12 +161,9 @@ async fn a_node_that_skipped_messages_is_found_divergent_and_repaired() {
     }
     settle(&[&a, &b]).await;
     assert_same(&[&a, &b], &["items"]);
-    wait_for_status(
-        "a first comparison",
-        &[&a, &b],
-        no_divergence,
-        |s| s.divergence_comparisons >= 2,
-    )
+    wait_for_status("a first comparison", &[&a, &b], no_divergence, |s| {
+        s.divergence_comparisons >= 2
+    })
     .await;
 
     // Node 2 stops; node 1 writes; node 2's stored position is moved past those messages, so it resumes
@@ -214,7 +207,11 @@ async fn a_node_that_skipped_messages_is_found_divergent_and_repaired() {
             .iter()
             .find(|d| d.table == "items")
             .expect("items divergent");
-        let (here, there) = if status.node_id == 1 { (21, 20) } else { (20, 21) };
+        let (here, there) = if status.node_id == 1 {
+            (21, 20)
+        } else {
+            (20, 21)
+        };
         assert_eq!(
             (divergence.rows_here, divergence.rows_at_peer),
             (here, there),
@@ -222,7 +219,11 @@ async fn a_node_that_skipped_messages_is_found_divergent_and_repaired() {
         );
         assert!(divergence.since_ms > 0);
         let health = status.health();
-        assert!(!health.ok, "node {} reports healthy while divergent", status.node_id);
+        assert!(
+            !health.ok,
+            "node {} reports healthy while divergent",
+            status.node_id
+        );
         let peer = 3 - status.node_id;
         assert!(
             health

@@ -748,10 +748,7 @@ impl From<harmonylite::Status> for Status {
                 .into_iter()
                 .map(BrokerDataLoss::from)
                 .collect(),
-            divergent_tables: divergent_tables
-                .into_iter()
-                .map(Divergence::from)
-                .collect(),
+            divergent_tables: divergent_tables.into_iter().map(Divergence::from).collect(),
             divergence_comparisons: count(divergence_comparisons),
             errors_last_minute: count(errors_last_minute),
             snapshot: SnapshotProgress::from(snapshot),

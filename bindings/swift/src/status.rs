@@ -328,10 +328,7 @@ impl From<harmonylite::Status> for Status {
                 .into_iter()
                 .map(BrokerDataLoss::from)
                 .collect(),
-            divergent_tables: divergent_tables
-                .into_iter()
-                .map(Divergence::from)
-                .collect(),
+            divergent_tables: divergent_tables.into_iter().map(Divergence::from).collect(),
             divergence_comparisons,
             errors_last_minute,
             snapshot: snapshot.into(),

@@ -294,7 +294,9 @@ mod tests {
             Round::Skipped(_)
         ));
         assert!(matches!(
-            source.take(&BTreeMap::new(), || behind.clone()).expect("round"),
+            source
+                .take(&BTreeMap::new(), || behind.clone())
+                .expect("round"),
             Round::Skipped(_)
         ));
         assert!(matches!(

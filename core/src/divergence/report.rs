@@ -188,7 +188,13 @@ impl Tracker {
         self.own.iter().any(|own| own.positions == positions)
     }
 
-    fn compare(&mut self, own: &Report, theirs: &Report, now: Instant, now_ms: u64) -> Vec<Finding> {
+    fn compare(
+        &mut self,
+        own: &Report,
+        theirs: &Report,
+        now: Instant,
+        now_ms: u64,
+    ) -> Vec<Finding> {
         let mut findings = Vec::new();
         if own.positions != theirs.positions {
             return findings;
@@ -366,12 +372,17 @@ mod tests {
         // This node reaches the peer's positions later: compared then.
         let found = tracker.own_report(report(1, 2, &[5, 3], &[("t", sum(1, 3, "a"))]), now, 12);
         assert_eq!(found.len(), 1);
-        assert!(matches!(&found[0], Finding::Diverged { table, peer: 2, new: true, .. } if table == "t"));
+        assert!(
+            matches!(&found[0], Finding::Diverged { table, peer: 2, new: true, .. } if table == "t")
+        );
         assert_eq!(tracker.comparisons(), 1);
         let divergences = tracker.divergences();
         assert_eq!(divergences.len(), 1);
         assert_eq!(divergences[0].since_ms, 12);
-        assert_eq!((divergences[0].rows_here, divergences[0].rows_at_peer), (3, 4));
+        assert_eq!(
+            (divergences[0].rows_here, divergences[0].rows_at_peer),
+            (3, 4)
+        );
     }
 
     #[test]
@@ -385,7 +396,12 @@ mod tests {
                 &[9],
                 &[
                     ("skewed", sum(1, 3, "a")),
-                    ("parked", TableSum::NotComparable { reason: "parked".into() }),
+                    (
+                        "parked",
+                        TableSum::NotComparable {
+                            reason: "parked".into(),
+                        },
+                    ),
                     ("same", sum(5, 1, "c")),
                     ("only_here", sum(5, 1, "c")),
                 ],
@@ -419,8 +435,15 @@ mod tests {
         let mut tracker = Tracker::default();
         tracker.own_report(report(1, 1, &[3], &[("t", sum(1, 3, "a"))]), start, 1);
         tracker.peer_report(report(2, 1, &[3], &[("t", sum(1, 2, "b"))]), start, 1);
-        assert_eq!(tracker.repair_due(start, 1, Duration::ZERO), None, "0: never repair");
-        assert_eq!(tracker.repair_due(start, 1, minute), Some(vec!["t".to_string()]));
+        assert_eq!(
+            tracker.repair_due(start, 1, Duration::ZERO),
+            None,
+            "0: never repair"
+        );
+        assert_eq!(
+            tracker.repair_due(start, 1, minute),
+            Some(vec!["t".to_string()])
+        );
         assert_eq!(tracker.divergences()[0].republished_at_ms, Some(1));
         // Still different after the repair, but the rate limit holds.
         let later = start + Duration::from_secs(1);
