@@ -79,6 +79,16 @@ impl ChecksumSource {
         acknowledged: impl FnOnce() -> BTreeMap<u32, u64>,
     ) -> Result<Round> {
         let shards = self.config.replication_log.shards;
+        // Outside WAL a read transaction blocks every writer for as long as it lasts.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .ctx("reading the journal mode")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(Round::Skipped(format!(
+                "the database is in {mode} mode, where reading every table would block the app's writes"
+            )));
+        }
         let tx = self
             .conn
             .unchecked_transaction()
@@ -221,6 +231,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.db");
         let mut conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .expect("WAL, as the engine sets it");
         conn.execute_batch(schema).expect("schema");
         capture::create_library_tables(&conn).expect("library tables");
         capture::install(&mut conn, &Config::default()).expect("install");
@@ -282,6 +294,20 @@ mod tests {
             .execute_batch("DELETE FROM t WHERE id = 2; DELETE FROM __harmonylite__change_log;")
             .expect("delete");
         assert_ne!(parts(&sums(&a)).1, rb);
+    }
+
+    #[test]
+    fn a_database_outside_wal_is_not_read_whole() {
+        let (_a, a) = database("CREATE TABLE t(id INTEGER PRIMARY KEY);");
+        Connection::open(&a)
+            .expect("open")
+            .execute_batch("PRAGMA journal_mode = DELETE;")
+            .expect("rollback journal");
+        let mut source = ChecksumSource::open(&a, &Config::default()).expect("source");
+        assert!(matches!(
+            source.take(&BTreeMap::new(), BTreeMap::new).expect("round"),
+            Round::Skipped(reason) if reason.contains("delete mode")
+        ));
     }
 
     #[test]
