@@ -339,3 +339,72 @@ async fn a_column_on_one_node_only_is_schema_skew_not_divergence() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_writing_all_along_never_report_a_divergence() {
+    init_logging();
+    let server = NatsServer::start();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let mut config = config(&server, id);
+        config.divergence_check.interval = Seconds(Duration::from_millis(100));
+        nodes.push(Node::start(config, SCHEMA).await);
+    }
+    // Writers with pauses between bursts: moments at which the nodes briefly meet at identical positions
+    // (compared) alternate with moments at which one node holds writes the others cannot have yet.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let conn = node.conn();
+        let stop = stop.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..5 {
+                    conn.execute(
+                        "INSERT INTO items(id, name, qty) VALUES (?1, 'w', ?2)
+                         ON CONFLICT(id) DO UPDATE SET qty = excluded.qty",
+                        rusqlite::params![(n % 50) + (i as i64) * 25, n],
+                    )
+                    .expect("write");
+                    n += 1;
+                }
+                // Pacing, not synchronisation: bursts a few hundred milliseconds apart.
+                std::thread::sleep(Duration::from_millis(150 + 50 * i as u64));
+            }
+        }));
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for node in &all {
+            no_divergence(&status(node).await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut compared_while_writing = 0;
+    for node in &all {
+        compared_while_writing += status(node).await.divergence_comparisons;
+    }
+    // The writers leave quiet moments: without comparisons among them, this test would prove nothing.
+    assert!(
+        compared_while_writing > 0,
+        "no comparison while the writers ran"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    settle(&all).await;
+    assert_same(&all, &["items"]);
+    wait_for_status(
+        "comparisons once the writers stopped",
+        &all,
+        no_divergence,
+        |s| s.divergence_comparisons >= 2,
+    )
+    .await;
+    for node in &mut nodes {
+        node.close().await;
+    }
+}
