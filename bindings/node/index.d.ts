@@ -360,6 +360,22 @@ export interface ConflictsOptions {
   limit?: number
 }
 
+/** A table found different from a peer's at identical positions (see {@link Status}). */
+export interface Divergence {
+  /** The table. */
+  table: string
+  /** The node whose checksum differs. */
+  peerNodeId: bigint
+  /** When this node first found the difference (milliseconds since the epoch). */
+  sinceMs: number
+  /** Rows of the table here, at the latest comparison that found the difference. */
+  rowsHere: number
+  /** Rows of the table at the peer, then. */
+  rowsAtPeer: number
+  /** When this node last published the table's rows again to repair it (null: not yet). */
+  republishedAtMs: number | null
+}
+
 /**
  * The stable `code` of every error HarmonyLite throws or rejects with.
  *
@@ -541,6 +557,13 @@ export interface Status {
   brokerDataLossEvents: number
   /** The losses detected, newest last. */
   brokerDataLoss: Array<BrokerDataLoss>
+  /**
+   * Tables whose checksum differs from a peer's although both nodes applied the same changes (the
+   * divergence check); each stays until a later comparison matches.
+   */
+  divergentTables: Array<Divergence>
+  /** Table checksums compared with a peer's at identical positions since open. */
+  divergenceComparisons: number
   /** Errors in the last minute. */
   errorsLastMinute: number
   /** Snapshot save/restore progress. */

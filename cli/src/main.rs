@@ -124,6 +124,8 @@ fn health_body(status: &harmonylite::Status, detailed: bool) -> (u16, String) {
             "positions": status.shards,
             "behind_retention": status.behind_retention,
             "broker_data_loss": status.broker_data_loss,
+            "divergent_tables": status.divergent_tables,
+            "divergence_comparisons": status.divergence_comparisons,
             "last_publish_ms": status.last_publish_ms,
             "last_apply_ms": status.last_apply_ms,
             "dead_lettered": status.dead_lettered,

@@ -113,6 +113,18 @@ pub fn render(status: &Status, naming: &Naming, snapshot_age_seconds: Option<f64
         "Times JetStream lost messages this node relied on (a stream deleted or recreated, or holding less than was applied).",
         &[("", counter(status.broker_data_loss_events))],
     );
+    w.metric(
+        "divergence_comparisons_total",
+        "counter",
+        "Table checksums compared with a peer's at identical positions (the divergence check).",
+        &[("", counter(status.divergence_comparisons))],
+    );
+    w.metric(
+        "divergent_tables",
+        "gauge",
+        "Tables found different from a peer's at identical positions, until a later comparison matches.",
+        &[("", status.divergent_tables.len() as f64)],
+    );
     let gauge = |yes: bool| if yes { 1.0 } else { 0.0 };
     w.metric(
         "streams_ready",

@@ -94,6 +94,7 @@ pub struct Config {
     pub tables: TablesConfig,
     pub apply: ApplyConfig,
     pub snapshot: SnapshotConfig,
+    pub divergence_check: DivergenceCheckConfig,
     pub prometheus: PrometheusConfig,
     pub health_check: HealthCheckConfig,
     pub logging: LoggingConfig,
@@ -306,6 +307,33 @@ pub struct SnapshotDirConfig {
     pub path: String,
 }
 
+/// The divergence check (ADR 0017): nodes exchange per-table checksums over core NATS and compare them
+/// when both were taken at identical applied positions, so a difference there is a real divergence and not
+/// replication still under way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DivergenceCheckConfig {
+    /// How often this node checksums its replicated tables and publishes the result (0 = off). A round
+    /// whose database has not changed since the last one reuses that one's checksums; a round with local
+    /// changes not yet sent, or behind the stream, is skipped. At least 100 ms.
+    pub interval: Seconds,
+    /// Shortest time between two repairs (republishing the divergent tables' rows): a divergence that a
+    /// republish cannot mend must not republish in a loop. 0 = report divergences, never republish.
+    pub repair_interval: Seconds,
+}
+
+/// The shortest divergence-check interval: each round asks the server for every stream's last sequence.
+pub const MIN_DIVERGENCE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Default for DivergenceCheckConfig {
+    fn default() -> Self {
+        DivergenceCheckConfig {
+            interval: Seconds(Duration::from_secs(300)),
+            repair_interval: Seconds(Duration::from_secs(600)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrometheusConfig {
@@ -349,6 +377,7 @@ impl Default for Config {
             tables: TablesConfig::default(),
             apply: ApplyConfig::default(),
             snapshot: SnapshotConfig::default(),
+            divergence_check: DivergenceCheckConfig::default(),
             prometheus: PrometheusConfig::default(),
             health_check: HealthCheckConfig::default(),
             logging: LoggingConfig::default(),
@@ -660,6 +689,17 @@ impl Config {
         if self.snapshot.keep == 0 {
             return Err(Error::config("snapshot.keep", "must be at least 1"));
         }
+        let check = &self.divergence_check.interval.0;
+        if !check.is_zero() && *check < MIN_DIVERGENCE_CHECK_INTERVAL {
+            return Err(Error::config(
+                "divergence_check.interval",
+                format!(
+                    "{} ms is too short: at least {} ms, or 0 to turn the check off",
+                    check.as_millis(),
+                    MIN_DIVERGENCE_CHECK_INTERVAL.as_millis()
+                ),
+            ));
+        }
         if !["console", "json"].contains(&self.logging.format.as_str()) {
             return Err(Error::config(
                 "logging.format",
@@ -826,6 +866,42 @@ mod tests {
         );
         assert_eq!(config.snapshot.store, defaults.snapshot.store);
         assert_eq!(config.apply.max_batch_rows, defaults.apply.max_batch_rows);
+    }
+
+    #[test]
+    fn divergence_check_keys_parse_and_bad_values_name_the_key() {
+        let config = Config::from_toml_str(
+            "[divergence_check]\ninterval = \"250ms\"\nrepair_interval = 0\n",
+        )
+        .expect("short interval in text form");
+        assert_eq!(
+            config.divergence_check.interval.0,
+            Duration::from_millis(250)
+        );
+        assert!(config.divergence_check.repair_interval.0.is_zero());
+        let off = Config::from_toml_str("[divergence_check]\ninterval = 0\n").expect("0 = off");
+        assert!(off.divergence_check.interval.0.is_zero());
+        for (text, reason) in [
+            ("interval = \"10ms\"", "too short"),
+            ("interval = \"soon\"", "not a duration"),
+            ("interval = -1", ""),
+        ] {
+            let err =
+                Config::from_toml_str(&format!("[divergence_check]\n{text}\n")).expect_err(text);
+            match err {
+                Error::Config { field, reason: why } => {
+                    assert_eq!(field, "divergence_check.interval", "{text}: {why}");
+                    assert!(why.contains(reason), "{text}: {why}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let err = Config::from_json_str(r#"{"divergence_check": {"repair_interval": "1x"}}"#)
+            .expect_err("bad unit");
+        assert!(
+            matches!(&err, Error::Config { field, .. } if field == "divergence_check.repair_interval"),
+            "{err:?}"
+        );
     }
 
     #[test]

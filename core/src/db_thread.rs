@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ConflictHub, EventHub};
 use crate::log::{decode, pk_key, shard_of, Origin, Publisher};
-use crate::publish::republish::republish_shard;
+use crate::publish::republish::{republish_shard, republish_tables};
 use crate::publish::stamp::{self, StampSettings};
 use crate::publish::OutboxEntry;
 use crate::state::conflicts::Conflict;
@@ -65,6 +65,12 @@ pub(crate) enum Command {
     /// (`publish::republish`); replies with the number of rows queued.
     Republish {
         shard: u32,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// A divergence was found (ADR 0017): queue every row of these tables this node holds again, with its
+    /// stored versions, on every shard; replies with the number of rows queued.
+    RepublishTables {
+        tables: Vec<String>,
         reply: oneshot::Sender<Result<u64>>,
     },
     /// The newest `limit` entries of the conflict log after id `after`.
@@ -555,6 +561,9 @@ impl DbWorker {
             Command::Republish { shard, reply } => {
                 let _ = reply.send(self.republish(shard));
             }
+            Command::RepublishTables { tables, reply } => {
+                let _ = reply.send(self.republish_tables(tables.into_iter().collect()));
+            }
             Command::Status { reply } => {
                 // Exact counts: what JetStream acknowledged is not "unsent".
                 self.store_deferred_writes();
@@ -777,6 +786,34 @@ impl DbWorker {
             rows = republished.rows,
             messages = republished.outbox.len(),
             "rows queued for publishing again after broker data loss"
+        );
+        let rows = republished.rows;
+        self.after_stamp(republished.outbox, Vec::new());
+        Ok(rows)
+    }
+
+    /// Queues every row of `tables` again (see `Command::RepublishTables`), after stamping what the app
+    /// committed. One write transaction: the cost is that of the broker-loss repair, limited to these tables
+    /// and rate-limited by the divergence checker.
+    fn republish_tables(&mut self, tables: BTreeSet<String>) -> Result<u64> {
+        if !self.config.publish {
+            return Ok(0); // a read replica's rows are all someone else's; they republish them
+        }
+        self.stamp_all();
+        let settings = self.stamp_settings();
+        let limit = self.busy_limit();
+        let (conn, schema) = (&self.conn, &self.schema);
+        let republished = with_busy_retry(limit, || {
+            let tx = begin_write(conn, limit, "republishing divergent tables")?;
+            let republished = republish_tables(&tx, schema, &settings, &tables)?;
+            tx.commit().ctx("republishing divergent tables")?;
+            Ok(republished)
+        })?;
+        info!(
+            tables = ?tables,
+            rows = republished.rows,
+            messages = republished.outbox.len(),
+            "rows of divergent tables queued for publishing again"
         );
         let rows = republished.rows;
         self.after_stamp(republished.outbox, Vec::new());

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::apply::consumer::ShardConsumer;
 use crate::config::Config;
 use crate::db_thread::{self, Command, DbHandle, DbOutputs};
+use crate::divergence::{DivergenceChecker, DivergenceMonitor};
 use crate::error::{Error, Result};
 use crate::events::{ConflictHub, EventHub};
 use crate::publish::publisher::{PublishProgress, Publisher};
@@ -300,6 +301,16 @@ pub struct Status {
     /// Losses detected since open (one per lost stream incarnation).
     pub broker_data_loss_events: u64,
     pub broker_data_loss: Vec<crate::transport::stream_health::BrokerDataLoss>,
+    /// Tables whose checksum differs from a peer's although both nodes had applied the same changes
+    /// (identical positions on every shard, nothing unsent): the divergence check (ADR 0017). This node
+    /// republishes such a table's rows (at most once per `divergence_check.repair_interval`); an entry
+    /// stays until a later comparison at identical positions matches.
+    #[serde(default)]
+    pub divergent_tables: Vec<crate::divergence::Divergence>,
+    /// Table checksums compared with a peer's at identical positions since open: zero while the check is
+    /// off, before the first round, or while no peer has been at this node's positions.
+    #[serde(default)]
+    pub divergence_comparisons: u64,
     /// Errors counted in the last minute (`errors` counts since open).
     pub errors_last_minute: u64,
     /// Snapshot save/restore progress.
@@ -327,6 +338,8 @@ pub(crate) struct Inner {
     ready: watch::Receiver<bool>,
     counters: Arc<Counters>,
     health: Arc<StreamHealth>,
+    divergence: Arc<DivergenceMonitor>,
+    divergence_checker: Mutex<Option<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     publisher: Mutex<Option<JoinHandle<()>>>,
@@ -517,6 +530,26 @@ pub(crate) async fn start(
             ));
         }
     }
+    // A node that applies nothing holds only its own writes: it has nothing to compare.
+    let divergence = Arc::new(DivergenceMonitor::default());
+    let divergence_checker = (config.replicate && !config.divergence_check.interval.0.is_zero())
+        .then(|| {
+            tokio::spawn(
+                DivergenceChecker {
+                    client: client.clone(),
+                    js: js.clone(),
+                    names: names.clone(),
+                    config: config.clone(),
+                    node_id,
+                    db_path: db.clone(),
+                    db: commands.clone(),
+                    progress: config.publish.then(|| progress_rx.clone()),
+                    positions: positions_rx.clone(),
+                    monitor: divergence.clone(),
+                }
+                .run(ready_rx.clone(), shutdown_rx.clone()),
+            )
+        });
     info!(node_id, urls = ?urls, publish = config.publish, replicate = config.replicate, "replica open");
     let snapshot_config = config.snapshot.clone();
     let save_automatically = config.publish
@@ -543,6 +576,8 @@ pub(crate) async fn start(
             ready: ready_rx,
             counters,
             health,
+            divergence,
+            divergence_checker: Mutex::new(divergence_checker),
             shutdown: shutdown_tx,
             consumers: Mutex::new(consumers),
             publisher: Mutex::new(publisher),
@@ -847,6 +882,8 @@ impl Replicator {
             broker_data_loss_detected: !broker_data_loss.is_empty(),
             broker_data_loss_events: inner.health.loss_events(),
             broker_data_loss,
+            divergent_tables: inner.divergence.divergences(),
+            divergence_comparisons: inner.divergence.comparisons(),
             errors_last_minute: counters.errors_last_minute(),
             snapshot: inner.snapshots.progress(),
             uptime_ms: inner.started.elapsed().as_millis() as u64,
@@ -913,6 +950,17 @@ impl Replicator {
             .unwrap_or_default();
         for consumer in consumers {
             let _ = consumer.await;
+        }
+        // The checker holds a sender of the database thread's inbox; a round hashing a large table is not
+        // worth waiting for (its read transaction ends with it).
+        if let Some(mut checker) = take(&inner.divergence_checker) {
+            if tokio::time::timeout(Duration::from_secs(2), &mut checker)
+                .await
+                .is_err()
+            {
+                checker.abort();
+                let _ = checker.await;
+            }
         }
         // Stamp what the app committed last, then let the publisher drain, then stop the thread.
         let commands = inner.commands.lock().ok().and_then(|mut c| c.take());

@@ -36,7 +36,7 @@ pub struct Health {
 
 impl Status {
     /// `ok` only when the node can make progress: NATS reachable, every stream there, no broker data loss,
-    /// not behind retention, no shard stuck with messages waiting, errors not rising.
+    /// no table found divergent from a peer's, not behind retention, no shard stuck with messages waiting, errors not rising.
     pub fn health(&self) -> Health {
         self.health_with(&HealthLimits::default())
     }
@@ -68,6 +68,20 @@ impl Status {
             problems.push(format!(
                 "broker data loss on stream {}: {}; this node has not published its rows again yet",
                 loss.stream, loss.reason
+            ));
+        }
+        // Until a later comparison at identical positions matches: the repair may still be on its way.
+        for divergence in &self.divergent_tables {
+            let repair = match divergence.republished_at_ms {
+                Some(_) => "its rows were published again",
+                None => "not repaired yet",
+            };
+            problems.push(format!(
+                "table {} differs from node {} at identical positions ({} rows here, {} there); {repair}",
+                divergence.table,
+                divergence.peer_node_id,
+                divergence.rows_here,
+                divergence.rows_at_peer
             ));
         }
         if self.behind_retention {

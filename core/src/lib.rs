@@ -21,6 +21,7 @@ pub mod capture;
 pub mod clock;
 pub mod config;
 mod db_thread;
+pub mod divergence;
 mod engine;
 pub mod error;
 pub mod events;
@@ -34,6 +35,7 @@ pub mod state;
 pub mod transport;
 
 pub use config::Config;
+pub use divergence::Divergence;
 pub use engine::{
     block_on, check_not_forked, is_forked_child, on_runtime, runtime, ConnectionState, PausedTable,
     ReplicaRole, ShardStatus, Status, Token,

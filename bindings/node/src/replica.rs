@@ -514,6 +514,11 @@ pub struct Status {
     pub broker_data_loss_events: i64,
     /// The losses detected, newest last.
     pub broker_data_loss: Vec<BrokerDataLoss>,
+    /// Tables whose checksum differs from a peer's although both nodes applied the same changes (the
+    /// divergence check); each stays until a later comparison matches.
+    pub divergent_tables: Vec<Divergence>,
+    /// Table checksums compared with a peer's at identical positions since open.
+    pub divergence_comparisons: i64,
     /// Errors in the last minute.
     pub errors_last_minute: i64,
     /// Snapshot save/restore progress.
@@ -586,6 +591,44 @@ impl From<harmonylite::BrokerDataLoss> for BrokerDataLoss {
     }
 }
 
+/// A table found different from a peer's at identical positions (see {@link Status}).
+#[napi(object, object_from_js = false, use_nullable = true)]
+pub struct Divergence {
+    /// The table.
+    pub table: String,
+    /// The node whose checksum differs.
+    pub peer_node_id: BigInt,
+    /// When this node first found the difference (milliseconds since the epoch).
+    pub since_ms: i64,
+    /// Rows of the table here, at the latest comparison that found the difference.
+    pub rows_here: i64,
+    /// Rows of the table at the peer, then.
+    pub rows_at_peer: i64,
+    /// When this node last published the table's rows again to repair it (null: not yet).
+    pub republished_at_ms: Option<i64>,
+}
+
+impl From<harmonylite::Divergence> for Divergence {
+    fn from(divergence: harmonylite::Divergence) -> Divergence {
+        let harmonylite::Divergence {
+            table,
+            peer_node_id,
+            since_ms,
+            rows_here,
+            rows_at_peer,
+            republished_at_ms,
+        } = divergence;
+        Divergence {
+            table,
+            peer_node_id: BigInt::from(peer_node_id),
+            since_ms: count(since_ms),
+            rows_here: count(rows_here),
+            rows_at_peer: count(rows_at_peer),
+            republished_at_ms: republished_at_ms.map(count),
+        }
+    }
+}
+
 /// Snapshot save/restore progress (see {@link Status}).
 #[napi(object, object_from_js = false, use_nullable = true)]
 pub struct SnapshotProgress {
@@ -649,6 +692,8 @@ impl From<harmonylite::Status> for Status {
             broker_data_loss_detected,
             broker_data_loss_events,
             broker_data_loss,
+            divergent_tables,
+            divergence_comparisons,
             errors_last_minute,
             snapshot,
             uptime_ms,
@@ -703,6 +748,8 @@ impl From<harmonylite::Status> for Status {
                 .into_iter()
                 .map(BrokerDataLoss::from)
                 .collect(),
+            divergent_tables: divergent_tables.into_iter().map(Divergence::from).collect(),
+            divergence_comparisons: count(divergence_comparisons),
             errors_last_minute: count(errors_last_minute),
             snapshot: SnapshotProgress::from(snapshot),
             uptime_ms: count(uptime_ms),

@@ -89,6 +89,42 @@ impl From<harmonylite::BrokerDataLoss> for BrokerDataLoss {
     }
 }
 
+/// A table found different from a peer's at identical positions (the divergence check).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Divergence {
+    pub table: String,
+    /// The node whose checksum differs.
+    pub peer_node_id: u64,
+    /// When this node first found the difference, ms since the epoch.
+    pub since_ms: u64,
+    /// Rows of the table here and at the peer, at the latest comparison that found the difference.
+    pub rows_here: u64,
+    pub rows_at_peer: u64,
+    /// When this node last published the table's rows again to repair it (nil: not yet).
+    pub republished_at_ms: Option<u64>,
+}
+
+impl From<harmonylite::Divergence> for Divergence {
+    fn from(divergence: harmonylite::Divergence) -> Divergence {
+        let harmonylite::Divergence {
+            table,
+            peer_node_id,
+            since_ms,
+            rows_here,
+            rows_at_peer,
+            republished_at_ms,
+        } = divergence;
+        Divergence {
+            table,
+            peer_node_id,
+            since_ms,
+            rows_here,
+            rows_at_peer,
+            republished_at_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ShardStatus {
     pub shard: u32,
@@ -186,6 +222,11 @@ pub struct Status {
     pub broker_data_loss_detected: bool,
     pub broker_data_loss_events: u64,
     pub broker_data_loss: Vec<BrokerDataLoss>,
+    /// Tables whose checksum differs from a peer's although both nodes applied the same changes; each stays
+    /// until a later comparison matches.
+    pub divergent_tables: Vec<Divergence>,
+    /// Table checksums compared with a peer's at identical positions since open.
+    pub divergence_comparisons: u64,
     pub errors_last_minute: u64,
     pub snapshot: SnapshotProgress,
     pub uptime_ms: u64,
@@ -233,6 +274,8 @@ impl From<harmonylite::Status> for Status {
             broker_data_loss_detected,
             broker_data_loss_events,
             broker_data_loss,
+            divergent_tables,
+            divergence_comparisons,
             errors_last_minute,
             snapshot,
             uptime_ms,
@@ -285,6 +328,8 @@ impl From<harmonylite::Status> for Status {
                 .into_iter()
                 .map(BrokerDataLoss::from)
                 .collect(),
+            divergent_tables: divergent_tables.into_iter().map(Divergence::from).collect(),
+            divergence_comparisons,
             errors_last_minute,
             snapshot: snapshot.into(),
             uptime_ms,

@@ -13,7 +13,7 @@
 //! Inserts and deletes are queued before updates, so a node that never saw the row meets its creation
 //! first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::Transaction;
 
@@ -42,13 +42,38 @@ pub fn republish_shard(
     settings: &StampSettings,
     shard: u32,
 ) -> Result<Republished> {
-    // Per version node: creations and deletes first, then updates.
-    let mut first: BTreeMap<u64, Vec<RowChange>> = BTreeMap::new();
-    let mut then: BTreeMap<u64, Vec<RowChange>> = BTreeMap::new();
+    republish(tx, schema, settings, Some(shard), None)
+}
+
+/// Queues every row of the named tables this node holds state for, on every shard (the repair of a
+/// divergence, ADR 0017: only the tables found different travel). Call inside a write transaction.
+pub fn republish_tables(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    settings: &StampSettings,
+    tables: &BTreeSet<String>,
+) -> Result<Republished> {
+    republish(tx, schema, settings, None, Some(tables))
+}
+
+fn republish(
+    tx: &Transaction<'_>,
+    schema: &Schema,
+    settings: &StampSettings,
+    only_shard: Option<u32>,
+    only_tables: Option<&BTreeSet<String>>,
+) -> Result<Republished> {
+    // Per (shard, version node): creations and deletes first, then updates.
+    let mut first: BTreeMap<(u32, u64), Vec<RowChange>> = BTreeMap::new();
+    let mut then: BTreeMap<(u32, u64), Vec<RowChange>> = BTreeMap::new();
     let mut republished = Republished::default();
     for info in schema.tables.values() {
+        if only_tables.is_some_and(|tables| !tables.contains(&info.name)) {
+            continue;
+        }
         for (pk_bytes, state) in rows::for_table(tx, &info.name)? {
-            if shard_of(&info.name, &pk_bytes, settings.shards) != shard {
+            let shard = shard_of(&info.name, &pk_bytes, settings.shards);
+            if only_shard.is_some_and(|only| only != shard) {
                 continue;
             }
             let Some(pk) = pk_from_key(&pk_bytes).filter(|pk| pk.len() == info.pk.len()) else {
@@ -65,11 +90,11 @@ pub fn republish_shard(
                 } else {
                     &mut first
                 };
-                queue.entry(node).or_default().push(change);
+                queue.entry((shard, node)).or_default().push(change);
             }
         }
     }
-    for (node, changes) in first.into_iter().chain(then) {
+    for ((shard, node), changes) in first.into_iter().chain(then) {
         for batch in split_by_size(changes, settings.max_message_bytes) {
             let rows = batch.len() as u32;
             let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();

@@ -218,6 +218,28 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
     })
 }
 
+/// Whether this node holds local changes no other node can have yet: captured and not stamped, or stamped
+/// and not acknowledged by JetStream. (The divergence check compares only tables that cannot hold such
+/// writes.)
+pub fn has_unsent_local_changes(conn: &Connection) -> Result<bool> {
+    conn.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {CHANGE_LOG}) OR EXISTS (SELECT 1 FROM __harmonylite__outbox)"
+    ))
+    .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+    .ctx("reading whether local changes wait")
+}
+
+/// Tables with local changes that could not be published: their rows differ from the other nodes' for a
+/// reason `status().rejected_local` already reports, and no republish can mend.
+pub fn rejected_tables(conn: &Connection) -> Result<std::collections::BTreeSet<String>> {
+    conn.prepare_cached("SELECT DISTINCT tbl FROM __harmonylite__rejected")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<std::collections::BTreeSet<String>>>()
+        })
+        .ctx("reading rejected changes")
+}
+
 /// Records a message that could not be decoded.
 pub fn record_dead_letter(conn: &Connection, shard: u32, seq: u64, reason: &str) -> Result<()> {
     conn.prepare_cached(

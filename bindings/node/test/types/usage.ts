@@ -34,6 +34,9 @@ async function app(): Promise<void> {
   const phase: string = status.snapshot.phase
   const waitsFor: 'schema' | 'constraint' | 'invalid' | 'clock' | 'queued' = status.pausedTables[0].kind
   const lastError: string | null = status.lastError
+  const divergentWith: bigint | undefined = status.divergentTables[0]?.peerNodeId
+  const divergenceRepaired: number | null | undefined = status.divergentTables[0]?.republishedAtMs
+  const compared: number = status.divergenceComparisons
 
   const conflicts: Conflict[] = await replica.conflicts({ after: 0, limit: 100 })
   await replica.conflicts()
@@ -52,7 +55,7 @@ async function app(): Promise<void> {
   conflictSubscription.unsubscribe()
   // @ts-expect-error: not a conflict kind
   if (first.kind === 'lost') console.log('never')
-  void [lag, last, conflictCount, stale, phase, waitsFor, lastError, kind, lostValue, lostBy, movedTo, columns]
+  void [lag, last, conflictCount, stale, phase, waitsFor, lastError, divergentWith, divergenceRepaired, compared, kind, lostValue, lostBy, movedTo, columns]
 
   const subscription = replica.onChange((event: ChangeEvent) => {
     const key: null | bigint | number | string | Buffer = event.pk[0]

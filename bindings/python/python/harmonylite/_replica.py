@@ -110,6 +110,22 @@ class BrokerDataLoss(TypedDict):
     """Rows this node published again to repair the loss (``None`` until it has)."""
 
 
+class Divergence(TypedDict):
+    """A table found different from a peer's at identical positions (the divergence check), in
+    :class:`Status`."""
+
+    table: str
+    peer_node_id: int
+    """The node whose checksum differs."""
+    since_ms: int
+    """When this node first found the difference, milliseconds since the epoch."""
+    rows_here: int
+    """Rows of the table here, at the latest comparison that found the difference."""
+    rows_at_peer: int
+    republished_at_ms: Optional[int]
+    """When this node last published the table's rows again to repair it (``None``: not yet)."""
+
+
 class Status(TypedDict):
     """What ``Replica.status()`` returns (the core's ``Status``, as a dict)."""
 
@@ -162,6 +178,11 @@ class Status(TypedDict):
     """The server lost messages this node had seen (its JetStream store was wiped or replaced)."""
     broker_data_loss_events: int
     broker_data_loss: List[BrokerDataLoss]
+    divergent_tables: List[Divergence]
+    """Tables whose checksum differs from a peer's although both nodes applied the same changes; each
+    stays until a later comparison matches (``divergence_check`` in the configuration)."""
+    divergence_comparisons: int
+    """Table checksums compared with a peer's at identical positions since open."""
     errors_last_minute: int
     snapshot: SnapshotProgress
     uptime_ms: int

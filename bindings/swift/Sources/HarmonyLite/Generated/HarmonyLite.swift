@@ -1555,6 +1555,103 @@ public func FfiConverterTypeConflictSide_lower(_ value: ConflictSide) -> RustBuf
 }
 
 
+/**
+ * A table found different from a peer's at identical positions (the divergence check).
+ */
+public struct Divergence: Equatable, Hashable {
+    public var table: String
+    /**
+     * The node whose checksum differs.
+     */
+    public var peerNodeId: UInt64
+    /**
+     * When this node first found the difference, ms since the epoch.
+     */
+    public var sinceMs: UInt64
+    /**
+     * Rows of the table here and at the peer, at the latest comparison that found the difference.
+     */
+    public var rowsHere: UInt64
+    public var rowsAtPeer: UInt64
+    /**
+     * When this node last published the table's rows again to repair it (nil: not yet).
+     */
+    public var republishedAtMs: UInt64?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(table: String, 
+        /**
+         * The node whose checksum differs.
+         */peerNodeId: UInt64, 
+        /**
+         * When this node first found the difference, ms since the epoch.
+         */sinceMs: UInt64, 
+        /**
+         * Rows of the table here and at the peer, at the latest comparison that found the difference.
+         */rowsHere: UInt64, rowsAtPeer: UInt64, 
+        /**
+         * When this node last published the table's rows again to repair it (nil: not yet).
+         */republishedAtMs: UInt64?) {
+        self.table = table
+        self.peerNodeId = peerNodeId
+        self.sinceMs = sinceMs
+        self.rowsHere = rowsHere
+        self.rowsAtPeer = rowsAtPeer
+        self.republishedAtMs = republishedAtMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Divergence: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDivergence: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Divergence {
+        return
+            try Divergence(
+                table: FfiConverterString.read(from: &buf), 
+                peerNodeId: FfiConverterUInt64.read(from: &buf), 
+                sinceMs: FfiConverterUInt64.read(from: &buf), 
+                rowsHere: FfiConverterUInt64.read(from: &buf), 
+                rowsAtPeer: FfiConverterUInt64.read(from: &buf), 
+                republishedAtMs: FfiConverterOptionUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Divergence, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.table, into: &buf)
+        FfiConverterUInt64.write(value.peerNodeId, into: &buf)
+        FfiConverterUInt64.write(value.sinceMs, into: &buf)
+        FfiConverterUInt64.write(value.rowsHere, into: &buf)
+        FfiConverterUInt64.write(value.rowsAtPeer, into: &buf)
+        FfiConverterOptionUInt64.write(value.republishedAtMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDivergence_lift(_ buf: RustBuffer) throws -> Divergence {
+    return try FfiConverterTypeDivergence.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDivergence_lower(_ value: Divergence) -> RustBuffer {
+    return FfiConverterTypeDivergence.lower(value)
+}
+
+
 public struct PausedTable: Equatable, Hashable {
     public var table: String
     public var waitingChanges: UInt64
@@ -2086,6 +2183,15 @@ public struct Status: Equatable, Hashable {
     public var brokerDataLossDetected: Bool
     public var brokerDataLossEvents: UInt64
     public var brokerDataLoss: [BrokerDataLoss]
+    /**
+     * Tables whose checksum differs from a peer's although both nodes applied the same changes; each stays
+     * until a later comparison matches.
+     */
+    public var divergentTables: [Divergence]
+    /**
+     * Table checksums compared with a peer's at identical positions since open.
+     */
+    public var divergenceComparisons: UInt64
     public var errorsLastMinute: UInt64
     public var snapshot: SnapshotProgress
     public var uptimeMs: UInt64
@@ -2139,7 +2245,14 @@ public struct Status: Equatable, Hashable {
          */behindRetention: Bool, 
         /**
          * The server lost messages this node had seen (its JetStream store was wiped or replaced).
-         */brokerDataLossDetected: Bool, brokerDataLossEvents: UInt64, brokerDataLoss: [BrokerDataLoss], errorsLastMinute: UInt64, snapshot: SnapshotProgress, uptimeMs: UInt64) {
+         */brokerDataLossDetected: Bool, brokerDataLossEvents: UInt64, brokerDataLoss: [BrokerDataLoss], 
+        /**
+         * Tables whose checksum differs from a peer's although both nodes applied the same changes; each stays
+         * until a later comparison matches.
+         */divergentTables: [Divergence], 
+        /**
+         * Table checksums compared with a peer's at identical positions since open.
+         */divergenceComparisons: UInt64, errorsLastMinute: UInt64, snapshot: SnapshotProgress, uptimeMs: UInt64) {
         self.nodeId = nodeId
         self.role = role
         self.replicatorPid = replicatorPid
@@ -2177,6 +2290,8 @@ public struct Status: Equatable, Hashable {
         self.brokerDataLossDetected = brokerDataLossDetected
         self.brokerDataLossEvents = brokerDataLossEvents
         self.brokerDataLoss = brokerDataLoss
+        self.divergentTables = divergentTables
+        self.divergenceComparisons = divergenceComparisons
         self.errorsLastMinute = errorsLastMinute
         self.snapshot = snapshot
         self.uptimeMs = uptimeMs
@@ -2235,6 +2350,8 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
                 brokerDataLossDetected: FfiConverterBool.read(from: &buf), 
                 brokerDataLossEvents: FfiConverterUInt64.read(from: &buf), 
                 brokerDataLoss: FfiConverterSequenceTypeBrokerDataLoss.read(from: &buf), 
+                divergentTables: FfiConverterSequenceTypeDivergence.read(from: &buf), 
+                divergenceComparisons: FfiConverterUInt64.read(from: &buf), 
                 errorsLastMinute: FfiConverterUInt64.read(from: &buf), 
                 snapshot: FfiConverterTypeSnapshotProgress.read(from: &buf), 
                 uptimeMs: FfiConverterUInt64.read(from: &buf)
@@ -2279,6 +2396,8 @@ public struct FfiConverterTypeStatus: FfiConverterRustBuffer {
         FfiConverterBool.write(value.brokerDataLossDetected, into: &buf)
         FfiConverterUInt64.write(value.brokerDataLossEvents, into: &buf)
         FfiConverterSequenceTypeBrokerDataLoss.write(value.brokerDataLoss, into: &buf)
+        FfiConverterSequenceTypeDivergence.write(value.divergentTables, into: &buf)
+        FfiConverterUInt64.write(value.divergenceComparisons, into: &buf)
         FfiConverterUInt64.write(value.errorsLastMinute, into: &buf)
         FfiConverterTypeSnapshotProgress.write(value.snapshot, into: &buf)
         FfiConverterUInt64.write(value.uptimeMs, into: &buf)
@@ -3526,6 +3645,31 @@ fileprivate struct FfiConverterSequenceTypeConflict: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeConflict.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeDivergence: FfiConverterRustBuffer {
+    typealias SwiftType = [Divergence]
+
+    public static func write(_ value: [Divergence], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeDivergence.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Divergence] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Divergence]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeDivergence.read(from: &buf))
         }
         return seq
     }
