@@ -388,6 +388,50 @@ fn end_earlier_life(
     )
 }
 
+/// Applies again the rows parked because they point at `parent`'s key (`move_children_aside`), once that
+/// key no longer holds a waiting row of every node: they apply as they are on the nodes that never held it.
+fn release_children(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    parent: &RowChange,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    let Some(table) = ctx.schema.tables.get(&parent.table) else {
+        return Ok(());
+    };
+    let [parent_value] = parent.pk.as_slice() else {
+        return Ok(());
+    };
+    for (child_name, column) in &table.referenced_by {
+        for entry in parked::waiting(tx, Some(child_name), usize::MAX)? {
+            let points_here = entry
+                .change
+                .columns
+                .iter()
+                .any(|(name, value)| name == column && value == parent_value);
+            if entry.publish || entry.kind != ParkKind::Constraint || !points_here {
+                continue;
+            }
+            match apply_change(tx, ctx, entry.origin, &entry.change, outcome)? {
+                Applied::Park(kind, reason) => parked::update_reason(tx, entry.id, kind, &reason)?,
+                applied => {
+                    parked::remove(tx, entry.id)?;
+                    if matches!(applied, Applied::Written) {
+                        outcome.applied += 1;
+                        rows::restore_column_versions(
+                            tx,
+                            &entry.change.table,
+                            &pk_key(&entry.change.pk),
+                            &entry.column_versions,
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rows here that point at a row whose change waits (parked) while its key holds no row: they arrived
 /// first (on another shard, or while another lineage held the key), and wait with it as those arriving
 /// after it do.
@@ -516,6 +560,13 @@ pub fn retry_parked(
                 // A row of this node that waits lost its key meanwhile: it takes a fresh key and keeps
                 // waiting (nobody else has it; it is published when it applies).
                 rekey_parked(tx, ctx, &waiting, outcome.moved_keys_mut())?;
+                if !waiting.publish
+                    && !parked::has_key(tx, &waiting.change.table, &pk_key(&waiting.change.pk))?
+                {
+                    // It was waiting whole where every node held it; now it is known here only, and the
+                    // rows that waited with it come back, as they are on the nodes that dropped it.
+                    release_children(tx, ctx, &waiting.change, &mut outcome)?;
+                }
                 if holds_back {
                     still_blocked.insert(key);
                 }
@@ -524,6 +575,13 @@ pub fn retry_parked(
                 clock.observe(waiting.change.hlc);
                 outcome.kept += 1;
                 parked::remove(tx, waiting.id)?;
+                // Nothing waits under its key any more (dropped, or given a fresh key as this node's own
+                // row): the rows that waited with it come back, as they are where it was dropped.
+                if !waiting.publish
+                    && !parked::has_key(tx, &waiting.change.table, &pk_key(&waiting.change.pk))?
+                {
+                    release_children(tx, ctx, &waiting.change, &mut outcome)?;
+                }
             }
             Applied::Discarded => {
                 parked::remove(tx, waiting.id)?;
@@ -1572,16 +1630,21 @@ fn rehome(
         }
     }
     let all: Vec<usize> = (0..moved.columns.len()).collect();
-    let waits = waits_for_parent(tx, ctx, table, &moved, &all)?;
+    let waits = match waits_for_parent(tx, ctx, table, &moved, &all)? {
+        Some(reason) => Some(reason),
+        None => match write_change(tx, ctx, table, origin, &moved, &all, true, outcome)? {
+            None => None,
+            Some(Applied::Park(_, reason)) => Some(reason),
+            Some(other) => return Ok(Some(other)),
+        },
+    };
     if let Some(reason) = &waits {
-        // It points at a row that waits here: it waits too, as this node's row under its new key, and is
-        // published when it applies (the other nodes dropped it under the old key; they hold the
-        // conflict record below).
+        // It cannot apply yet (it points at a row that waits here, or a constraint refuses it): it waits,
+        // as this node's row under its new key, and is published when it applies. The other nodes dropped
+        // it under the old key (they hold the conflict record below); a retry that ends here releases the
+        // rows that waited with it under that key (`retry_parked`).
         parked::park_own(tx, ctx.node_id, &moved, reason)?;
         outcome.deferred += 1;
-    } else if let Some(parked) = write_change(tx, ctx, table, origin, &moved, &all, true, outcome)?
-    {
-        return Ok(Some(parked));
     } else {
         outcome
             .follow_ups
