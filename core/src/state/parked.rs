@@ -195,13 +195,10 @@ pub fn lineages_waiting(
     table: &str,
     pk: &[u8],
 ) -> Result<Vec<crate::clock::Version>> {
-    let blobs: Vec<Vec<u8>> = conn
-        .prepare_cached("SELECT change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2")
-        .and_then(|mut stmt| {
-            stmt.query_map(params![table, pk], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .ctx("reading parked changes")?;
+    let blobs: Vec<Vec<u8>> = entries_of_row(conn, table, pk)?
+        .into_iter()
+        .map(|(_, blob, _)| blob)
+        .collect();
     Ok(blobs
         .iter()
         .filter_map(|blob| decode(blob).ok())
@@ -219,17 +216,9 @@ pub fn remove_superseded(
     change: &RowChange,
     same_lineage_only: bool,
 ) -> Result<usize> {
-    let entries: Vec<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2")
-        .and_then(|mut stmt| {
-            stmt.query_map(params![change.table, pk_key(&change.pk)], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .ctx("reading parked changes")?;
+    let entries = entries_of_row(conn, &change.table, &pk_key(&change.pk))?;
     let mut removed = 0;
-    for (id, blob) in entries {
+    for (id, blob, _) in entries {
         let Ok((_, waiting, publish, _)) = decode(&blob) else {
             continue;
         };
@@ -274,19 +263,10 @@ pub fn rekey(
 /// insert of the row's life waits here. An insert waiting on the schema is not folded into: the update waits
 /// behind it instead.
 pub fn fold_update(conn: &Connection, change: &RowChange, origin: u64) -> Result<bool> {
-    let rows: Vec<(i64, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT id, change FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2 AND kind = 'constraint'
-             ORDER BY id",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_map(params![change.table, pk_key(&change.pk)], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .ctx("reading parked changes")?;
-    for (id, blob) in rows {
+    let rows = entries_of_row(conn, &change.table, &pk_key(&change.pk))?
+        .into_iter()
+        .filter(|(_, _, kind)| kind == ParkKind::Constraint.as_str());
+    for (id, blob, _) in rows {
         let Ok((from, mut waiting, publish, mut versions)) = decode(&blob) else {
             continue;
         };
@@ -361,6 +341,24 @@ pub fn discard_from(
         }
     }
     Ok(discarded)
+}
+
+/// The parked entries of one row, oldest first: (id, stored change, kind).
+fn entries_of_row(
+    conn: &Connection,
+    table: &str,
+    pk: &[u8],
+) -> Result<Vec<(i64, Vec<u8>, String)>> {
+    conn.prepare_cached(
+        "SELECT id, change, kind FROM __harmonylite__deferred WHERE tbl = ?1 AND pk = ?2 ORDER BY id",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_map(params![table, pk], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .ctx("reading parked changes")
 }
 
 pub fn has_key(conn: &Connection, table: &str, pk: &[u8]) -> Result<bool> {
