@@ -720,9 +720,9 @@ impl DbWorker {
             outbox::delete(&tx, &self.acked)?;
             let wall = crate::clock::wall_millis();
             tx.commit().ctx("retrying parked changes")?;
-            if result.outcome.applied > 0 {
-                self.history.record(wall, clock.last());
-            }
+            // Not only when something applied: a retry that moves a key or a row aside stamps changes of
+            // this node, which the app can see from now on (`record` ignores a clock that did not move).
+            self.history.record(wall, clock.last());
             if let Some(now_parked) = result.parked_tables {
                 self.parked_tables = now_parked;
             }

@@ -20,7 +20,7 @@ use crate::capture::{Schema, TableInfo};
 use crate::clock::{physical_millis, wall_millis, Clock, MAX_HLC};
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
-use crate::log::{decode, pk_key, value_hash, Op, Origin, RowChange, Value};
+use crate::log::{decode, image_hash, pk_key, value_hash, Op, Origin, RowChange, Value};
 use crate::publish::stamp::read_row;
 use crate::state::conflicts::{self, Conflict, ConflictKind, ConflictSide};
 use crate::state::parked::{self, ParkKind};
@@ -325,7 +325,7 @@ fn apply_or_park(
             "waits behind an earlier change of the same row",
         );
     }
-    let applied = apply_change(tx, ctx, origin, change, outcome)?;
+    let applied = apply_change(tx, ctx, clock, origin, change, outcome)?;
     flush_follow_ups(tx, ctx, clock, outcome)?;
     match applied {
         Applied::Written => {
@@ -393,6 +393,7 @@ fn end_earlier_life(
 fn release_children(
     tx: &Transaction<'_>,
     ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
     parent: &RowChange,
     outcome: &mut ApplyOutcome,
 ) -> Result<()> {
@@ -412,7 +413,7 @@ fn release_children(
             if entry.publish || entry.kind != ParkKind::Constraint || !points_here {
                 continue;
             }
-            match apply_change(tx, ctx, entry.origin, &entry.change, outcome)? {
+            match apply_change(tx, ctx, clock, entry.origin, &entry.change, outcome)? {
                 Applied::Park(kind, reason) => parked::update_reason(tx, entry.id, kind, &reason)?,
                 applied => {
                     parked::remove(tx, entry.id)?;
@@ -517,7 +518,14 @@ pub fn retry_parked(
         }
         // A change that already waited on a constraint was recorded then.
         outcome.retrying = waiting.kind == ParkKind::Constraint;
-        let applied = apply_change(tx, ctx, waiting.origin, &waiting.change, &mut outcome);
+        let applied = apply_change(
+            tx,
+            ctx,
+            clock,
+            waiting.origin,
+            &waiting.change,
+            &mut outcome,
+        );
         outcome.retrying = false;
         let applied = applied?;
         flush_follow_ups(tx, ctx, clock, &mut outcome)?;
@@ -565,7 +573,7 @@ pub fn retry_parked(
                 {
                     // It was waiting whole where every node held it; now it is known here only, and the
                     // rows that waited with it come back, as they are on the nodes that dropped it.
-                    release_children(tx, ctx, &waiting.change, &mut outcome)?;
+                    release_children(tx, ctx, clock, &waiting.change, &mut outcome)?;
                 }
                 if holds_back {
                     still_blocked.insert(key);
@@ -580,7 +588,7 @@ pub fn retry_parked(
                 if !waiting.publish
                     && !parked::has_key(tx, &waiting.change.table, &pk_key(&waiting.change.pk))?
                 {
-                    release_children(tx, ctx, &waiting.change, &mut outcome)?;
+                    release_children(tx, ctx, clock, &waiting.change, &mut outcome)?;
                 }
             }
             Applied::Discarded => {
@@ -733,6 +741,7 @@ fn validate<'a>(
 fn apply_change(
     tx: &Transaction<'_>,
     ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
     origin: u64,
     change: &RowChange,
     outcome: &mut ApplyOutcome,
@@ -1005,6 +1014,7 @@ fn apply_change(
             let resolved = resolve_collision(
                 tx,
                 ctx,
+                clock,
                 table,
                 origin,
                 change,
@@ -1434,6 +1444,7 @@ fn find_unique_holder(
 fn resolve_collision(
     tx: &Transaction<'_>,
     ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
     table: &TableInfo,
     origin: u64,
     change: &RowChange,
@@ -1465,6 +1476,7 @@ fn resolve_collision(
             return rehome(
                 tx,
                 ctx,
+                clock,
                 table,
                 origin,
                 change,
@@ -1504,6 +1516,12 @@ fn resolve_collision(
         match move_row(tx, ctx, table, &change.pk, outcome) {
             Ok(new_key) => {
                 release(tx, "hl_move")?;
+                // Stamped at once, with the rows that followed it: every node then meets the moved row
+                // as a row of this node, with its state. If the row that keeps the key takes one of its
+                // UNIQUE values, the usual rule settles the value (the moved row, created later, waits
+                // whole with the rows pointing at it) on every node alike. Unstamped, it would wait here
+                // only, unknown elsewhere, while its children's new references went out.
+                flush_follow_ups(tx, ctx, clock, outcome)?;
                 Some(new_key)
             }
             Err(err) => {
@@ -1514,6 +1532,42 @@ fn resolve_collision(
     } else {
         None
     };
+    // The row that was here leaves the key, whether the incoming row can be written now or waits: the
+    // record is made once, here (a retry of a waiting winner finds its own reserved key, no collision).
+    let detail = match &moved_to {
+        Some(new_key) => format!(
+            "this node and node {} both created a row under key {key_text}; node {}'s was first and keeps it, this node's row moved to key {}",
+            change.born.node, change.born.node, describe_key(new_key)
+        ),
+        None => format!(
+            "node {} and node {} both created a row under key {key_text}; node {}'s was first and keeps it, node {} moves the other",
+            stored.life.node, change.life.node, change.life.node, stored.life.node
+        ),
+    };
+    if moved_to.is_some() {
+        outcome.moved_keys += 1;
+    }
+    record_conflict(
+        tx,
+        outcome,
+        Conflict {
+            kind: ConflictKind::KeyMoved,
+            columns: table.pk.clone(),
+            winner: Some(ConflictSide {
+                node: origin,
+                hlc: change.hlc,
+                values: change.columns.clone(),
+            }),
+            loser: Some(ConflictSide {
+                node: stored.life.node,
+                hlc: stored.newest().hlc,
+                values: local_values,
+            }),
+            moved_to,
+            detail,
+            ..Conflict::about(&table.name, &change.pk)
+        },
+    )?;
     // The key now belongs to the incoming lineage: its row, or its tombstone.
     let all: Vec<usize> = (0..change.columns.len()).collect();
     let (fresh_state, deleted) = match plan(None, change, origin, hashes, table.merge, false) {
@@ -1556,40 +1610,6 @@ fn resolve_collision(
         return Ok(Some(parked));
     }
     rows::write(tx, &table.name, &pk_key(&change.pk), &fresh_state)?;
-    let detail = match &moved_to {
-        Some(new_key) => format!(
-            "this node and node {} both created a row under key {key_text}; node {}'s was first and keeps it, this node's row moved to key {}",
-            change.born.node, change.born.node, describe_key(new_key)
-        ),
-        None => format!(
-            "node {} and node {} both created a row under key {key_text}; node {}'s was first and keeps it, node {} moves the other",
-            stored.life.node, change.life.node, change.life.node, stored.life.node
-        ),
-    };
-    if moved_to.is_some() {
-        outcome.moved_keys += 1;
-    }
-    record_conflict(
-        tx,
-        outcome,
-        Conflict {
-            kind: ConflictKind::KeyMoved,
-            columns: table.pk.clone(),
-            winner: Some(ConflictSide {
-                node: origin,
-                hlc: change.hlc,
-                values: change.columns.clone(),
-            }),
-            loser: Some(ConflictSide {
-                node: stored.life.node,
-                hlc: stored.newest().hlc,
-                values: local_values,
-            }),
-            moved_to,
-            detail,
-            ..Conflict::about(&table.name, &change.pk)
-        },
-    )?;
     outcome.tables.insert(table.name.clone());
     let op = match (deleted, local.is_some()) {
         (true, _) => ChangeOp::Delete,
@@ -1607,6 +1627,7 @@ fn resolve_collision(
 fn rehome(
     tx: &Transaction<'_>,
     ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
     table: &TableInfo,
     origin: u64,
     change: &RowChange,
@@ -1639,16 +1660,26 @@ fn rehome(
         },
     };
     if let Some(reason) = &waits {
-        // It cannot apply yet (it points at a row that waits here, or a constraint refuses it): it waits,
-        // as this node's row under its new key, and is published when it applies. The other nodes dropped
-        // it under the old key (they hold the conflict record below); a retry that ends here releases the
-        // rows that waited with it under that key (`retry_parked`).
-        parked::park_own(tx, ctx.node_id, &moved, reason)?;
-        outcome.deferred += 1;
+        // It cannot apply yet (it points at a row that waits here, or a constraint refuses it): it waits
+        // under its new key, published now, so that every node holds it waiting (the other nodes dropped
+        // it under the old key and hold the conflict record below).
+        if !wait_published(tx, ctx, clock, table, &change.pk, &moved, reason, outcome)? {
+            // A node that publishes nothing keeps it as its own waiting row; a retry that ends here
+            // releases the rows that waited with it under the old key (`retry_parked`).
+            parked::park_own(tx, ctx.node_id, &moved, reason)?;
+            outcome.deferred += 1;
+        }
     } else {
         outcome
             .follow_ups
             .push((table.name.clone(), OP_INSERT, new_key.clone()));
+        if let Some(settings) = ctx.stamp {
+            let edits = follow_moved_row(tx, ctx, clock, table, &change.pk, &new_key, outcome)?;
+            if !edits.is_empty() {
+                let queued = crate::publish::stamp::queue_changes(tx, clock, settings, edits)?;
+                outcome.stamped.extend(queued);
+            }
+        }
     }
     outcome.moved_keys += 1;
     record_conflict(
@@ -1676,7 +1707,162 @@ fn rehome(
             ..Conflict::about(&table.name, &change.pk)
         },
     )?;
-    Ok(waits.map(|_| Applied::Kept))
+    // Kept, not Written, either way: the change did not apply under its own key (a retry must not give its
+    // column versions to the row that kept the key).
+    Ok(Some(Applied::Kept))
+}
+
+/// A row of this node that moved to a fresh key (`moved`, under the new key) and cannot apply there yet (it
+/// points at a waiting row, or a constraint refuses it) waits as a new row of this node, published at
+/// once: every node parks the same insert, and the rows pointing at it wait with it everywhere. Unpublished
+/// it would wait here only, while the rows that follow it sent their new references out: elsewhere they
+/// pointed at nothing, or at another node's row that chose the same fresh key. The rows that pointed at it
+/// under `old_key` and were written here follow it, in the tables and parked alike. Returns false on a
+/// node that publishes nothing.
+#[allow(clippy::too_many_arguments)]
+fn wait_published(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    table: &TableInfo,
+    old_key: &[Value],
+    moved: &RowChange,
+    reason: &str,
+    outcome: &mut ApplyOutcome,
+) -> Result<bool> {
+    let Some(settings) = ctx.stamp else {
+        return Ok(false);
+    };
+    let version = crate::clock::Version {
+        hlc: clock.tick(wall_millis()),
+        node: ctx.node_id,
+    };
+    let born_hash = image_hash(
+        moved
+            .columns
+            .iter()
+            .map(|(name, value)| (name.as_str(), value_hash(value))),
+    );
+    let waiting = RowChange {
+        op: Op::Insert,
+        hlc: version.hlc,
+        cl: 1,
+        born: version,
+        born_hash,
+        life: version,
+        seen: None,
+        ..moved.clone()
+    };
+    // The key is kept for it (causal length 0: known, nothing applied yet), as on the nodes that park it.
+    let reserved = RowState {
+        cl: 0,
+        born: version,
+        born_hash,
+        life: version,
+        last: version,
+        columns: Vec::new(),
+    };
+    rows::write(tx, &table.name, &pk_key(&waiting.pk), &reserved)?;
+    let versions: parked::ColumnVersions = waiting
+        .columns
+        .iter()
+        .map(|(name, _)| (name.clone(), version))
+        .collect();
+    parked::park_whole(
+        tx,
+        ctx.node_id,
+        &waiting,
+        ParkKind::Constraint,
+        reason,
+        &versions,
+    )?;
+    outcome.deferred += 1;
+    let mut changes = vec![waiting.clone()];
+    changes.extend(follow_moved_row(
+        tx,
+        ctx,
+        clock,
+        table,
+        old_key,
+        &waiting.pk,
+        outcome,
+    )?);
+    flush_follow_ups(tx, ctx, clock, outcome)?;
+    move_children_aside(tx, ctx, table, &waiting.pk, outcome)?;
+    let queued = crate::publish::stamp::queue_changes(tx, clock, settings, changes)?;
+    outcome.stamped.extend(queued);
+    Ok(true)
+}
+
+/// The rows written here that pointed at a row of this node under `old_key`, which it just left for
+/// `new_key`, follow it: those in their tables are pointed at the new key and logged for the stamper (as
+/// `move_row` does); those parked (waiting with it) get an edit of the reference, folded into them here and
+/// returned, to be sent (the stamper cannot see a parked row). A reference received from elsewhere points
+/// at the row that keeps the key, and stays.
+fn follow_moved_row(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    clock: &mut Clock,
+    table: &TableInfo,
+    old_key: &[Value],
+    new_key: &[Value],
+    outcome: &mut ApplyOutcome,
+) -> Result<Vec<RowChange>> {
+    let mut edits = Vec::new();
+    let ([old_value], [new_value]) = (old_key, new_key) else {
+        return Ok(edits); // declared single-column foreign keys only (`TableInfo::parents`)
+    };
+    for (child_name, column) in &table.referenced_by {
+        let Some(child) = ctx.schema.tables.get(child_name) else {
+            continue;
+        };
+        for child_key in keys_referencing(tx, child, column, old_value)? {
+            let state = rows::read(tx, &child.name, &pk_key(&child_key))?;
+            if state.is_some_and(|s| s.column_version(column).node != ctx.node_id) {
+                continue;
+            }
+            let filter = crate::capture::triggers::key_filter(&child.pk);
+            let sql = format!(
+                "UPDATE {} SET {} = ?{} WHERE {filter}",
+                quote(&child.name),
+                quote(column),
+                child.pk.len() + 1
+            );
+            let mut bound: Vec<&Value> = child_key.iter().collect();
+            bound.push(new_value);
+            tx.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute(params_from_iter(bound)))
+                .ctx("pointing a row at its parent's new key")?;
+            outcome
+                .follow_ups
+                .push((child.name.clone(), OP_UPDATE, child_key));
+        }
+        for entry in parked::waiting(tx, Some(child_name), usize::MAX)? {
+            let points_here = entry
+                .change
+                .columns
+                .iter()
+                .any(|(name, value)| name == column && value == old_value);
+            let written_here = entry
+                .column_versions
+                .iter()
+                .find(|(name, _)| name == column)
+                .map_or(entry.origin == ctx.node_id, |(_, v)| v.node == ctx.node_id);
+            if entry.publish || entry.change.op != Op::Insert || !points_here || !written_here {
+                continue;
+            }
+            let edit = RowChange {
+                op: Op::Update,
+                hlc: clock.tick(wall_millis()),
+                seen: None,
+                columns: vec![(column.clone(), new_value.clone())],
+                ..entry.change.clone()
+            };
+            parked::fold_update(tx, &edit, ctx.node_id)?;
+            edits.push(edit);
+        }
+    }
+    Ok(edits)
 }
 
 /// Moves this node's row off `key` to a fresh one, with the rows that reference it by a declared foreign

@@ -24,8 +24,12 @@ pub fn key_filter(pk: &[String]) -> String {
 }
 
 /// The commit time a trigger records, in Unix milliseconds: SQLite's `'now'` is fixed for one statement,
-/// and `julianday` exists on every SQLite an app may link (`unixepoch('subsec')` needs 3.42).
-pub const COMMIT_MILLIS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+/// and `julianday` exists on every SQLite an app may link (`unixepoch('subsec')` needs 3.42). SQLite keeps
+/// 'now' in whole milliseconds, but the conversion through days is off by a few hundredths of a millisecond
+/// either way: truncating made half the commit times one millisecond early, before the clock history entry
+/// of the apply transaction the app had already seen (`clock::ClockHistory::floor_at`). Rounding is exact.
+pub const COMMIT_MILLIS: &str =
+    "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
 pub struct Trigger {
     pub name: String,

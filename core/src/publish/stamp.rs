@@ -190,6 +190,22 @@ fn stamp_rows(
         per_shard[shard as usize].push(change);
     }
 
+    let queued = queue(tx, settings, per_shard)?;
+    meta::save_clock(tx, clock)?;
+    Ok(Stamped {
+        outbox: queued,
+        events,
+        log_entries: 0,
+        tables,
+    })
+}
+
+/// Packs changes, already sorted by shard, into outbox messages.
+fn queue(
+    tx: &Transaction<'_>,
+    settings: &StampSettings,
+    per_shard: Vec<Vec<RowChange>>,
+) -> Result<Vec<OutboxEntry>> {
     let mut queued = Vec::new();
     for (shard, changes) in per_shard.into_iter().enumerate() {
         for batch in split_by_size(changes, settings.max_message_bytes) {
@@ -209,13 +225,27 @@ fn stamp_rows(
             });
         }
     }
+    Ok(queued)
+}
+
+/// Queues changes the library made to rows of this node that are not in their tables: rows waiting whole
+/// (parked) that move to a fresh key, or whose reference to a moved row follows it. The stamper cannot
+/// see them (it compares tables with states), so the applier builds them, stamped by `clock` after
+/// everything so far; every other node then holds the same waiting rows.
+pub fn queue_changes(
+    tx: &Transaction<'_>,
+    clock: &Clock,
+    settings: &StampSettings,
+    changes: Vec<RowChange>,
+) -> Result<Vec<OutboxEntry>> {
+    let mut per_shard: Vec<Vec<RowChange>> = vec![Vec::new(); settings.shards.max(1) as usize];
+    for change in changes {
+        let shard = shard_of(&change.table, &pk_key(&change.pk), settings.shards);
+        per_shard[shard as usize].push(change);
+    }
+    let queued = queue(tx, settings, per_shard)?;
     meta::save_clock(tx, clock)?;
-    Ok(Stamped {
-        outbox: queued,
-        events,
-        log_entries: 0,
-        tables,
-    })
+    Ok(queued)
 }
 
 /// Announces tables this node dropped (ADR 0016): each is stamped after everything this node wrote (the
@@ -376,9 +406,12 @@ fn diff(
                     .zip(hashes.iter().copied()),
             );
             // A key created again after a delete continues its lineage (`born` stays; see apply::merge).
+            // A key reserved for a lineage that waits here (causal length 0: nothing of it applied yet)
+            // is free in the table, and SQLite may hand it to the app's next insert: that row is a new
+            // lineage, which the rule of the earliest creation then settles like any key collision.
             let (cl, born, born_hash) = match &stored {
-                Some(dead) => (dead.cl + 1, dead.born, dead.born_hash),
-                None => (1, version, born_hash),
+                Some(dead) if dead.cl > 0 => (dead.cl + 1, dead.born, dead.born_hash),
+                _ => (1, version, born_hash),
             };
             let mut state = RowState {
                 cl,
