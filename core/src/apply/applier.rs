@@ -2004,7 +2004,19 @@ fn park_row_whole(
         columns,
     };
     execute_row_sql(tx, &table.sql.delete_row, key.iter()).ctx("moving a row aside")?;
-    rows::remove(tx, &table.name, &pk_key(key))?;
+    // The key stays known as the waiting row's (causal length 0: nothing of it here now, as on the nodes
+    // that park it on arrival). Without it, a change of another lineage under the key (an edit of a row
+    // its creator moved off it) would be taken for a fresh row, and the app's next insert there for the
+    // waiting row.
+    let reserved = RowState {
+        cl: 0,
+        born: state.born,
+        born_hash: state.born_hash,
+        life: state.life,
+        last: state.last,
+        columns: Vec::new(),
+    };
+    rows::write(tx, &table.name, &pk_key(key), &reserved)?;
     parked::park_whole(
         tx,
         newest.node,

@@ -132,6 +132,10 @@ fn row_changes(
         pk: pk.clone(),
         columns,
     };
+    if state.cl == 0 {
+        // A key kept for a row that waits (parked): nothing of it was applied, nothing to carry.
+        return Ok(Vec::new());
+    }
     if !state.exists() {
         return Ok(vec![(
             state.last.node,
