@@ -13,6 +13,10 @@
 //! callgrind_annotate --inclusive=yes /tmp/cost.out | grep phase_
 //! ```
 //!
+//! `--stamp-every N` stamps after every N rows (as a live stamper does), which shows the fixed cost
+//! of a stamp transaction; `--messages-per-batch` sets the messages per apply transaction. The WAL
+//! bytes each node wrote are printed too (checkpoints off): the write I/O that instructions miss.
+//!
 //! The same harness, adapted to the older API, measured d790278 (before the column merge): see
 //! BENCHMARKS.md, "W3 and W4 after the column merge".
 
@@ -36,6 +40,8 @@ struct Args {
     rows: i64,
     tx_rows: i64,
     messages_per_batch: usize,
+    /// Stamp after every this many rows (0: once, after all of them), as a live stamper does.
+    stamp_every: i64,
 }
 
 fn args() -> Args {
@@ -43,6 +49,7 @@ fn args() -> Args {
         rows: 20_000,
         tx_rows: 100,
         messages_per_batch: 1,
+        stamp_every: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -51,6 +58,7 @@ fn args() -> Args {
             "--rows" => out.rows = value(),
             "--tx-rows" => out.tx_rows = value().max(1),
             "--messages-per-batch" => out.messages_per_batch = value().max(1) as usize,
+            "--stamp-every" => out.stamp_every = value().max(0),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -104,8 +112,9 @@ fn app_connection(db: &Path) -> Connection {
 }
 
 #[inline(never)]
-fn phase_app_insert(app: &mut Connection, rows: i64, tx_rows: i64) {
-    let mut id = 0;
+fn phase_app_insert(app: &mut Connection, start: i64, rows: i64, tx_rows: i64) {
+    let mut id = start;
+    let rows = start + rows;
     while id < rows {
         let tx = app.transaction().expect("begin");
         for row in id..(id + tx_rows).min(rows) {
@@ -221,17 +230,30 @@ fn main() {
         nodes.next().expect("node B");
 
     let wal_a0 = wal_bytes(dir.path(), 1);
-    phase_app_insert(&mut a_app, args.rows, args.tx_rows);
-    let wal_a1 = wal_bytes(dir.path(), 1);
     let a_history = ClockHistory::new(a_clock.last());
     let a_settings = StampSettings::from_config(&a_config, a_id, a_instance);
-    let published = phase_stamp(
-        &mut a_engine,
-        &a_schema,
-        &mut a_clock,
-        &a_history,
-        &a_settings,
-    );
+    let chunk = if args.stamp_every > 0 {
+        args.stamp_every
+    } else {
+        args.rows
+    };
+    let mut published = Vec::new();
+    let mut stamps = 0usize;
+    let mut start = 0;
+    while start < args.rows {
+        let rows = chunk.min(args.rows - start);
+        phase_app_insert(&mut a_app, start, rows, args.tx_rows);
+        published.extend(phase_stamp(
+            &mut a_engine,
+            &a_schema,
+            &mut a_clock,
+            &a_history,
+            &a_settings,
+        ));
+        stamps += 1;
+        start += rows;
+    }
+    println!("stamp calls {stamps}");
     let wal_a2 = wal_bytes(dir.path(), 1);
     let wal_b0 = wal_bytes(dir.path(), 2);
     let messages: Vec<Incoming> = published
@@ -263,9 +285,8 @@ fn main() {
     let wal_b1 = wal_bytes(dir.path(), 2);
     let per_row = |bytes: u64| bytes as f64 / args.rows.max(1) as f64;
     println!(
-        "WAL bytes per row: app insert {:.0}, stamp {:.0}, apply {:.0}",
-        per_row(wal_a1 - wal_a0),
-        per_row(wal_a2 - wal_a1),
+        "WAL bytes per row: app insert and stamp {:.0}, apply {:.0}",
+        per_row(wal_a2 - wal_a0),
         per_row(wal_b1 - wal_b0)
     );
     let count: i64 = b_app

@@ -1090,7 +1090,8 @@ fn write_change(
     savepoint(tx, "hl_write")?;
     // A fresh row is almost never here (a new key, or one whose last life was deleted): insert it at
     // once, and only when that does not insert exactly one row (the key holds a row its state does not
-    // know, or the table refuses it) undo and take the full path, which decides exactly as before.
+    // know, or the table refuses it) undo and take the full path, which decides exactly as before. (A key
+    // declared `ON CONFLICT REPLACE` has SQLite replace the row in the insert: the same row results.)
     let first = if fresh {
         insert_row(tx, table, change, write).and_then(|()| match tx.changes() {
             1 => Ok(()),
