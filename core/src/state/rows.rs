@@ -209,8 +209,8 @@ const LAST: u8 = 0xff;
 ///
 /// All little-endian. The compact layout exists because this blob was most of each row's state (it is
 /// written for every change, stamped or applied): after an insert every column holds the insert's version,
-/// which is also `last`, so it then costs one byte per column instead of sixteen (state entries about 40 %
-/// smaller, fewer B-tree pages to write per change).
+/// which is also `last`, so it then costs one byte per column instead of sixteen (the bench table's blob
+/// 119 → 58 bytes, 20 % fewer WAL bytes per stamped or applied row).
 fn encode_columns(columns: &[ColumnState], last: Version) -> Vec<u8> {
     let mut versions: Vec<Version> = Vec::new();
     let mut compact = columns.len() < u16::MAX as usize;
