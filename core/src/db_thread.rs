@@ -1012,21 +1012,15 @@ impl DbWorker {
     }
 
     fn apply(&mut self, messages: &[Incoming]) -> Result<ApplyOutcome> {
-        // One decoding pass, nothing kept (a catch-up run decodes to tens of MB): whose messages these are,
-        // and the newest clock among them.
-        let mut own_only = true;
-        let mut newest_received = 0u64;
-        for message in messages {
-            match decode(&message.payload) {
-                Ok(batch) => {
-                    own_only &=
-                        self.publisher().judge(batch.node_id, message.published_by) == Origin::Own;
-                    let newest = batch.changes.iter().map(|c| c.hlc).max().unwrap_or(0);
-                    newest_received = newest_received.max(newest);
-                }
-                Err(_) => own_only = false,
-            }
-        }
+        // Whether these are all this node's own messages, decoding nothing kept (a catch-up run decodes to
+        // tens of MB). The first message of another node settles it: the applier decodes every message
+        // again anyway, and decoding the rest here cost a node applying others' messages a second full
+        // decode of each (about a sixth of its instructions per row).
+        let me = self.publisher();
+        let own_only = messages.iter().all(|message| {
+            decode(&message.payload)
+                .is_ok_and(|batch| me.judge(batch.node_id, message.published_by) == Origin::Own)
+        });
         if own_only {
             return self.skip_own_messages(messages);
         }

@@ -47,7 +47,12 @@ impl From<rusqlite::types::ValueRef<'_>> for Value {
             ValueRef::Real(f) => Value::Real(f),
             // SQLite may hold invalid UTF-8 in TEXT; keep it lossless by carrying the bytes as a blob-less
             // text only when valid, else replace (never panic on disk content).
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            // `from_utf8` first: its check is much faster than the lossy decoder's, which only the
+            // (rare) invalid text needs; the result is the same.
+            ValueRef::Text(t) => Value::Text(match std::str::from_utf8(t) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(t).into_owned(),
+            }),
             ValueRef::Blob(b) => Value::Blob(b.to_vec()),
         }
     }

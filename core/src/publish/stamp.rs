@@ -76,6 +76,8 @@ pub struct Stamped {
 struct PendingRow {
     table: String,
     pk: Vec<Value>,
+    /// `pk_key(&pk)`, computed once (the log read needs it to coalesce entries).
+    pk_bytes: Vec<u8>,
     /// Newest commit time among the row's entries (None: logged by an older library).
     committed_at: Option<i64>,
     /// A delete was logged: if the row is there now, it was created again (a new life, not an update).
@@ -118,6 +120,7 @@ pub fn stamp_now(
         .map(|(table, pk)| PendingRow {
             table: table.clone(),
             pk: pk.clone(),
+            pk_bytes: pk_key(pk),
             committed_at: None,
             deleted: false,
         })
@@ -137,11 +140,11 @@ fn stamp_rows(
     let mut per_shard: Vec<Vec<RowChange>> = vec![Vec::new(); settings.shards.max(1) as usize];
     let mut events = Vec::with_capacity(rows.len());
     let mut tables: Vec<String> = Vec::new();
-    for pending in rows {
+    for mut pending in rows {
         let Some(info) = schema.tables.get(&pending.table) else {
             continue;
         };
-        let pk_bytes = pk_key(&pending.pk);
+        let pk_bytes = std::mem::take(&mut pending.pk_bytes);
         if pending.pk.contains(&Value::Null) {
             // The triggers refuse NULL keys; an entry with one predates that (or came from a backfill).
             error!(table = %info.name, "a row whose primary key holds NULL cannot be replicated; it stays on this node");
@@ -341,13 +344,14 @@ fn read_log(tx: &Transaction<'_>, schema: &Schema, max_changes: u32) -> Result<L
             let value: ValueRef<'_> = row.get_ref(4 + slot).ctx("reading the change log")?;
             pk.push(Value::from(value));
         }
-        let key = (table_id, pk_key(&pk));
-        match index.entry(key) {
+        let pk_bytes = pk_key(&pk);
+        match index.entry((table_id, pk_bytes.clone())) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(rows.len());
                 rows.push(PendingRow {
                     table: info.name.clone(),
                     pk,
+                    pk_bytes,
                     committed_at,
                     deleted,
                 });

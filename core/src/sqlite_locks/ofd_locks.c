@@ -154,6 +154,13 @@ static void collect_deleted(void) {
  * work whichever connection locks first) at the inode's first lock. -1 with errno set on failure. */
 static int lock_fd_for(int fd) {
   struct stat st;
+  /* A descriptor the copy opened through this file has its inode recorded: SQLite locks several times per
+   * transaction, and an fstat() for each lock was most of the shim's cost on a busy writer. */
+  struct tracked_fd *known = find_fd(fd);
+  if (known != NULL && !known->kept) {
+    struct lock_owner *owner = find_owner(known->dev, known->ino);
+    if (owner != NULL) return owner->lock_fd;
+  }
   if (fstat(fd, &st) != 0) return -1;
   struct lock_owner *owner = find_owner(st.st_dev, st.st_ino);
   if (owner != NULL) return owner->lock_fd;
