@@ -809,31 +809,34 @@ fn cases() -> u32 {
         .unwrap_or(200)
 }
 
-/// The sample with UNIQUE names is fixed in CI: random samples of that generator still find a failing case
-/// about once in 300 (see ADR 0011's limits). `HARMONYLITE_PROPERTY_RANDOM=1` draws a new sample
-/// (`scripts/merge-property.sh`). Cases found are kept as the named regression tests below, not in a
-/// regressions file (a saved seed of one generator replays as an unrelated case of the other).
-const FIXED_SAMPLE_SEED: u64 = 0x4861_726d_6f6e_794c;
-
-fn config(fixed_sample: bool) -> ProptestConfig {
-    let random = std::env::var("HARMONYLITE_PROPERTY_RANDOM").is_ok_and(|v| v == "1");
+/// Every run draws new samples of both generators, from a seed it prints (shown when a case fails);
+/// `HARMONYLITE_PROPERTY_SEED=N` replays one. Cases found are kept as the named regression tests below, not
+/// in a regressions file (a saved seed of one generator replays as an unrelated case of the other).
+fn config() -> ProptestConfig {
+    let seed = std::env::var("HARMONYLITE_PROPERTY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            now ^ (u64::from(std::process::id()) << 32)
+        });
+    eprintln!("merge property: seed {seed} (HARMONYLITE_PROPERTY_SEED={seed} replays this sample)");
     ProptestConfig {
         cases: cases(),
         max_shrink_iters: 200,
         failure_persistence: None,
-        rng_seed: if fixed_sample && !random {
-            proptest::test_runner::RngSeed::Fixed(FIXED_SAMPLE_SEED)
-        } else {
-            proptest::test_runner::RngSeed::Random
-        },
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         ..ProptestConfig::default()
     }
 }
 
 proptest! {
-    #![proptest_config(config(false))]
+    #![proptest_config(config())]
 
-    /// A new random sample on every run, without UNIQUE names.
+    /// Without UNIQUE names.
     #[test]
     fn replicas_converge_and_keep_every_committed_row(steps in proptest::collection::vec(step(false), 10..70)) {
         run(&steps)?;
@@ -841,7 +844,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(true))]
+    #![proptest_config(config())]
 
     /// Key collisions, UNIQUE names, children and schema skew together.
     #[test]
