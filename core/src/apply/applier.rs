@@ -1836,27 +1836,7 @@ fn follow_moved_row(
         let Some(child) = ctx.schema.tables.get(child_name) else {
             continue;
         };
-        for child_key in keys_referencing(tx, child, column, old_value)? {
-            let state = rows::read(tx, &child.name, &pk_key(&child_key))?;
-            if state.is_some_and(|s| s.column_version(column).node != ctx.node_id) {
-                continue;
-            }
-            let filter = crate::capture::triggers::key_filter(&child.pk);
-            let sql = format!(
-                "UPDATE {} SET {} = ?{} WHERE {filter}",
-                quote(&child.name),
-                quote(column),
-                child.pk.len() + 1
-            );
-            let mut bound: Vec<&Value> = child_key.iter().collect();
-            bound.push(new_value);
-            tx.prepare_cached(&sql)
-                .and_then(|mut stmt| stmt.execute(params_from_iter(bound)))
-                .ctx("pointing a row at its parent's new key")?;
-            outcome
-                .follow_ups
-                .push((child.name.clone(), OP_UPDATE, child_key));
-        }
+        point_children_at(tx, ctx, child, column, old_value, new_value, outcome)?;
         for entry in parked::waiting(tx, Some(child_name), usize::MAX)? {
             let points_here = entry
                 .change
@@ -1920,32 +1900,45 @@ fn move_row(
         let Some(child) = ctx.schema.tables.get(child_name) else {
             continue;
         };
-        for child_key in keys_referencing(tx, child, column, &key[0])? {
-            // Only references this node wrote point at its own row; one received from elsewhere points at
-            // the row that keeps the key.
-            let state = rows::read(tx, &child.name, &pk_key(&child_key))?;
-            let written_here = state.is_none_or(|s| s.column_version(column).node == ctx.node_id);
-            if !written_here {
-                continue;
-            }
-            let filter = crate::capture::triggers::key_filter(&child.pk);
-            let sql = format!(
-                "UPDATE {} SET {} = ?{} WHERE {filter}",
-                quote(&child.name),
-                quote(column),
-                child.pk.len() + 1
-            );
-            let mut bound: Vec<&Value> = child_key.iter().collect();
-            bound.push(&new_key[0]);
-            tx.prepare_cached(&sql)
-                .and_then(|mut stmt| stmt.execute(params_from_iter(bound)))
-                .ctx("pointing a row at its parent's new key")?;
-            outcome
-                .follow_ups
-                .push((child.name.clone(), OP_UPDATE, child_key));
-        }
+        point_children_at(tx, ctx, child, column, &key[0], &new_key[0], outcome)?;
     }
     Ok(new_key)
+}
+
+/// Points the rows of `child` whose `column` holds `old_value` and was written on this node at `new_value`
+/// (the row they point at moved there), and logs them for the stamper. A reference received from elsewhere
+/// points at the row that keeps the key, and stays.
+fn point_children_at(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    child: &TableInfo,
+    column: &str,
+    old_value: &Value,
+    new_value: &Value,
+    outcome: &mut ApplyOutcome,
+) -> Result<()> {
+    for child_key in keys_referencing(tx, child, column, old_value)? {
+        let state = rows::read(tx, &child.name, &pk_key(&child_key))?;
+        if state.is_some_and(|s| s.column_version(column).node != ctx.node_id) {
+            continue;
+        }
+        let filter = crate::capture::triggers::key_filter(&child.pk);
+        let sql = format!(
+            "UPDATE {} SET {} = ?{} WHERE {filter}",
+            quote(&child.name),
+            quote(column),
+            child.pk.len() + 1
+        );
+        let mut bound: Vec<&Value> = child_key.iter().collect();
+        bound.push(new_value);
+        tx.prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.execute(params_from_iter(bound)))
+            .ctx("pointing a row at its parent's new key")?;
+        outcome
+            .follow_ups
+            .push((child.name.clone(), OP_UPDATE, child_key));
+    }
+    Ok(())
 }
 
 /// Keys of the rows of `child` whose `column` holds `value` (a declared foreign key to another row's key).
