@@ -95,6 +95,7 @@ pub struct Config {
     pub apply: ApplyConfig,
     pub snapshot: SnapshotConfig,
     pub divergence_check: DivergenceCheckConfig,
+    pub signing: SigningConfig,
     pub prometheus: PrometheusConfig,
     pub health_check: HealthCheckConfig,
     pub logging: LoggingConfig,
@@ -334,6 +335,106 @@ impl Default for DivergenceCheckConfig {
     }
 }
 
+/// Signed messages (docs/security.md): with a key, this node signs every message it publishes and applies
+/// only messages signed with a key it holds. Every node of a cluster needs the same key.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The cluster key, at least 32 characters (a random one: `openssl rand -hex 32`). Empty: no signing.
+    pub key: String,
+    /// A file holding the cluster key (trailing whitespace ignored), instead of `key`.
+    pub key_file: String,
+    /// Keys still accepted (not used to sign) while a new `key` is rolled out to every node.
+    pub previous_keys: Vec<String>,
+    /// Also apply unsigned messages: only while signing is being rolled out to the nodes of a running
+    /// cluster. Messages signed with an unknown key are refused even then.
+    pub accept_unsigned: bool,
+}
+
+/// Keys are never printed: a config can end up in a log.
+impl std::fmt::Debug for SigningConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |key: &str| if key.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("SigningConfig")
+            .field("key", &set(&self.key))
+            .field("key_file", &self.key_file)
+            .field("previous_keys", &self.previous_keys.len())
+            .field("accept_unsigned", &self.accept_unsigned)
+            .finish()
+    }
+}
+
+/// The shortest cluster key accepted.
+pub const MIN_CLUSTER_KEY_LEN: usize = 32;
+
+impl SigningConfig {
+    /// The keys, read (from `key_file` too) and checked; None when signing is off. The error names the key
+    /// or the file.
+    pub fn keys(&self) -> Result<Option<crate::log::signing::ClusterKeys>> {
+        let key = match (self.key.is_empty(), self.key_file.is_empty()) {
+            (true, true) => {
+                if !self.previous_keys.is_empty() || self.accept_unsigned {
+                    return Err(Error::config(
+                        "signing.key",
+                        "required when signing.previous_keys or signing.accept_unsigned is set",
+                    ));
+                }
+                return Ok(None);
+            }
+            (false, false) => {
+                return Err(Error::config(
+                    "signing.key_file",
+                    "set either signing.key or signing.key_file, not both",
+                ))
+            }
+            (false, true) => self.key.clone(),
+            (true, false) => std::fs::read_to_string(&self.key_file)
+                .map_err(|err| {
+                    Error::config(
+                        "signing.key_file",
+                        format!("cannot read the cluster key from {}: {err}", self.key_file),
+                    )
+                })?
+                .trim_end()
+                .to_string(),
+        };
+        let named = if self.key_file.is_empty() {
+            "signing.key".to_string()
+        } else {
+            format!("signing.key_file ({})", self.key_file)
+        };
+        if key.len() < MIN_CLUSTER_KEY_LEN {
+            return Err(Error::config(
+                "signing.key",
+                format!(
+                    "the cluster key in {named} has {} characters: at least {MIN_CLUSTER_KEY_LEN} \
+                     (e.g. `openssl rand -hex 32`)",
+                    key.len()
+                ),
+            ));
+        }
+        if let Some(short) = self
+            .previous_keys
+            .iter()
+            .position(|previous| previous.len() < MIN_CLUSTER_KEY_LEN)
+        {
+            return Err(Error::config(
+                "signing.previous_keys",
+                format!(
+                    "key {} has fewer than {MIN_CLUSTER_KEY_LEN} characters",
+                    short + 1
+                ),
+            ));
+        }
+        let previous: Vec<&[u8]> = self.previous_keys.iter().map(|k| k.as_bytes()).collect();
+        Ok(Some(crate::log::signing::ClusterKeys::new(
+            key.as_bytes(),
+            &previous,
+            self.accept_unsigned,
+        )))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrometheusConfig {
@@ -378,6 +479,7 @@ impl Default for Config {
             apply: ApplyConfig::default(),
             snapshot: SnapshotConfig::default(),
             divergence_check: DivergenceCheckConfig::default(),
+            signing: SigningConfig::default(),
             prometheus: PrometheusConfig::default(),
             health_check: HealthCheckConfig::default(),
             logging: LoggingConfig::default(),
@@ -700,6 +802,7 @@ impl Config {
                 ),
             ));
         }
+        self.signing.keys()?;
         if !["console", "json"].contains(&self.logging.format.as_str()) {
             return Err(Error::config(
                 "logging.format",

@@ -482,6 +482,8 @@ pub(crate) async fn start(
     let positions_for_consumers = db_handle_positions;
     let progress_for_consumers = config.publish.then(|| progress_tx.clone());
 
+    // Validated at open (config.validate): reading the key file again can only fail if it changed since.
+    let keys = config.signing.keys()?;
     let publisher = if config.publish {
         let publisher = Publisher {
             js: js.clone(),
@@ -491,6 +493,7 @@ pub(crate) async fn start(
             counters: counters.clone(),
             progress: progress_tx,
             health: health.clone(),
+            keys: keys.clone(),
         };
         Some(tokio::spawn(publisher.run(
             opened.pending_outbox,
@@ -524,6 +527,7 @@ pub(crate) async fn start(
                 busy_timeout: Duration::from_millis(config.apply.busy_timeout_ms),
                 positions: positions_for_consumers.clone(),
                 progress: progress_for_consumers.clone(),
+                keys: keys.clone(),
             };
             consumers.push(tokio::spawn(
                 consumer.run(ready_rx.clone(), shutdown_rx.clone()),

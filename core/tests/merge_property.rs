@@ -277,6 +277,7 @@ impl Replica {
                 seq: i as u64 + 1,
                 payload: payload.clone().into(),
                 published_by: PublishedBy::from_message_id(msg_id),
+                refused: None,
             })
             .collect();
         if messages.is_empty() {

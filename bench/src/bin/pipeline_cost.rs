@@ -264,6 +264,7 @@ fn main() {
             seq: i as u64 + 1,
             payload: payload.clone().into(),
             published_by: PublishedBy::from_message_id(msg_id),
+            refused: None,
         })
         .collect();
     let b_history = ClockHistory::new(b_clock.last());

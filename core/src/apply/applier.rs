@@ -39,6 +39,8 @@ pub struct Incoming {
     pub payload: bytes::Bytes,
     /// The publisher its message id names (None: no id, or not one of ours).
     pub published_by: Option<crate::log::PublishedBy>,
+    /// Why the message may not be applied (its signature, `[signing]`): it goes to the dead letters whole.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -167,13 +169,17 @@ pub fn apply_messages(
         if message.seq <= position {
             continue; // Redelivery of something this transaction or an earlier one already applied.
         }
-        match decode(&message.payload) {
-            Err(err) => {
-                warn!(shard = message.shard, seq = message.seq, error = %err, "malformed message parked on the dead-letter subject");
-                crate::state::record_dead_letter(tx, message.shard, message.seq, &err.to_string())?;
+        let decoded = match &message.refused {
+            Some(reason) => Err(reason.clone()),
+            None => decode(&message.payload).map_err(|err| err.to_string()),
+        };
+        match decoded {
+            Err(reason) => {
+                warn!(shard = message.shard, seq = message.seq, error = %reason, "message refused, parked on the dead-letter subject");
+                crate::state::record_dead_letter(tx, message.shard, message.seq, &reason)?;
                 outcome
                     .dead_letters
-                    .push((message.shard, message.seq, err.to_string()));
+                    .push((message.shard, message.seq, reason));
             }
             Ok(batch) => {
                 let me = crate::log::Publisher {

@@ -63,6 +63,8 @@ pub(crate) struct ShardConsumer {
     /// The publisher's acknowledged sequences (None when this node does not publish): after a stream was
     /// recreated, the old stream's sequences must not stand in read-your-writes tokens.
     pub progress: Option<watch::Sender<PublishProgress>>,
+    /// The cluster keys (`[signing]`): when set, a message not signed with one of them is refused.
+    pub keys: Option<crate::log::signing::ClusterKeys>,
 }
 
 async fn ask<T>(
@@ -418,16 +420,31 @@ impl ShardConsumer {
                     );
                 }
                 next_expected = next_expected.max(seq + 1);
-                let published_by = message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-                    .and_then(|id| PublishedBy::from_message_id(id.as_str()));
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(name))
+                        .map(|value| value.as_str())
+                };
+                let message_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref());
+                let published_by = message_id.and_then(PublishedBy::from_message_id);
+                // Checked before anything is decoded: a refused message never reaches a table.
+                let refused = self.keys.as_ref().and_then(|keys| {
+                    keys.verify(
+                        message_id.unwrap_or_default(),
+                        &message.payload,
+                        header(crate::log::signing::SIGNATURE_HEADER),
+                    )
+                    .err()
+                    .map(|err| err.to_string())
+                });
                 incoming.push(Incoming {
                     shard: self.shard,
                     seq,
                     payload: message.payload.clone(),
                     published_by,
+                    refused,
                 });
             }
             let last_applied = incoming.last().map(|m| m.seq);

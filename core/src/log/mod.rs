@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod publisher;
 pub mod record;
+pub mod signing;
 
 pub use codec::{decode, encode, DecodeError};
 pub use publisher::{Origin, PublishedBy, Publisher};

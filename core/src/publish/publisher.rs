@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::OutboxEntry;
 use crate::db_thread::Command;
 use crate::engine::Counters;
+use crate::log::signing::{ClusterKeys, SIGNATURE_HEADER};
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::Names;
 
@@ -43,6 +44,8 @@ pub(crate) struct Publisher {
     pub progress: watch::Sender<PublishProgress>,
     /// Told when a publish finds no stream for its subject (the stream keeper then checks and recreates).
     pub health: Arc<StreamHealth>,
+    /// The cluster key (`[signing]`): when set, every message is signed.
+    pub keys: Option<ClusterKeys>,
 }
 
 type Inflight = std::pin::Pin<
@@ -201,9 +204,15 @@ impl Publisher {
         &self,
         entry: &OutboxEntry,
     ) -> Result<PublishAckFuture, (PublishErrorKind, String)> {
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .payload(entry.payload.clone())
             .message_id(&entry.msg_id);
+        if let Some(keys) = &self.keys {
+            message = message.header(
+                SIGNATURE_HEADER,
+                keys.sign(&entry.msg_id, &entry.payload).as_str(),
+            );
+        }
         self.js
             .send_publish(self.names.subject(entry.shard), message)
             .await

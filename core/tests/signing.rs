@@ -1,0 +1,277 @@
+//! Signed messages (`[signing]`, docs/security.md): nodes that share the cluster key replicate as usual; a
+//! message that is unsigned, signed with another key, or altered is refused before it touches a table (kept on
+//! the dead-letter stream with its reason, counted in `status()`), and the stream goes on. During a rollout,
+//! `accept_unsigned` applies unsigned messages; during a key rotation, `previous_keys` verifies the old key.
+
+mod support;
+
+use async_nats::HeaderMap;
+use harmonylite::clock::Version;
+use harmonylite::log::signing::{ClusterKeys, SIGNATURE_HEADER};
+use harmonylite::log::{Batch, Op, RowChange, Value};
+use harmonylite::{Config, ErrorCode, Token};
+use support::*;
+
+const SCHEMA: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);";
+const KEY: &str = "0123456789abcdef0123456789abcdef-cluster";
+const OLD_KEY: &str = "fedcba9876543210fedcba9876543210-retired";
+
+fn signed(server: &NatsServer, node: u64, key: &str) -> Config {
+    let mut config = config_for(server, node);
+    config.signing.key = key.to_string();
+    config
+}
+
+fn insert(id: i64, body: &str, node: u64) -> RowChange {
+    let hlc = harmonylite::clock::wall_millis() << 16;
+    let born = Version { hlc, node };
+    RowChange {
+        table: "notes".into(),
+        op: Op::Insert,
+        hlc,
+        cl: 1,
+        born,
+        born_hash: hlc ^ id as u64,
+        life: born,
+        seen: None,
+        pk: vec![Value::Integer(id)],
+        columns: vec![
+            ("id".to_string(), Value::Integer(id)),
+            ("body".to_string(), Value::Text(body.into())),
+        ],
+    }
+}
+
+/// Publishes one batch of `node`'s changes with a message id and, if given, a signature header; returns the
+/// token that covers it.
+async fn publish(
+    server: &NatsServer,
+    node: u64,
+    changes: Vec<RowChange>,
+    signature: impl FnOnce(&str, &[u8]) -> Option<String>,
+) -> Token {
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let payload = harmonylite::log::encode(&Batch::of_changes(node, changes), true);
+    let id = format!("{node}-{}-1-forged", rand_id());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    if let Some(value) = signature(&id, &payload) {
+        headers.insert(SIGNATURE_HEADER, value.as_str());
+    }
+    let ack = js
+        .publish_with_headers("harmonylite-change-log.0", headers, payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let mut token = Token::default();
+    token.positions.insert(0, ack.sequence);
+    token
+}
+
+/// Unique per message: JetStream drops a second message with the same id.
+fn rand_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn bodies(node: &Node) -> Vec<String> {
+    // `dump` prefixes each value with its type (`t` for text).
+    node.dump("notes")
+        .into_iter()
+        .map(|row| row[1][1..].to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_messages_signed_with_the_cluster_key_are_applied() {
+    init_logging();
+    let server = NatsServer::start();
+    let a = Node::start(signed(&server, 1, KEY), SCHEMA).await;
+    let b = Node::start(signed(&server, 2, KEY), SCHEMA).await;
+    a.exec("INSERT INTO notes VALUES (1, 'from a')");
+    b.exec("INSERT INTO notes VALUES (2, 'from b')");
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["notes"]);
+    assert_eq!(bodies(&a), ["from a", "from b"]);
+
+    // Forged: unsigned, signed with another key, signed but altered in transit, signed under another id.
+    let mut token = Token::default();
+    let other = ClusterKeys::new(b"the key of some other cluster, not ours", &[], false);
+    let ours = ClusterKeys::new(KEY.as_bytes(), &[], false);
+    token.merge(&publish(&server, 9, vec![insert(10, "unsigned", 9)], |_, _| None).await);
+    token.merge(
+        &publish(&server, 9, vec![insert(11, "other key", 9)], |id, p| {
+            Some(other.sign(id, p))
+        })
+        .await,
+    );
+    token.merge(
+        &publish(&server, 9, vec![insert(12, "altered", 9)], |id, _| {
+            Some(ours.sign(id, b"the payload that was signed"))
+        })
+        .await,
+    );
+    token.merge(
+        &publish(&server, 9, vec![insert(13, "replayed id", 9)], |_, p| {
+            Some(ours.sign("another-message-id", p))
+        })
+        .await,
+    );
+    // And one signed with the cluster key: applied, after the refused ones.
+    token.merge(
+        &publish(&server, 9, vec![insert(14, "signed", 9)], |id, p| {
+            Some(ours.sign(id, p))
+        })
+        .await,
+    );
+    a.exec("INSERT INTO notes VALUES (3, 'after the forgeries')");
+    token.merge(&a.sync().await);
+    for node in [&a, &b] {
+        node.replica()
+            .wait_for(&token, WAIT)
+            .await
+            .expect("the stream goes on past refused messages");
+    }
+    assert_same(&[&a, &b], &["notes"]);
+    assert_eq!(
+        bodies(&b),
+        ["from a", "from b", "after the forgeries", "signed"]
+    );
+    for node in [&a, &b] {
+        let status = node.replica().status().await.expect("status");
+        assert_eq!(status.dead_lettered, 4, "the four forged messages");
+    }
+    // Kept whole on the dead-letter stream, with the reason.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let dead = js
+        .get_stream("harmonylite-changes-dead-letter")
+        .await
+        .expect("dead-letter stream");
+    let mut reasons = Vec::new();
+    let mut seq = 1;
+    while let Ok(message) = dead.get_raw_message(seq).await {
+        reasons.push(
+            message
+                .headers
+                .get("HarmonyLite-Reason")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
+        seq += 1;
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unsigned message refused")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("does not match")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_signing_out_and_rotating_the_key_lose_nothing() {
+    init_logging();
+    let server = NatsServer::start();
+    // Step 1 of a rollout: b has the key and still accepts unsigned messages; a has no key yet.
+    let mut a = Node::start(config_for(&server, 1), SCHEMA).await;
+    let mut rollout = signed(&server, 2, OLD_KEY);
+    rollout.signing.accept_unsigned = true;
+    let mut b = Node::start(rollout, SCHEMA).await;
+    a.exec("INSERT INTO notes VALUES (1, 'unsigned, during the rollout')");
+    b.exec("INSERT INTO notes VALUES (2, 'signed by b')");
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["notes"]);
+
+    // A rotation: a now signs with the new key; b signs with the old one and accepts the new one.
+    a.close().await;
+    a.config = signed(&server, 1, KEY);
+    a.config.signing.previous_keys = vec![OLD_KEY.to_string()];
+    a.open().await;
+    b.close().await;
+    b.config = signed(&server, 2, OLD_KEY);
+    b.config.signing.previous_keys = vec![KEY.to_string()];
+    b.open().await;
+    a.exec("INSERT INTO notes VALUES (3, 'new key')");
+    b.exec("INSERT INTO notes VALUES (4, 'old key')");
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["notes"]);
+    assert_eq!(a.dump("notes").len(), 4);
+    for node in [&a, &b] {
+        let status = node.replica().status().await.expect("status");
+        assert_eq!(status.dead_lettered, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signing_config_names_the_key_or_the_file() {
+    init_logging();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("app.db");
+    app_connection(&db).execute_batch(SCHEMA).expect("schema");
+    let cases: Vec<(Config, &str, &str)> = vec![
+        (
+            Config {
+                signing: harmonylite::config::SigningConfig {
+                    key: "short".into(),
+                    ..Default::default()
+                },
+                ..Config::default()
+            },
+            "signing.key",
+            "at least 32",
+        ),
+        (
+            Config {
+                signing: harmonylite::config::SigningConfig {
+                    key_file: dir.path().join("missing.key").display().to_string(),
+                    ..Default::default()
+                },
+                ..Config::default()
+            },
+            "signing.key_file",
+            "missing.key",
+        ),
+        (
+            Config {
+                signing: harmonylite::config::SigningConfig {
+                    accept_unsigned: true,
+                    ..Default::default()
+                },
+                ..Config::default()
+            },
+            "signing.key",
+            "required",
+        ),
+    ];
+    for (config, key, words) in cases {
+        let err = match harmonylite::open_replicated(&db, config).await {
+            Ok(_) => panic!("a config with a bad {key} was accepted"),
+            Err(err) => err,
+        };
+        assert_eq!(err.code(), ErrorCode::Config, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(key) && text.contains(words), "{text}");
+    }
+    // A key file works like the key, trailing newline and all: validation passes.
+    let file = dir.path().join("cluster.key");
+    std::fs::write(&file, format!("{KEY}\n")).expect("key file");
+    let config = Config {
+        signing: harmonylite::config::SigningConfig {
+            key_file: file.display().to_string(),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    config.validate().expect("a key file of 40 characters");
+    // The key is never printed.
+    let mut config = Config::default();
+    config.signing.key = KEY.to_string();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(KEY), "{shown}");
+}
