@@ -58,6 +58,13 @@ pub(crate) enum Command {
         shard: u32,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// After broker data loss: `shard`'s stored position becomes `seq` (the start of the stream the server
+    /// holds now). What waits in memory is written first, so no own-message position overwrites the reset.
+    ResetPosition {
+        shard: u32,
+        seq: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Status {
         reply: oneshot::Sender<Result<DbStatus>>,
     },
@@ -550,6 +557,9 @@ impl DbWorker {
                     None => positions::read(&self.conn, shard),
                 };
                 let _ = reply.send(result);
+            }
+            Command::ResetPosition { shard, seq, reply } => {
+                let _ = reply.send(self.reset_position(shard, seq));
             }
             Command::Conflicts {
                 after,
@@ -1141,6 +1151,20 @@ impl DbWorker {
             // de-duplicated by message id) and own messages received again.
             Err(err) => warn!(error = %err, "could not delete acknowledged outbox entries yet"),
         }
+    }
+
+    fn reset_position(&mut self, shard: u32, seq: u64) -> Result<()> {
+        self.store_deferred_writes();
+        let tx = begin_write(
+            &self.conn,
+            self.busy_limit(),
+            "resetting the stream position",
+        )?;
+        positions::store(&tx, shard, seq)?;
+        tx.commit().ctx("resetting the stream position")?;
+        // An own-message position that could not be written above must not overwrite the reset later.
+        self.unsaved_positions.remove(&shard);
+        Ok(())
     }
 
     fn reject(&mut self, entry: OutboxEntry, reason: &str) {

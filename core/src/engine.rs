@@ -523,8 +523,6 @@ pub(crate) async fn start(
                     crate::apply::consumer::MAX_PULL_BYTES,
                 ),
                 health: health.clone(),
-                db_path: db.clone(),
-                busy_timeout: Duration::from_millis(config.apply.busy_timeout_ms),
                 positions: positions_for_consumers.clone(),
                 progress: progress_for_consumers.clone(),
                 keys: keys.clone(),

@@ -10,7 +10,6 @@
 #![deny(clippy::unchecked_time_subtraction)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::applier::{ApplyOutcome, Incoming};
 use crate::db_thread::Command;
 use crate::engine::Counters;
-use crate::error::{Error, Result, SqlContext};
+use crate::error::{Error, Result};
 use crate::log::PublishedBy;
 use crate::publish::publisher::PublishProgress;
 use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
@@ -55,9 +54,6 @@ pub(crate) struct ShardConsumer {
     /// Bytes per pull; halved at each restart (usually a cut connection), grown back after healthy batches.
     pub pull_bytes: std::sync::atomic::AtomicUsize,
     pub health: Arc<StreamHealth>,
-    /// The database file, for resetting the stored position after broker data loss.
-    pub db_path: PathBuf,
-    pub busy_timeout: Duration,
     /// Announces applied positions (a reset one too) to `wait_for`.
     pub positions: watch::Sender<BTreeMap<u32, u64>>,
     /// The publisher's acknowledged sequences (None when this node does not publish): after a stream was
@@ -232,16 +228,12 @@ impl ShardConsumer {
              stream the server holds now. Rows that only the lost messages carried stay missing on nodes that had \
              not applied them until they are published again"
         );
-        // Own-message positions waiting in memory are stored first, so none of them overwrites the reset.
-        let (reply, stored) = oneshot::channel();
-        self.db
-            .send(Command::StoreDeferred { reply })
-            .map_err(|_| Error::Closed)?;
-        stored.await.map_err(|_| Error::Closed)?;
-        let (db, busy) = (self.db_path.clone(), self.busy_timeout);
-        tokio::task::spawn_blocking(move || store_position_directly(&db, shard, 0, busy))
-            .await
-            .map_err(|err| Error::Internal(format!("resetting the stream position: {err}")))??;
+        ask(&self.db, |reply| Command::ResetPosition {
+            shard,
+            seq: 0,
+            reply,
+        })
+        .await?;
         let now = ask(&self.db, |reply| Command::Position { shard, reply }).await?;
         if now != 0 {
             return Err(Error::Internal(format!(
@@ -535,22 +527,4 @@ impl ShardConsumer {
             }
         }
     }
-}
-
-/// Stores `seq` as `shard`'s position from a connection of its own, in one write transaction.
-/// INTEGRATION: this belongs to the database thread (a `Command::ResetPosition` calling
-/// `state::positions::store` and clearing its in-memory position); until then the caller first flushes the
-/// thread's in-memory positions (`Command::StoreDeferred`) and checks the result through `Command::Position`.
-fn store_position_directly(
-    db: &std::path::Path,
-    shard: u32,
-    seq: u64,
-    busy: Duration,
-) -> Result<()> {
-    let mut conn = crate::db_thread::open_connection(db, busy)?;
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .ctx("resetting the stream position")?;
-    crate::state::positions::store(&tx, shard, seq)?;
-    tx.commit().ctx("resetting the stream position")
 }

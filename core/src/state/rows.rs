@@ -150,7 +150,9 @@ pub fn restore_column_versions(
     write(conn, table, pk, &state)
 }
 
-/// Every key of a table that has state, with it (for the divergence checksum and full re-publication).
+/// Every key of a table that has state, with it (for full re-publication after broker data loss or a
+/// divergence). The state is keyed by (pk, tbl) for the per-change lookups, so this scans the states of
+/// every table: fine for that rare repair, not for a hot path.
 pub fn for_table(conn: &Connection, table: &str) -> Result<Vec<(Vec<u8>, RowState)>> {
     conn.prepare(
         "SELECT pk, cl, born_hlc, born_node, born_hash, hlc, node, cols, life_hlc, life_node
