@@ -220,9 +220,8 @@ fn rekey_row_state(conn: &Connection) -> Result<()> {
          ALTER TABLE __harmonylite__rows_rekeyed RENAME TO __harmonylite__rows;
          RELEASE hl_rekey;"
     ))
-    .map_err(|err| {
+    .inspect_err(|_| {
         let _ = conn.execute_batch("ROLLBACK TO hl_rekey; RELEASE hl_rekey;");
-        err
     })
     .ctx("re-keying the row state (state format 3)")?;
     info!("row state re-keyed by (pk, tbl)");
