@@ -27,6 +27,7 @@ mod launcher;
 mod monitor;
 mod plan;
 mod supervisor;
+mod user_config;
 
 pub use binary::{check_configured_binary, resolve_binary, NATS_SERVER_ENV};
 pub use error::{Error, Result};

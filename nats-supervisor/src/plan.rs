@@ -9,11 +9,16 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::files::Files;
 use crate::supervisor::EmbeddedOptions;
+use crate::user_config::top_level_keys;
 
 /// Largest `max_payload` nats-server accepts (its `max_pending` default is 64 MiB).
 const MAX_MAX_PAYLOAD: u32 = 64 * 1024 * 1024;
 const DNS_DEFAULT_INTERVAL_MS: u64 = 5_000;
 const DNS_MIN_INTERVAL_MS: u64 = 100;
+/// nats-server's keys for the (plain) monitoring listener: `http` sets host and port, the others the
+/// port only (the host is then the client listen host).
+const MONITOR_KEYS: [&str; 3] = ["http", "http_port", "monitor_port"];
+const HTTPS_KEYS: [&str; 2] = ["https", "https_port"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listen {
@@ -305,6 +310,8 @@ pub(crate) struct Plan {
     pub(crate) leafs: Vec<LeafRemote>,
     /// `include` lines, relative to the store folder (users' files, after the generated settings).
     pub(crate) includes: Vec<String>,
+    /// An included file sets the monitoring listener: the generated `http` line is left out.
+    pub(crate) user_monitor: bool,
     pub(crate) max_payload: u32,
 }
 
@@ -366,6 +373,7 @@ impl Plan {
             dns,
             leafs,
             includes: Vec::new(),
+            user_monitor: false,
             max_payload: opts.max_payload,
         })
     }
@@ -383,6 +391,20 @@ impl Plan {
             )
         })?;
         path_str(Path::new(&relative), FIELD)?;
+        let text = std::fs::read_to_string(&absolute)
+            .map_err(|e| Error::config(FIELD, format!("{}: {e}", user.display())))?;
+        let keys = top_level_keys(&text, absolute.parent().unwrap_or(Path::new("/")));
+        if let Some(key) = HTTPS_KEYS.iter().find(|k| keys.contains(**k)) {
+            return Err(Error::config(
+                FIELD,
+                format!(
+                    "{} sets `{key}`: the monitoring endpoint must be plain http, since readiness \
+                     is checked over it; use `http: host:port` or `monitor_port` instead",
+                    user.display()
+                ),
+            ));
+        }
+        self.user_monitor |= MONITOR_KEYS.iter().any(|k| keys.contains(*k));
         self.includes.push(relative);
         Ok(())
     }
@@ -454,7 +476,11 @@ impl Plan {
             let _ = writeln!(c, "server_name: {}", q(&self.server_name));
         }
         let _ = writeln!(c, "listen: {}", q(&self.client.render(self.client_port)));
-        let _ = writeln!(c, "http: \"127.0.0.1:-1\"");
+        // nats-server applies `http` and `http_port`/`monitor_port` in random order (they are
+        // different keys of one map), so a user's monitor setting only wins when ours is absent.
+        if !self.user_monitor {
+            let _ = writeln!(c, "http: \"127.0.0.1:-1\"");
+        }
         let _ = writeln!(c, "max_payload: {}", self.max_payload);
         let _ = writeln!(c, "ports_file_dir: {}", q(dir));
         let _ = writeln!(
@@ -593,5 +619,46 @@ mod tests {
         assert!(!plan.apply_dns(0, &[]));
         assert!(plan.apply_dns(0, &[a("10.9.9.2:6222")]));
         assert_eq!(plan.routes(), vec!["nats://10.9.9.2:6222"]);
+    }
+
+    #[test]
+    fn a_user_monitor_setting_replaces_the_generated_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).expect("mkdir");
+        let files = Files::new(store.canonicalize().expect("canonical"));
+        let render = |user: Option<&str>| {
+            let mut plan = Plan::from_options(&EmbeddedOptions::default()).expect("plan");
+            if let Some(text) = user {
+                let path = dir.path().join("user.conf");
+                std::fs::write(&path, text).expect("write");
+                plan.include_user_config(&files, &path)?;
+            }
+            plan.render(&files).map(|(text, _)| text)
+        };
+        let generated = render(None).expect("render");
+        assert!(
+            generated.contains("http: \"127.0.0.1:-1\"\n"),
+            "{generated}"
+        );
+        for user in [
+            "monitor_port: 8222",
+            "HTTP_PORT = 8222",
+            "http: 0.0.0.0:8222",
+        ] {
+            let text = render(Some(user)).expect("render");
+            assert!(!text.contains("http:"), "{user}: {text}");
+            assert!(text.ends_with("include \"../user.conf\"\n"), "{text}");
+        }
+        // Other keys, and a port set inside a block, leave the generated listener alone.
+        let text = render(Some("max_connections: 5\nwebsocket { port: 1 }\n")).expect("render");
+        assert!(text.contains("http: \"127.0.0.1:-1\""), "{text}");
+        match render(Some("https: 127.0.0.1:8443")) {
+            Err(Error::Config { field, reason }) => {
+                assert_eq!(field, "nats.server_config");
+                assert!(reason.contains("`https`"), "{reason}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 }
