@@ -1,12 +1,11 @@
-//! Real nats-server processes on loopback: one server, or a 3-server cluster with routes. Free ports are
-//! chosen at run time, readiness is `GET /healthz` == 200 (polled, never slept for), and every process is
-//! killed when its handle drops.
+//! Real nats-server processes on loopback: one server, or a cluster with routes, started through the
+//! project's launcher (`harmonylite-nats`): client and monitoring ports picked by nats-server itself,
+//! readiness polled (never slept for), and every process killed when its handle drops.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use harmonylite_nats::{EmbeddedOptions, NatsProcess, ProcessOptions};
 
 use crate::sys::{peak_rss_mb, Ctx, Res};
 
@@ -24,58 +23,29 @@ pub fn server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-pub fn free_port() -> Res<u16> {
-    TcpListener::bind("127.0.0.1:0")
+/// A route port, which the peers must know before the servers start.
+fn route_port() -> Res<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .ctx("finding a free port")
 }
 
-fn http_status_ok(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
-}
-
-/// Polls `check` with a growing pause until it holds or `limit` passes.
-pub fn poll_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Res<()> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    while !check() {
-        if started.elapsed() > limit {
-            return Err(format!("timed out after {limit:?} waiting for {what}"));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
 pub struct NatsServer {
     pub name: String,
-    pub port: u16,
-    pub monitor_port: u16,
-    child: Option<Child>,
-    log: PathBuf,
+    process: Option<NatsProcess>,
 }
 
 impl NatsServer {
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.process
+            .as_ref()
+            .map(NatsProcess::client_url)
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().and_then(NatsProcess::pid)
     }
 
     pub fn peak_rss_mb(&self) -> Option<f64> {
@@ -83,69 +53,50 @@ impl NatsServer {
     }
 
     fn spawn(name: &str, dir: &Path, cluster: Option<(u16, Vec<u16>)>) -> Res<NatsServer> {
-        std::fs::create_dir_all(dir).ctx("creating the nats-server folder")?;
-        let port = free_port()?;
-        let monitor_port = free_port()?;
-        let cluster_block = match cluster {
-            Some((listen, peers)) => format!(
-                "cluster {{\n  name: bench\n  listen: 127.0.0.1:{listen}\n  routes: [{}]\n}}\n",
+        let (cluster_addr, cluster_peers) = match cluster {
+            Some((listen, peers)) => (
+                format!("127.0.0.1:{listen}"),
                 peers
                     .iter()
                     .map(|p| format!("nats://127.0.0.1:{p}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                    .collect(),
             ),
-            None => String::new(),
+            None => (String::new(), Vec::new()),
         };
-        let config = dir.join("nats.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
-                 jetstream {{ store_dir: \"{}\" }}\n{cluster_block}",
-                dir.join("js").display()
-            ),
-        )
-        .ctx("writing the nats-server config")?;
-        let log = dir.join("nats.log");
-        let stderr = std::fs::File::create(&log).ctx("creating the nats-server log")?;
         let binary = server_binary();
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|err| {
-                format!(
-                    "cannot start nats-server ({}): {err}; run scripts/setup.sh or set HARMONYLITE_NATS_SERVER",
-                    binary.display()
-                )
-            })?;
+        let process = NatsProcess::start(&ProcessOptions {
+            server: EmbeddedOptions {
+                binary: Some(binary.clone()),
+                store_dir: dir.to_path_buf(),
+                server_name: name.to_string(),
+                cluster_name: "bench".into(),
+                cluster_addr,
+                cluster_peers,
+                ..EmbeddedOptions::default()
+            },
+            ready_timeout: READY_TIMEOUT,
+            ..ProcessOptions::default()
+        })
+        .map_err(|err| {
+            format!(
+                "cannot start nats-server {name} ({}): {err}; run scripts/setup.sh or set HARMONYLITE_NATS_SERVER",
+                binary.display()
+            )
+        })?;
         Ok(NatsServer {
             name: name.to_string(),
-            port,
-            monitor_port,
-            child: Some(child),
-            log,
+            process: Some(process),
         })
     }
 
+    /// Full `/healthz`: when clustered, a JetStream meta leader is elected too.
     fn wait_healthy(&mut self) -> Res<()> {
-        let port = self.monitor_port;
-        let outcome = poll_until(&format!("{} /healthz", self.name), READY_TIMEOUT, || {
-            http_status_ok(port, "/healthz")
-        });
-        if outcome.is_err() {
-            let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(10).collect();
-            return Err(format!(
-                "{}; log tail:\n{}",
-                outcome.err().unwrap_or_default(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ));
+        match self.process.as_mut() {
+            Some(process) => process
+                .wait_healthy(READY_TIMEOUT)
+                .map_err(|err| format!("{}: {err}", self.name)),
+            None => Err(format!("{} is not running", self.name)),
         }
-        Ok(())
     }
 
     pub fn single(dir: &Path) -> Res<NatsServer> {
@@ -154,10 +105,10 @@ impl NatsServer {
         Ok(server)
     }
 
-    /// Three servers routed to each other; returns once each one reports healthy (JetStream meta leader
+    /// Servers routed to each other; returns once each one reports healthy (JetStream meta leader
     /// elected, which `/healthz` checks when clustered).
     pub fn cluster(dir: &Path, size: usize) -> Res<Vec<NatsServer>> {
-        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect::<Res<_>>()?;
+        let routes: Vec<u16> = (0..size).map(|_| route_port()).collect::<Res<_>>()?;
         let mut servers = Vec::new();
         for i in 0..size {
             let peers = routes
@@ -179,9 +130,8 @@ impl NatsServer {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 }

@@ -399,6 +399,82 @@ async fn killed_server_is_restarted_on_the_same_client_port() {
     wait_for("the port to close", WAIT, || refuses_connections(&url)).await;
 }
 
+/// A listener on a port below the ephemeral range (where servers' `-1` ports and clients' local ports
+/// come from), held until the caller drops it just before the server that must use the port starts.
+fn hold_port() -> TcpListener {
+    for _ in 0..1000 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
+/// Issue: the generated `http: 127.0.0.1:-1` and a user's `monitor_port` were applied in random order
+/// (nats-server applies a config's keys in map order), so the monitor port changed from start to
+/// start. The included user config must win, on the first start and on every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_port_from_the_user_config_wins_across_restarts() {
+    init_tracing();
+    let dir = tempdir();
+    let user = dir.path().join("monitor.conf");
+    let mut attempt = 0;
+    let (server, port) = loop {
+        attempt += 1;
+        let held = hold_port();
+        let port = held.local_addr().expect("addr").port();
+        std::fs::write(&user, format!("monitor_port: {port}\n")).expect("write user config");
+        drop(held);
+        match EmbeddedServer::start(EmbeddedOptions {
+            server_config: Some(user.clone()),
+            ..options(dir.path(), "monitored")
+        })
+        .await
+        {
+            Ok(server) => break (server, port),
+            // Taken between the drop and nats-server's bind: another port.
+            Err(err) if attempt < 10 && err.to_string().contains("already in use") => continue,
+            Err(err) => panic!("embedded nats-server failed to start: {err}"),
+        }
+    };
+    let expected = format!("http://127.0.0.1:{port}");
+    let config = std::fs::read_to_string(server.config_path()).expect("config");
+    assert!(
+        !config.lines().any(|line| line.starts_with("http:")),
+        "the generated http listener is left out:\n{config}"
+    );
+    assert_eq!(server.monitor_url(), expected);
+    assert_eq!(
+        json(&server, "/varz").await["http_port"].as_u64(),
+        Some(u64::from(port))
+    );
+
+    for restart in 1..=2u64 {
+        let old = server.pid().expect("pid");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(old).expect("pid fits"))
+            .expect("non-zero pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
+        wait_for("the supervisor to restart nats-server", WAIT, || async {
+            server.restarts() >= restart && server.pid().is_some_and(|p| p != old)
+        })
+        .await;
+        // Healthy on the recorded monitoring port: the one from the new process's ports file, or
+        // (not yet read) the old one, which then must be the new process's too.
+        wait_for("the restarted server to be healthy", WAIT, || {
+            server.is_healthy()
+        })
+        .await;
+        assert_eq!(server.monitor_url(), expected, "after restart {restart}");
+        assert_eq!(
+            json(&server, "/varz").await["http_port"].as_u64(),
+            Some(u64::from(port)),
+            "after restart {restart}"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_form_a_cluster() {
     init_tracing();

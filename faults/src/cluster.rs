@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use harmonylite_nats::{EmbeddedOptions, NatsProcess, ProcessOptions, Readiness};
 use rusqlite::OpenFlags;
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -24,29 +25,54 @@ pub struct Binaries {
 
 /// A child process that can be killed, paused and resumed.
 pub struct Proc {
-    child: Option<Child>,
+    child: Option<Running>,
     paused: bool,
+}
+
+/// A harness subprocess, or a nats-server started through the project's launcher.
+enum Running {
+    Child(Child),
+    Nats(Box<NatsProcess>),
 }
 
 impl Proc {
     fn new(child: Child) -> Proc {
         Proc {
-            child: Some(child),
+            child: Some(Running::Child(child)),
+            paused: false,
+        }
+    }
+
+    fn nats(process: NatsProcess) -> Proc {
+        Proc {
+            child: Some(Running::Nats(Box::new(process))),
             paused: false,
         }
     }
 
     fn signal(&mut self, signal: Signal) {
-        if let Some(child) = &self.child {
-            let _ = kill_process(Pid::from_child(child), signal);
+        match &self.child {
+            Some(Running::Child(child)) => {
+                let _ = kill_process(Pid::from_child(child), signal);
+            }
+            Some(Running::Nats(process)) => match signal {
+                Signal::STOP => process.pause(),
+                Signal::CONT => process.resume(),
+                _ => {}
+            },
+            None => {}
         }
     }
 
     pub fn kill9(&mut self) {
         self.resume();
-        if let Some(mut child) = self.child.take() {
-            let _ = kill_process(Pid::from_child(&child), Signal::KILL);
-            let _ = child.wait();
+        match self.child.take() {
+            Some(Running::Child(mut child)) => {
+                let _ = kill_process(Pid::from_child(&child), Signal::KILL);
+                let _ = child.wait();
+            }
+            Some(Running::Nats(mut process)) => process.kill(),
+            None => {}
         }
     }
 
@@ -66,7 +92,8 @@ impl Proc {
 
     pub fn running(&mut self) -> bool {
         match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
+            Some(Running::Child(child)) => matches!(child.try_wait(), Ok(None)),
+            Some(Running::Nats(process)) => process.is_running(),
             None => false,
         }
     }
@@ -125,10 +152,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-fn log_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
 fn append_log(path: &Path) -> Result<std::fs::File, String> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -146,11 +169,9 @@ pub struct NatsNode {
 }
 
 impl NatsNode {
+    /// The JetStream store the launcher configures under the server's folder.
     pub fn store(&self) -> PathBuf {
-        self.dir.join("js")
-    }
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("nats.log")
+        self.dir.join("jetstream")
     }
 }
 
@@ -270,16 +291,9 @@ impl<'a> Cluster<'a> {
 
     pub fn start_nats(&mut self, i: usize) -> Result<(), String> {
         let node = &self.nats[i];
-        std::fs::create_dir_all(&node.dir).map_err(|e| e.to_string())?;
         let host = self.nats_host(i);
-        let mut config = format!(
-            "server_name: hlf-{}\nlisten: {host}:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n",
-            node.k,
-            node.client_port,
-            node.store().display()
-        );
-        if self.nats.len() > 1 {
-            let routes: Vec<String> = (0..self.nats.len())
+        let (cluster_addr, cluster_peers) = if self.nats.len() > 1 {
+            let routes = (0..self.nats.len())
                 .filter(|j| *j != i)
                 .map(|j| {
                     format!(
@@ -289,28 +303,35 @@ impl<'a> Cluster<'a> {
                     )
                 })
                 .collect();
-            config.push_str(&format!(
-                "cluster {{ name: hlf\n  listen: {host}:{}\n  routes: [{}]\n}}\n",
-                node.route_port,
-                routes.join(", ")
-            ));
-        }
-        let config_path = node.dir.join("nats.conf");
-        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        let log = node.log();
-        let from = log_len(&log);
-        let child = self
-            .net
-            .command(i + 1, &self.bins.nats_server)
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(append_log(&log)?)
-            .spawn()
-            .map_err(|e| format!("nats-server: {e}"))?;
-        self.nats[i].proc = Some(Proc::new(child));
-        wait_log(&log, from, "Server is ready", READY)
+            (format!("{host}:{}", node.route_port), routes)
+        } else {
+            (String::new(), Vec::new())
+        };
+        let process = NatsProcess::start(&ProcessOptions {
+            server: EmbeddedOptions {
+                binary: Some(self.bins.nats_server.clone()),
+                store_dir: node.dir.clone(),
+                bind_address: format!("{host}:{}", node.client_port),
+                server_name: format!("hlf-{}", node.k),
+                cluster_name: "hlf".into(),
+                cluster_addr,
+                cluster_peers,
+                ..EmbeddedOptions::default()
+            },
+            command_prefix: self.net.prefix(i + 1),
+            // In its own network namespace the server's loopback (its monitoring port) cannot be
+            // reached from here; the ports file, written once every listener is up, can.
+            readiness: if self.net.is_isolated() {
+                Readiness::PortsFile
+            } else {
+                Readiness::Monitor
+            },
+            ready_timeout: READY,
+            ..ProcessOptions::default()
+        })
+        .map_err(|e| format!("nats-server {}: {e}", node.k))?;
+        self.nats[i].proc = Some(Proc::nats(process));
+        Ok(())
     }
 
     pub fn kill_nats(&mut self, i: usize) {

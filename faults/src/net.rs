@@ -100,6 +100,17 @@ impl Net {
         }
     }
 
+    /// What [`Net::command`] puts before the program, as a prefix for launchers that build their own.
+    pub fn prefix(&self, k: usize) -> Vec<std::ffi::OsString> {
+        match self {
+            Net::Local => Vec::new(),
+            Net::Namespaces { prefix, .. } => ["ip", "netns", "exec", &format!("{prefix}-{k}")]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        }
+    }
+
     /// Cuts node `k` off from every other node (2/1 split for k = 3 of 3).
     pub fn partition(&self, k: usize) -> Result<(), String> {
         self.link(k, "down")

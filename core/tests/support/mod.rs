@@ -1,10 +1,8 @@
 //! Test harness: real nats-server processes, real SQLite files in per-test temp folders, no fixed sleeps.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harmonylite::{Config, Replica, Token};
@@ -77,28 +75,15 @@ pub async fn wait_until_async(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn http_ok(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
-}
-
-/// A real nats-server with JetStream, on free ports, its store in a temp folder. Stopped on drop.
+/// A real nats-server with JetStream, its store in a temp folder, started through the same launcher as
+/// everything else (`harmonylite-nats`). Stopped on drop.
 pub struct NatsServer {
+    /// The client port: the same for every restart, so replicas reconnect to it.
     pub port: u16,
+    /// The monitoring port of the current process (picked by nats-server on each start).
     pub monitor_port: u16,
     pub dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<harmonylite_nats::NatsProcess>,
     extra: String,
 }
 
@@ -112,13 +97,22 @@ impl NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let extra = extra(dir.path());
         let mut server = NatsServer {
-            port: free_port(),
-            monitor_port: free_port(),
+            port: 0,
+            monitor_port: 0,
             dir,
-            child: None,
+            process: None,
             extra,
         };
-        server.spawn();
+        // The port must be known before the first start (restarts reuse it). Another test may take a
+        // port between `free_port`'s check and the server's bind: then pick another one.
+        for attempt in 1.. {
+            server.port = free_port();
+            match server.try_spawn() {
+                Ok(()) => break,
+                Err(err) if err.is_port_in_use() && attempt < 10 => continue,
+                Err(err) => server.fail(err),
+            }
+        }
         server
     }
 
@@ -126,42 +120,49 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    fn try_spawn(&mut self) -> harmonylite_nats::Result<()> {
+        let mut process =
+            harmonylite_nats::NatsProcess::start(&harmonylite_nats::ProcessOptions {
+                server: harmonylite_nats::EmbeddedOptions {
+                    binary: Some(nats_server_binary()),
+                    store_dir: self.dir.path().join("nats"),
+                    bind_address: format!("127.0.0.1:{}", self.port),
+                    ..harmonylite_nats::EmbeddedOptions::default()
+                },
+                extra_config: self.extra.clone(),
+                ready_timeout: WAIT,
+                ..harmonylite_nats::ProcessOptions::default()
+            })?;
+        // Ready is "JetStream runs"; the tests want what they always waited for: a healthy server
+        // (its streams recovered after a restart).
+        process.wait_healthy(WAIT)?;
+        self.monitor_port = process.monitor_port().unwrap_or(0);
+        self.process = Some(process);
+        Ok(())
+    }
+
     fn spawn(&mut self) {
-        let config = self.dir.path().join("nats.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n{}\n",
-                self.port,
-                self.monitor_port,
-                self.dir.path().join("js").display(),
-                self.extra
-            ),
+        if let Err(err) = self.try_spawn() {
+            self.fail(err);
+        }
+    }
+
+    fn fail(&self, err: harmonylite_nats::Error) -> ! {
+        panic!(
+            "cannot start nats-server ({}): {err}; run scripts/setup.sh",
+            nats_server_binary().display()
         )
-        .expect("write nats config");
-        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
-        let child = Command::new(nats_server_binary())
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot start nats-server ({}): {err}; run scripts/setup.sh",
-                    nats_server_binary().display()
-                )
-            });
-        self.child = Some(child);
-        let port = self.monitor_port;
-        wait_until("nats-server /healthz", || http_ok(port, "/healthz"));
+    }
+
+    /// The JetStream store (under the server's folder).
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("nats").join("jetstream")
     }
 
     /// Kills the server (SIGKILL) and keeps its store for `restart`.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
@@ -174,7 +175,7 @@ impl NatsServer {
     /// Starts the server again on the same ports after deleting its JetStream store (a lost disk).
     pub fn restart_with_store_wiped(&mut self) {
         self.kill();
-        let store = self.dir.path().join("js");
+        let store = self.store();
         if store.exists() {
             std::fs::remove_dir_all(&store).expect("wipe the JetStream store");
         }
