@@ -245,10 +245,16 @@ impl NatsProcess {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
-    /// SIGSTOP: the process freezes, its sockets stay open (a hung server).
+    /// SIGSTOP: the process freezes, its sockets stay open (a hung server). Returns once the kernel
+    /// reports the process stopped (or after a few seconds): a signal is delivered asynchronously, and a
+    /// thread of the server still running for a moment could answer a request sent right after.
     pub fn pause(&self) {
         if self.child.is_some() {
             send_signal(self.pid, Sig::Stop);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !is_stopped(self.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
     }
 
@@ -355,4 +361,22 @@ fn wait_ready(
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`). Outside Linux, or when
+/// it cannot be read: true (the caller then only has the signal's own delivery to go by).
+fn is_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .map(|(_, rest)| rest.starts_with('T'))
+            })
+            .unwrap_or(true)
+    })
 }
