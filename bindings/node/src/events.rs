@@ -48,13 +48,23 @@ pub struct ChangeEvent {
 
 impl From<harmonylite::ChangeEvent> for ChangeEvent {
     fn from(event: harmonylite::ChangeEvent) -> ChangeEvent {
+        // Destructured without `..`: a field added to the core's event fails to compile here until this
+        // object has it (the binding records must not drift from the core's).
+        let harmonylite::ChangeEvent {
+            table,
+            op,
+            pk,
+            origin_node,
+            hlc,
+            local,
+        } = event;
         ChangeEvent {
-            table: event.table,
-            op: event.op.as_str().to_string(),
-            pk: event.pk.into_iter().map(sql_value).collect(),
-            origin_node: BigInt::from(event.origin_node),
-            hlc: BigInt::from(event.hlc),
-            local: event.local,
+            table,
+            op: op.as_str().to_string(),
+            pk: pk.into_iter().map(sql_value).collect(),
+            origin_node: BigInt::from(origin_node),
+            hlc: BigInt::from(hlc),
+            local,
         }
     }
 }

@@ -76,13 +76,23 @@ impl ChangeEvent {
 
     /// The fields as a dict.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        // Destructured without `..`: a field added to the core's event fails to compile here until the
+        // dict (and a getter above) has it (the binding records must not drift from the core's).
+        let CoreEvent {
+            table,
+            op,
+            pk: _,
+            origin_node,
+            hlc,
+            local,
+        } = &self.event;
         let dict = PyDict::new(py);
-        dict.set_item("table", self.table())?;
-        dict.set_item("op", self.op())?;
+        dict.set_item("table", table)?;
+        dict.set_item("op", op.as_str())?;
         dict.set_item("pk", self.pk(py)?)?;
-        dict.set_item("origin_node", self.event.origin_node)?;
-        dict.set_item("hlc", self.event.hlc)?;
-        dict.set_item("local", self.event.local)?;
+        dict.set_item("origin_node", origin_node)?;
+        dict.set_item("hlc", hlc)?;
+        dict.set_item("local", local)?;
         Ok(dict)
     }
 

@@ -65,13 +65,23 @@ pub struct ChangeEvent {
 
 impl From<harmonylite::ChangeEvent> for ChangeEvent {
     fn from(event: harmonylite::ChangeEvent) -> ChangeEvent {
+        // Destructured without `..`: a field added to the core's event fails to compile here until this
+        // record has it (the binding records must not drift from the core's).
+        let harmonylite::ChangeEvent {
+            table,
+            op,
+            pk,
+            origin_node,
+            hlc,
+            local,
+        } = event;
         ChangeEvent {
-            table: event.table,
-            op: event.op.into(),
-            pk: event.pk.into_iter().map(Value::from).collect(),
-            origin_node: event.origin_node,
-            hlc: event.hlc,
-            local: event.local,
+            table,
+            op: op.into(),
+            pk: pk.into_iter().map(Value::from).collect(),
+            origin_node,
+            hlc,
+            local,
         }
     }
 }
