@@ -8,10 +8,10 @@
 # line sums them all.
 #
 #   scripts/test.sh                      everything
-#   scripts/test.sh rust                 only the Rust workspace (also: python, node, swift, apps, bench, faults)
-#   scripts/test.sh install              the clean-room install suite (tests/install: the built packages
-#                                        installed with pip and npm on a Debian root that has only Python and
-#                                        Node); on demand until its own wheel build is measured within budget
+#   scripts/test.sh rust                 only the Rust workspace (also: python, node, swift, apps, install,
+#                                        bench, faults; install is the clean-room suite, tests/install: the
+#                                        built packages installed with pip and npm on a Debian root that has
+#                                        only Python and Node)
 #   HARMONYLITE_TEST_LANES=1 scripts/test.sh     one suite after another, output streamed
 #   HARMONYLITE_RUST_TEST_JOBS=N         Rust test binaries run at once (default 2)
 set -uo pipefail
@@ -25,7 +25,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(rust python node swift apps bench faults)
+# install runs after swift in the third lane, the shortest without it (about 220 s against 560 and 670 s,
+# warm): its wheel (maturin + zig, manylinux2014) and addon builds took 225 s after a core change.
+[ ${#suites[@]} -gt 0 ] || suites=(rust python node swift apps install bench faults)
 # Binding crates are linted and tested by their own scripts (Swift builds against the system SQLite).
 binding_crates=(--exclude harmonylite-python --exclude harmonylite-node --exclude harmonylite-swift --exclude uniffi-bindgen-swift)
 existing_excludes=()
