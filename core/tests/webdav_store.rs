@@ -212,7 +212,7 @@ async fn objects_round_trip_through_a_webdav_folder() -> harmonylite::Result<()>
         b"replaced"
     );
 
-    // Files: up and down, larger than one part.
+    // Files: up and down; larger than one part, so the body streams from the file.
     let dir = tempfile::tempdir().expect("a temp dir");
     let (source, dest) = (dir.path().join("source"), dir.path().join("dest"));
     let data = pattern((9 << 20) + 5, 7);
@@ -220,6 +220,16 @@ async fn objects_round_trip_through_a_webdav_folder() -> harmonylite::Result<()>
     store.put_file("snapshot-1.db.zst", &source).await?;
     assert!(store.get_file("snapshot-1.db.zst", &dest).await?);
     assert!(std::fs::read(&dest).expect("read") == data);
+    assert!(
+        std::fs::read_dir(&on_disk)
+            .expect("the store folder")
+            .all(|entry| !entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')),
+        "a temporary upload was left behind"
+    );
     let untouched = dir.path().join("untouched");
     assert!(!store.get_file("missing", &untouched).await?);
     assert!(!untouched.exists());

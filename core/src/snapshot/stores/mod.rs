@@ -64,6 +64,17 @@ pub trait StoreDetails: Send + Sync + 'static {
     fn create_container(&self) -> Option<BoxFuture<'_, Result<()>>> {
         None
     }
+    /// Uploads the local file `source` (`size` bytes) to `path` with its body streamed from the file,
+    /// for a backend without multipart uploads; `None` when it has no such way. The error is the
+    /// reason only; the caller names the object.
+    fn upload_file<'a>(
+        &'a self,
+        _path: &'a Path,
+        _source: &'a FsPath,
+        _size: u64,
+    ) -> Option<BoxFuture<'a, std::result::Result<(), String>>> {
+        None
+    }
 }
 
 /// How an upload of one object becomes visible atomically on this backend.
@@ -226,6 +237,34 @@ impl<D: StoreDetails> ObjectSnapshotStore<D> {
         .map_err(|err| UploadError::Other(Error::Snapshot(err.to_string())))
     }
 
+    /// Streams a file to a hidden temporary object, then copies it over `path` on the server; `None`
+    /// when the backend cannot stream an upload.
+    async fn stream_via_temporary(
+        &self,
+        path: &Path,
+        source: &FsPath,
+        size: u64,
+    ) -> Option<std::result::Result<(), UploadError>> {
+        let temp = match self.temporary(path) {
+            Ok(temp) => temp,
+            Err(err) => return Some(Err(err)),
+        };
+        // Announced before the first byte is read: a backend without the capability changes nothing.
+        let upload = self.details.upload_file(&temp, source, size)?;
+        let result = async {
+            // An empty object first: object_store creates the parent folders (MKCOL) on the way.
+            self.store.put(&temp, PutPayload::default()).await?;
+            upload
+                .await
+                .map_err(|why| UploadError::Other(Error::Snapshot(why)))?;
+            self.store.copy(&temp, path).await?;
+            Ok(())
+        }
+        .await;
+        let _ = self.store.delete(&temp).await;
+        Some(result)
+    }
+
     /// Streams the file at `source` into a multipart upload, one part at a time (two in flight).
     async fn put_parts(
         &self,
@@ -335,6 +374,9 @@ impl UploadError {
                 "{op} {}: reading {path}: {source}",
                 store.details.target(full)
             )),
+            UploadError::Other(Error::Snapshot(why)) => {
+                Error::Snapshot(format!("{op} {} failed: {why}", store.details.target(full)))
+            }
             UploadError::Other(err) => err,
         }
     }
@@ -370,8 +412,12 @@ impl<D: StoreDetails> SnapshotStore for ObjectSnapshotStore<D> {
                     .await
                     .map_err(|err| err.into_error(self, "PUT", &full));
             }
-            // One request: small files, and WebDAV, which has no multipart upload (its snapshot is
-            // held in memory while it goes up).
+            if self.visibility == Visibility::ViaTemporary && size > self.part_size as u64 {
+                if let Some(result) = self.stream_via_temporary(&path, source, size).await {
+                    return result.map_err(|err| err.into_error(self, "PUT", &full));
+                }
+            }
+            // One request: small files (or a backend with no streamed upload at all).
             let payload = self
                 .read_payload(source)
                 .await

@@ -121,6 +121,106 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// PUTs the file at `source` (`size` bytes) to `url`, read as it goes: object_store's payloads live in
+    /// memory, and a backend without multipart uploads (WebDAV) would otherwise hold a whole snapshot.
+    /// Not retried (the body is consumed); the caller's next save tries again.
+    pub(crate) async fn put_file(
+        &self,
+        url: &str,
+        source: &std::path::Path,
+        size: u64,
+    ) -> std::result::Result<(), String> {
+        let service = &self.service;
+        let file = tokio::fs::File::open(source)
+            .await
+            .map_err(|err| format!("reading {}: {err}", source.display()))?;
+        let body = FileBody {
+            file,
+            buffer: vec![0; 1 << 20],
+            remaining: size,
+        };
+        let mut request = service
+            .client
+            .put(url)
+            .header(http::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap(body));
+        if let Some((user, password)) = &service.basic_auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let limit =
+            service.request_timeout + Duration::from_secs(size / service.min_upload_bytes_per_sec);
+        let response = tokio::time::timeout(limit, request.send())
+            .await
+            .map_err(|_| format!("no response within {} ms (timed out)", limit.as_millis()))?
+            .map_err(|err| super::error_chain(&err.without_url()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = tokio::time::timeout(service.request_timeout, response.text())
+            .await
+            .ok()
+            .and_then(|text| text.ok())
+            .unwrap_or_default();
+        let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        Err(format!(
+            "HTTP {}: {}",
+            status,
+            text.chars().take(300).collect::<String>()
+        ))
+    }
+}
+
+/// A request body read from a file in blocks; fails if the file ends before `remaining` bytes.
+struct FileBody {
+    file: tokio::fs::File,
+    buffer: Vec<u8>,
+    remaining: u64,
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = this
+            .buffer
+            .len()
+            .min(usize::try_from(this.remaining).unwrap_or(usize::MAX));
+        let mut read = tokio::io::ReadBuf::new(&mut this.buffer[..want]);
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut this.file), cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file became shorter while it was uploaded",
+                ))))
+            }
+            Poll::Ready(Ok(())) => {
+                this.remaining -= read.filled().len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(read.filled())))))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Some(Err(err))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
 impl HttpConnector for Connector {
     fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
         Ok(self.client())

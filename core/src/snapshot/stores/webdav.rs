@@ -6,15 +6,19 @@
 //!   are anonymous.
 //!
 //! A WebDAV server writes a PUT into the file as it arrives, so an upload goes to a hidden temporary name
-//! and is copied over the key on the server once complete. WebDAV has no multipart upload: a snapshot is
-//! held in memory while it goes up.
+//! and is copied over the key on the server (COPY) once complete. WebDAV has no multipart upload, and
+//! object_store's payloads live in memory, so a file larger than one part goes up as one PUT whose body
+//! is read from the file as it is sent (not retried: the next save tries again).
 
+use std::path::Path as FsPath;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use object_store::http::HttpBuilder;
+use object_store::path::Path;
 use percent_encoding::percent_decode_str;
 
-use super::transport::HttpOptions;
+use super::transport::{Connector, HttpOptions};
 use super::{error_chain, ObjectSnapshotStore, StoreDetails, Visibility};
 use crate::config::SnapshotWebdavConfig;
 use crate::error::{Error, Result};
@@ -28,6 +32,7 @@ pub struct WebDavDetails {
     /// The folder, empty or ending with `/`.
     folder: String,
     login: Option<String>,
+    connector: Connector,
 }
 
 impl StoreDetails for WebDavDetails {
@@ -49,6 +54,22 @@ impl StoreDetails for WebDavDetails {
             "no login was given: set snapshot.webdav.login/secret, or login= and secret= in the url"
                 .to_string()
         })
+    }
+
+    fn upload_file<'a>(
+        &'a self,
+        path: &'a Path,
+        source: &'a FsPath,
+        size: u64,
+    ) -> Option<BoxFuture<'a, std::result::Result<(), String>>> {
+        Some(Box::pin(async move {
+            // The same URL object_store would use for `path`: each segment percent-encoded.
+            let mut url = reqwest::Url::parse(&self.origin).map_err(|err| err.to_string())?;
+            url.path_segments_mut()
+                .map_err(|()| format!("{} cannot have a path", self.origin))?
+                .extend(path.parts().map(|part| part.as_ref().to_string()));
+            self.connector.put_file(url.as_str(), source, size).await
+        }))
     }
 }
 
@@ -159,10 +180,11 @@ impl WebDavStore {
         let target = parse(cfg)?;
         // The store is rooted at the server, the folder is the key prefix: object_store's listing
         // reports paths from the server root, whatever URL it was given.
+        let connector = options.connector(target.credentials.clone())?;
         let store = HttpBuilder::new()
             .with_url(&target.origin)
             .with_retry(options.retry_config())
-            .with_http_connector(options.connector(target.credentials.clone())?)
+            .with_http_connector(connector.clone())
             .build()
             .map_err(|err| {
                 Error::config(
@@ -174,6 +196,7 @@ impl WebDavStore {
             origin: target.origin,
             folder: target.folder.clone(),
             login: target.credentials.map(|(login, _)| login),
+            connector,
         };
         Ok(ObjectSnapshotStore::wrap(
             Arc::new(store),
