@@ -191,6 +191,9 @@ fn build(
         ));
     }
     let (credentials, credential_source) = resolve_credentials(cfg, &env)?;
+    if let Some(credentials) = &credentials {
+        check_printable(credentials, credential_source)?;
+    }
     let (scheme, authority, custom) = parse_endpoint(&cfg.endpoint, cfg.use_ssl, &region)?;
     // Virtual-hosted names need a DNS label (and a dot would break the TLS wildcard certificate).
     let dns_label = bucket
@@ -315,6 +318,35 @@ fn resolve_credentials(
         }
     }
     Ok((None, "anonymous"))
+}
+
+/// The access key and session token go into HTTP headers, where a control or non-ASCII character cannot go
+/// (and would make the signer panic): refuse them here, naming where they came from. The secret only feeds
+/// the HMAC, so anything goes there.
+fn check_printable(credentials: &AwsCredential, source: &str) -> Result<()> {
+    let fields = [("access_key", "AWS_ACCESS_KEY_ID", &credentials.key_id)];
+    let token = credentials
+        .token
+        .as_ref()
+        .map(|token| ("session_token", "AWS_SESSION_TOKEN", token));
+    for (key, var, value) in fields.into_iter().chain(token) {
+        if value
+            .chars()
+            .all(|c| c == ' ' || c == '\t' || c.is_ascii_graphic())
+        {
+            continue;
+        }
+        let field = match source {
+            "config" => format!("snapshot.s3.{key}"),
+            "env:MINIO_ACCESS_KEY" => "MINIO_ACCESS_KEY".to_string(),
+            _ => var.to_string(),
+        };
+        return Err(Error::config(
+            field,
+            "has a control or non-ASCII character, which cannot go into an HTTP header",
+        ));
+    }
+    Ok(())
 }
 
 /// `(scheme, authority, custom)` for the configured endpoint.
@@ -451,6 +483,21 @@ mod tests {
             build_with(&cfg("h:1"), &[]).expect("s").credential_source(),
             "anonymous"
         );
+        let mut bad = cfg("h:1");
+        bad.access_key = "k".into();
+        bad.secret = "any thing\u{7f}ü".into(); // only hashed: accepted as before
+        bad.session_token = "line\nbreak".into();
+        match build_with(&bad, &[]) {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "snapshot.s3.session_token"),
+            other => panic!("{other:?}"),
+        }
+        bad.session_token.clear();
+        build_with(&bad, &[]).expect("any secret");
+        let minio = [("MINIO_ACCESS_KEY", "c\u{1}"), ("MINIO_SECRET_KEY", "d")];
+        match build_with(&cfg("h:1"), &minio) {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "MINIO_ACCESS_KEY"),
+            other => panic!("{other:?}"),
+        }
         let mut half = cfg("h:1");
         half.access_key = "k".into();
         match build_with(&half, &env) {
