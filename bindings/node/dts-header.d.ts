@@ -120,7 +120,7 @@ export interface Config {
     enabled?: boolean
     interval?: number
     leaderTtl?: number
-    /** `'nats'`, `'dir'` or `'s3'`. */
+    /** `'nats'`, `'dir'`, `'s3'`, `'gcs'`, `'azure'` or `'webdav'`. */
     store?: string
     keep?: number
     nats?: { replicas?: number; bucket?: string }
@@ -136,6 +136,24 @@ export interface Config {
       forcePathStyle?: boolean
     }
     dir?: { path?: string }
+    gcs?: {
+      bucket?: string
+      path?: string
+      serviceAccountPath?: string
+      serviceAccountKey?: string
+      applicationCredentials?: string
+      endpoint?: string
+    }
+    azure?: {
+      account?: string
+      container?: string
+      path?: string
+      accessKey?: string
+      sasToken?: string
+      endpoint?: string
+      useEmulator?: boolean
+    }
+    webdav?: { url?: string; login?: string; secret?: string }
   }
   prometheus?: { enable?: boolean; bind?: string; namespace?: string; subsystem?: string }
   healthCheck?: { enable?: boolean; bind?: string; path?: string; detailed?: boolean }

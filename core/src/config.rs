@@ -270,8 +270,8 @@ pub struct SnapshotConfig {
     pub after_messages: u64,
     /// How long, in ms, one node keeps the right to upload (a lease in NATS KV); others skip meanwhile.
     pub leader_ttl: u64,
-    /// `nats`, `dir` or `s3`.
-    pub store: String,
+    /// Where snapshots are kept: `nats`, `dir`, `s3`, `gcs`, `azure` or `webdav`.
+    pub store: StoreKind,
     /// Snapshots kept in the store; older ones are deleted after a successful upload.
     pub keep: u32,
     /// How long `open_replicated` waits for NATS when this node needs a snapshot (ms).
@@ -279,6 +279,41 @@ pub struct SnapshotConfig {
     pub nats: SnapshotNatsConfig,
     pub s3: SnapshotS3Config,
     pub dir: SnapshotDirConfig,
+    pub gcs: SnapshotGcsConfig,
+    pub azure: SnapshotAzureConfig,
+    pub webdav: SnapshotWebdavConfig,
+}
+
+/// The snapshot store kinds (`snapshot.store`); each but `nats` is a file in `snapshot/stores/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The NATS JetStream object store of the cluster itself.
+    #[default]
+    Nats,
+    /// A local directory or shared mount.
+    Dir,
+    /// AWS S3 or an S3-compatible service.
+    S3,
+    /// Google Cloud Storage.
+    Gcs,
+    /// Azure Blob Storage.
+    Azure,
+    /// A WebDAV server.
+    Webdav,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Nats => "nats",
+            StoreKind::Dir => "dir",
+            StoreKind::S3 => "s3",
+            StoreKind::Gcs => "gcs",
+            StoreKind::Azure => "azure",
+            StoreKind::Webdav => "webdav",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -306,6 +341,53 @@ pub struct SnapshotS3Config {
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotDirConfig {
     pub path: String,
+}
+
+/// `[snapshot.gcs]`: a Google Cloud Storage bucket (see `snapshot::stores::gcs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotGcsConfig {
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    pub path: String,
+    /// A service-account JSON file.
+    pub service_account_path: String,
+    /// A service-account JSON document itself.
+    pub service_account_key: String,
+    /// An application-default-credentials file.
+    pub application_credentials: String,
+    /// Another server than Google's (an emulator).
+    pub endpoint: String,
+}
+
+/// `[snapshot.azure]`: an Azure Blob Storage container (see `snapshot::stores::azure`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotAzureConfig {
+    pub account: String,
+    pub container: String,
+    /// Key prefix inside the container.
+    pub path: String,
+    /// The storage account key.
+    pub access_key: String,
+    /// A shared access signature (query string), instead of the account key.
+    pub sas_token: String,
+    /// Another server than Azure's.
+    pub endpoint: String,
+    /// Use a local Azurite emulator.
+    pub use_emulator: bool,
+}
+
+/// `[snapshot.webdav]`: a WebDAV folder (see `snapshot::stores::webdav`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotWebdavConfig {
+    /// `http(s)://host[:port]/path`, optionally with HarmonyLite's `?dir=/x&login=u&secret=p`.
+    pub url: String,
+    /// HTTP basic authentication user (overrides `login=` in `url`).
+    pub login: String,
+    /// HTTP basic authentication password (overrides `secret=` in `url`).
+    pub secret: String,
 }
 
 /// The divergence check (ADR 0017): nodes exchange per-table checksums over core NATS and compare them
@@ -547,12 +629,15 @@ impl Default for SnapshotConfig {
             interval: 0,
             after_messages: 0,
             leader_ttl: 30_000,
-            store: "nats".into(),
+            store: StoreKind::Nats,
             keep: 3,
             restore_timeout: 30_000,
             nats: SnapshotNatsConfig::default(),
             s3: SnapshotS3Config::default(),
             dir: SnapshotDirConfig::default(),
+            gcs: SnapshotGcsConfig::default(),
+            azure: SnapshotAzureConfig::default(),
+            webdav: SnapshotWebdavConfig::default(),
         }
     }
 }
@@ -764,29 +849,21 @@ impl Config {
         if self.scan_max_changes == 0 {
             return Err(Error::config("scan_max_changes", "must be at least 1"));
         }
-        if !["nats", "dir", "s3"].contains(&self.snapshot.store.as_str()) {
-            return Err(Error::config(
-                "snapshot.store",
-                format!("`{}` is not one of nats, dir, s3", self.snapshot.store),
-            ));
-        }
-        if self.snapshot.store == "dir"
-            && self.snapshot.enabled
-            && self.snapshot.dir.path.is_empty()
-        {
-            return Err(Error::config(
-                "snapshot.dir.path",
-                "required when snapshot.store = \"dir\"",
-            ));
-        }
-        if self.snapshot.store == "s3"
-            && self.snapshot.enabled
-            && self.snapshot.s3.bucket.is_empty()
-        {
-            return Err(Error::config(
-                "snapshot.s3.bucket",
-                "required when snapshot.store = \"s3\"",
-            ));
+        let required = match self.snapshot.store {
+            StoreKind::Nats => None,
+            StoreKind::Dir => Some(("snapshot.dir.path", &self.snapshot.dir.path)),
+            StoreKind::S3 => Some(("snapshot.s3.bucket", &self.snapshot.s3.bucket)),
+            StoreKind::Gcs => Some(("snapshot.gcs.bucket", &self.snapshot.gcs.bucket)),
+            StoreKind::Azure => Some(("snapshot.azure.container", &self.snapshot.azure.container)),
+            StoreKind::Webdav => Some(("snapshot.webdav.url", &self.snapshot.webdav.url)),
+        };
+        if let Some((field, value)) = required {
+            if self.snapshot.enabled && value.trim().is_empty() {
+                return Err(Error::config(
+                    field,
+                    format!("required when snapshot.store = \"{}\"", self.snapshot.store),
+                ));
+            }
         }
         if self.snapshot.keep == 0 {
             return Err(Error::config("snapshot.keep", "must be at least 1"));
@@ -849,6 +926,34 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn snapshot_store_kinds_parse_and_unknown_ones_are_named() {
+        for kind in ["nats", "dir", "s3", "gcs", "azure", "webdav"] {
+            let text = format!(
+                "[snapshot]\nstore = \"{kind}\"\n[snapshot.dir]\npath = \"/x\"\n[snapshot.s3]\nbucket = \"b\"\n\
+                 [snapshot.gcs]\nbucket = \"b\"\n[snapshot.azure]\ncontainer = \"c\"\n\
+                 [snapshot.webdav]\nurl = \"http://h/x?dir=/y&login=u&secret=p\"\n"
+            );
+            let config = Config::from_toml_str(&text).expect(kind);
+            assert_eq!(config.snapshot.store.to_string(), kind);
+            let json = serde_json::to_string(&config).expect("json");
+            assert!(json.contains(&format!("\"store\":\"{kind}\"")), "{json}");
+        }
+        match Config::from_toml_str("[snapshot]\nstore = \"floppy\"\n") {
+            Err(Error::Config { field, reason }) => {
+                assert_eq!(field, "snapshot.store");
+                for kind in ["nats", "dir", "s3", "gcs", "azure", "webdav"] {
+                    assert!(reason.contains(kind), "{reason}");
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match Config::from_json_str(r#"{"snapshot": {"store": "webdav"}}"#) {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "snapshot.webdav.url"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

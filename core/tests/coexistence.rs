@@ -33,7 +33,7 @@ fn rounds() -> usize {
 }
 
 fn with_dir_store(mut config: Config, dir: &Path) -> Config {
-    config.snapshot.store = "dir".into();
+    config.snapshot.store = harmonylite::config::StoreKind::Dir;
     config.snapshot.dir.path = dir.display().to_string();
     config
 }

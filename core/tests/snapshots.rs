@@ -25,7 +25,7 @@ fn small_retention(server: &NatsServer, node_id: u64) -> Config {
 }
 
 fn with_dir_store(mut config: Config, dir: &Path) -> Config {
-    config.snapshot.store = "dir".into();
+    config.snapshot.store = harmonylite::config::StoreKind::Dir;
     config.snapshot.dir.path = dir.display().to_string();
     config
 }

@@ -3,9 +3,9 @@
 //! open when a node is new, corrupted or behind the stream's retention — keeping its unpublished changes.
 
 pub mod nats_store;
-pub mod s3;
 pub mod service;
 pub mod store;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -27,7 +27,8 @@ use crate::log::decode;
 use crate::publish::stamp::{stamp_pending, StampSettings};
 use crate::state::{meta, outbox, positions::read_all as read_positions};
 pub use nats_store::{Lease, NatsObjectStore};
-pub use store::{DirStore, SnapshotStore};
+pub use store::SnapshotStore;
+pub use stores::dir::DirStore;
 
 pub const FORMAT: u32 = 1;
 const PREFIX: &str = "snapshot-";

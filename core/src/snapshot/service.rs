@@ -14,7 +14,7 @@ use super::{
     build, fetch_newest_valid, install, local_need, peek_identity, upload, Lease, Manifest,
     NatsObjectStore, WorkFile,
 };
-use super::{DirStore, ProgressHandle, SnapshotProgress, SnapshotStore};
+use super::{ProgressHandle, SnapshotProgress, SnapshotStore};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::transport::Names;
@@ -65,23 +65,21 @@ impl SnapshotService {
             .store
             .get_or_try_init(|| async {
                 let snapshot = &self.config.snapshot;
-                let store: Arc<dyn SnapshotStore> = match snapshot.store.as_str() {
-                    "dir" => Arc::new(DirStore::new(&snapshot.dir.path)?),
-                    "s3" => Arc::new(super::s3::S3Store::from_config(&snapshot.s3)?),
-                    _ => {
-                        let bucket = if snapshot.nats.bucket.is_empty() {
-                            format!("{}-snapshots", self.names.stream_prefix)
-                        } else {
-                            snapshot.nats.bucket.clone()
-                        };
-                        let replicas = if snapshot.nats.replicas > 0 {
-                            snapshot.nats.replicas as usize
-                        } else {
-                            self.replicas
-                        };
-                        Arc::new(NatsObjectStore::open(&self.js, &bucket, replicas).await?)
-                    }
+                if let Some(store) = super::stores::open(snapshot)? {
+                    return Ok::<_, Error>(store);
+                }
+                let bucket = if snapshot.nats.bucket.is_empty() {
+                    format!("{}-snapshots", self.names.stream_prefix)
+                } else {
+                    snapshot.nats.bucket.clone()
                 };
+                let replicas = if snapshot.nats.replicas > 0 {
+                    snapshot.nats.replicas as usize
+                } else {
+                    self.replicas
+                };
+                let store: Arc<dyn SnapshotStore> =
+                    Arc::new(NatsObjectStore::open(&self.js, &bucket, replicas).await?);
                 Ok::<_, Error>(store)
             })
             .await?;

@@ -2,14 +2,15 @@
 //! atomic (object first, then its manifest, then the `latest` pointer) and keeps the last N.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// A snapshot store: NATS object store, a directory, or S3-compatible storage.
+/// A snapshot store: the NATS object store, or one of `snapshot::stores` (S3, GCS, Azure, WebDAV, a
+/// directory).
 pub trait SnapshotStore: Send + Sync {
     /// Human-readable location for logs and errors (`dir:/var/snapshots`, `s3://bucket/prefix`).
     fn describe(&self) -> String;
@@ -29,168 +30,4 @@ pub trait SnapshotStore: Send + Sync {
     fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
     /// Removes `key`; removing a missing key is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
-}
-
-/// A directory (local or a shared mount). Writes go to a temporary file renamed into place.
-pub struct DirStore {
-    root: PathBuf,
-}
-
-impl DirStore {
-    pub fn new(root: impl Into<PathBuf>) -> Result<DirStore> {
-        let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|err| Error::io(root.display(), err))?;
-        Ok(DirStore { root })
-    }
-
-    /// A temporary name in the store directory: a rename from it into place is atomic, and the leading dot
-    /// keeps it out of listings.
-    fn partial(&self, key: &str) -> PathBuf {
-        self.root.join(format!(
-            ".{key}.{}-{}.partial",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-    }
-
-    fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.is_empty() || key.contains('/') || key.contains('\\') || key.starts_with('.') {
-            return Err(Error::Snapshot(format!(
-                "invalid snapshot object key `{key}`"
-            )));
-        }
-        Ok(self.root.join(key))
-    }
-}
-
-impl DirStore {
-    /// Makes a fully written temporary file durable, then renames it to `path`: readers see the old object
-    /// or the whole new one.
-    async fn commit(&self, temp: &Path, path: &Path) -> Result<()> {
-        let file = tokio::fs::File::open(temp)
-            .await
-            .map_err(|err| Error::io(temp.display(), err))?;
-        file.sync_all()
-            .await
-            .map_err(|err| Error::io(temp.display(), err))?;
-        tokio::fs::rename(temp, path)
-            .await
-            .map_err(|err| Error::io(path.display(), err))
-    }
-}
-
-impl SnapshotStore for DirStore {
-    fn describe(&self) -> String {
-        format!("dir:{}", self.root.display())
-    }
-
-    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            let temp = self.partial(key);
-            let written = async {
-                tokio::fs::write(&temp, &bytes)
-                    .await
-                    .map_err(|err| Error::io(temp.display(), err))?;
-                self.commit(&temp, &path).await
-            };
-            let result = written.await;
-            if result.is_err() {
-                let _ = tokio::fs::remove_file(&temp).await;
-            }
-            result
-        })
-    }
-
-    fn put_file<'a>(&'a self, key: &'a str, source: &'a Path) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            let temp = self.partial(key);
-            let written = async {
-                // A kernel-side copy (copy_file_range where available): no file content in our memory.
-                tokio::fs::copy(source, &temp).await.map_err(|err| {
-                    Error::Snapshot(format!(
-                        "copying {} to {} in {}: {err}",
-                        source.display(),
-                        temp.display(),
-                        self.describe()
-                    ))
-                })?;
-                self.commit(&temp, &path).await
-            };
-            let result = written.await;
-            if result.is_err() {
-                let _ = tokio::fs::remove_file(&temp).await;
-            }
-            result
-        })
-    }
-
-    fn get_file<'a>(&'a self, key: &'a str, dest: &'a Path) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            match tokio::fs::copy(&path, dest).await {
-                Ok(_) => Ok(true),
-                // Only a missing source means "no object"; a copy error names both ends.
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    match tokio::fs::metadata(&path).await {
-                        Err(meta) if meta.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                        _ => Err(Error::Snapshot(format!(
-                            "copying {} to {}: {err}",
-                            path.display(),
-                            dest.display()
-                        ))),
-                    }
-                }
-                Err(err) => Err(Error::Snapshot(format!(
-                    "copying {} to {}: {err}",
-                    path.display(),
-                    dest.display()
-                ))),
-            }
-        })
-    }
-
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            match tokio::fs::read(&path).await {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(err) => Err(Error::io(path.display(), err)),
-            }
-        })
-    }
-
-    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let mut keys = Vec::new();
-            let mut entries = tokio::fs::read_dir(&self.root)
-                .await
-                .map_err(|err| Error::io(self.root.display(), err))?;
-            while let Some(entry) = entries
-                .next_entry()
-                .await
-                .map_err(|err| Error::io(self.root.display(), err))?
-            {
-                if let Some(name) = entry.file_name().to_str() {
-                    if name.starts_with(prefix) && !name.starts_with('.') {
-                        keys.push(name.to_string());
-                    }
-                }
-            }
-            Ok(keys)
-        })
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => Ok(()),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(err) => Err(Error::io(path.display(), err)),
-            }
-        })
-    }
 }
