@@ -107,6 +107,10 @@ export interface Config {
     include?: string[]
     /** Never replicate these tables. */
     exclude?: string[]
+    /** Per table: `'column'` (default: each column keeps its newest value) or `'row'` (whole-row LWW). */
+    merge?: Record<string, 'column' | 'row'>
+    /** Also replicate the migration tools' bookkeeping tables (django_migrations, …). Default false. */
+    replicateMigrationTables?: boolean
   }
   apply?: {
     /** Most row changes applied in one transaction. Default 1000. */
@@ -119,10 +123,14 @@ export interface Config {
   snapshot?: {
     enabled?: boolean
     interval?: number
+    /** Also snapshot after this many stream messages were applied since the last one (0 = off). */
+    afterMessages?: number
     leaderTtl?: number
     /** `'nats'`, `'dir'`, `'s3'`, `'gcs'`, `'azure'` or `'webdav'`. */
     store?: string
     keep?: number
+    /** How long `openReplicated` waits for NATS when this node needs a snapshot, in ms. */
+    restoreTimeout?: number
     nats?: { replicas?: number; bucket?: string }
     s3?: {
       endpoint?: string
@@ -154,6 +162,23 @@ export interface Config {
       useEmulator?: boolean
     }
     webdav?: { url?: string; login?: string; secret?: string }
+  }
+  divergenceCheck?: {
+    /** Seconds (or `'500ms'`, `'5m'`) between checksum rounds; 0 = off. Default 300. */
+    interval?: Duration
+    /** Seconds between two repairs of divergent tables; 0 = report only. Default 600. */
+    repairInterval?: Duration
+  }
+  /** Signed messages (docs/security.md): only holders of the cluster key change data. */
+  signing?: {
+    /** The cluster key, at least 32 characters. Empty (default): messages are not signed. */
+    key?: string
+    /** A file holding the cluster key, instead of `key`. */
+    keyFile?: string
+    /** Keys still accepted (never used to sign) while a new key rolls out. */
+    previousKeys?: string[]
+    /** Also apply unsigned messages: only while signing rolls out. Default false. */
+    acceptUnsigned?: boolean
   }
   prometheus?: { enable?: boolean; bind?: string; namespace?: string; subsystem?: string }
   healthCheck?: { enable?: boolean; bind?: string; path?: string; detailed?: boolean }

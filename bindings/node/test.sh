@@ -77,6 +77,12 @@ else
   finish
 fi
 
+step "cargo test -p harmonylite-node --lib (key spelling; the .d.ts Config interface has every core key)"
+if ! cargo test --quiet -p harmonylite-node --lib; then
+  echo "the Node binding crate's unit tests failed" >&2
+  failures=$((failures + 1))
+fi
+
 step "node --test"
 log=$scratch/node-test.log
 # Test files run three at a time: they mostly wait on NATS and timers, and node's default on two cores is one.
