@@ -275,3 +275,83 @@ async fn bad_signing_config_names_the_key_or_the_file() {
     let shown = format!("{config:?}");
     assert!(!shown.contains(KEY), "{shown}");
 }
+
+/// Snapshots: with a cluster key, a node restores only a snapshot whose manifest is signed with it. A newer
+/// unsigned or foreign one (planted by someone who can write the store) is passed over for an older signed one;
+/// with no signed snapshot, the error says why for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_snapshots_signed_with_the_cluster_key_are_restored() {
+    use harmonylite::snapshot::{build, fetch_newest_valid, upload, DirStore, SnapshotProgress};
+    use std::sync::{Arc, Mutex};
+    init_logging();
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("app.db");
+    let work = dir.path().join("work");
+    let store = DirStore::new(dir.path().join("store")).expect("store");
+    let progress = Arc::new(Mutex::new(SnapshotProgress::default()));
+    let conn = app_connection(&db);
+    conn.execute_batch(SCHEMA).expect("schema");
+    harmonylite::capture::create_library_tables(&conn).expect("library tables");
+    let ours = ClusterKeys::new(KEY.as_bytes(), &[], false);
+    let other = ClusterKeys::new(b"the key of some other cluster, not ours", &[], false);
+    let mut objects = Vec::new();
+    for (round, keys) in [Some(&ours), None, Some(&other)].into_iter().enumerate() {
+        conn.execute(
+            "INSERT INTO notes VALUES (?1, ?2)",
+            rusqlite::params![round as i64, format!("round {round}")],
+        )
+        .expect("insert");
+        // Each snapshot is newer than the one before (its name comes from the stored clock).
+        conn.execute(
+            "INSERT OR REPLACE INTO __harmonylite__meta(key, value) VALUES ('hlc', ?1)",
+            [1000 + round as i64],
+        )
+        .expect("clock");
+        let (packed, manifest) = build(&db, &work, 1).expect("build");
+        upload(&store, packed, &manifest, 10, &progress, keys)
+            .await
+            .expect("upload");
+        objects.push(manifest.object);
+    }
+    // A node with the key takes the oldest: the two newer ones are unsigned and signed by another key.
+    let (manifest, staged) = fetch_newest_valid(&store, &work, &progress, Some(&ours))
+        .await
+        .expect("fetch")
+        .expect("the signed snapshot");
+    assert_eq!(manifest.object, objects[0]);
+    let rows: i64 = rusqlite::Connection::open(staged.path())
+        .expect("open staged")
+        .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 1, "the first round's database");
+    drop(staged);
+    // A node without a key takes the newest, as before signing.
+    let (manifest, _staged) = fetch_newest_valid(&store, &work, &progress, None)
+        .await
+        .expect("fetch")
+        .expect("a snapshot");
+    assert_eq!(manifest.object, objects[2]);
+    // Altering a signed manifest (say, to point at other data) breaks its signature.
+    let key = objects[0].trim_end_matches(".db.zst").to_string() + ".json";
+    let mut altered: harmonylite::snapshot::Manifest =
+        serde_json::from_slice(&std::fs::read(dir.path().join("store").join(&key)).expect("read"))
+            .expect("manifest");
+    altered.raw_bytes += 1;
+    use harmonylite::snapshot::SnapshotStore as _;
+    store
+        .put(&key, serde_json::to_vec(&altered).expect("json"))
+        .await
+        .expect("put");
+    let err = fetch_newest_valid(&store, &work, &progress, Some(&ours))
+        .await
+        .expect_err("no signed snapshot is left");
+    let text = err.to_string();
+    for (object, why) in [
+        (&objects[0], "does not match"),
+        (&objects[1], "unsigned"),
+        (&objects[2], "does not match"),
+    ] {
+        assert!(text.contains(&format!("{object}: ")), "{text}");
+        assert!(text.contains(why), "{text}");
+    }
+}

@@ -97,14 +97,14 @@ async fn save_and_restore(
         .expect("build task")
         .expect("build");
     assert!(manifest.bytes > (ROWS * BLOB) as u64, "incompressible data");
-    upload(store, packed, &manifest, 2, &progress)
+    upload(store, packed, &manifest, 2, &progress, None)
         .await
         .expect("upload");
     let save = peak_rss().saturating_sub(before);
 
     reset_peak_rss();
     let before = peak_rss();
-    let (fetched, staged) = fetch_newest_valid(store, work, &progress)
+    let (fetched, staged) = fetch_newest_valid(store, work, &progress, None)
         .await
         .expect("fetch")
         .expect("a snapshot");

@@ -450,7 +450,7 @@ async fn bad_snapshot_objects_are_rejected_and_leave_no_temporary_files() {
         .expect("clock");
         let (packed, manifest) = build(&db, &work, 1).expect("build");
         assert!(packed.path().exists());
-        upload(&store, packed, &manifest, 10, &progress)
+        upload(&store, packed, &manifest, 10, &progress, None)
             .await
             .expect("upload");
         assert!(entries(&work).is_empty(), "{:?}", entries(&work));
@@ -473,7 +473,7 @@ async fn bad_snapshot_objects_are_rejected_and_leave_no_temporary_files() {
     std::fs::write(object(1), bytes).expect("corrupt");
     // `latest` still points at the truncated newest one.
 
-    let (manifest, staged) = fetch_newest_valid(&store, &work, &progress)
+    let (manifest, staged) = fetch_newest_valid(&store, &work, &progress, None)
         .await
         .expect("fetch")
         .expect("the oldest snapshot is good");
@@ -495,7 +495,7 @@ async fn bad_snapshot_objects_are_rejected_and_leave_no_temporary_files() {
 
     // All bad: the error names the store and every object with its reason.
     std::fs::remove_file(object(0)).expect("remove");
-    let err = fetch_newest_valid(&store, &work, &progress)
+    let err = fetch_newest_valid(&store, &work, &progress, None)
         .await
         .expect_err("no valid snapshot");
     let text = err.to_string();
@@ -550,10 +550,10 @@ async fn snapshots_strip_node_state_and_compact_only_when_it_pays() {
             "{case}: {} raw bytes for a database of {db_bytes} bytes (compaction expected when the strip frees much)",
             manifest.raw_bytes
         );
-        upload(&store, packed, &manifest, 10, &progress)
+        upload(&store, packed, &manifest, 10, &progress, None)
             .await
             .expect("upload");
-        let (fetched, staged) = fetch_newest_valid(&store, &work, &progress)
+        let (fetched, staged) = fetch_newest_valid(&store, &work, &progress, None)
             .await
             .expect("fetch")
             .expect("a snapshot");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+use crate::log::signing::{ClusterKeys, SignatureError};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -52,11 +53,44 @@ pub struct Manifest {
     pub bytes: u64,
     pub sha256: String,
     pub raw_bytes: u64,
+    /// With a cluster key (`[signing]`): an HMAC of the rest of the manifest, which holds the data's
+    /// SHA-256, so a node restores only a snapshot that a holder of the key made (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
+
+/// What a manifest's signature is computed over besides its bytes: it keeps a manifest's signature apart
+/// from any replication message's (whose ids never take this form).
+const MANIFEST_SIGNED_AS: &str = "harmonylite-snapshot-manifest";
 
 impl Manifest {
     fn key(&self) -> String {
         self.object.trim_end_matches(".db.zst").to_string() + ".json"
+    }
+
+    /// The bytes the signature covers: the manifest without its signature (serde_json writes the fields in
+    /// declaration order and the positions map sorted, so every node computes the same bytes).
+    fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = Manifest {
+            signature: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsigned).unwrap_or_default()
+    }
+
+    /// Signs the manifest with the cluster key.
+    pub fn sign(&mut self, keys: &ClusterKeys) {
+        self.signature = None;
+        self.signature = Some(keys.sign(MANIFEST_SIGNED_AS, &self.signed_bytes()));
+    }
+
+    /// Whether a node holding `keys` may restore this snapshot.
+    pub fn verify(&self, keys: &ClusterKeys) -> std::result::Result<(), SignatureError> {
+        keys.verify(
+            MANIFEST_SIGNED_AS,
+            &self.signed_bytes(),
+            self.signature.as_deref(),
+        )
     }
 }
 
@@ -314,6 +348,7 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Mani
             bytes,
             sha256,
             raw_bytes,
+            signature: None,
         };
         Ok(manifest)
     })();
@@ -326,13 +361,20 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Mani
 /// the previous snapshot usable), then deletes all but the newest `keep`.
 ///
 /// The data is streamed from `packed`, which is deleted when this returns (success or not).
+/// Uploads a built snapshot: the data, then its manifest (signed when `keys` is given), then `latest`.
 pub async fn upload(
     store: &dyn SnapshotStore,
     packed: WorkFile,
     manifest: &Manifest,
     keep: u32,
     progress: &ProgressHandle,
+    keys: Option<&ClusterKeys>,
 ) -> Result<()> {
+    let mut manifest = manifest.clone();
+    if let Some(keys) = keys {
+        manifest.sign(keys);
+    }
+    let manifest = &manifest;
     let total = manifest.bytes;
     set_phase(progress, "uploading", 0, total);
     let started = Instant::now();
@@ -405,10 +447,12 @@ pub async fn list_manifests(store: &dyn SnapshotStore) -> Result<Vec<Manifest>> 
 /// Downloads the newest snapshot whose checksum matches, trying older ones after a bad one, and returns
 /// it decompressed into a database file in `work_dir` (deleted when the [`WorkFile`] is dropped). Data
 /// streams store → file → file: memory does not grow with the snapshot.
+/// With `keys`, only a snapshot whose manifest is signed with one of them is taken (docs/security.md).
 pub async fn fetch_newest_valid(
     store: &dyn SnapshotStore,
     work_dir: &Path,
     progress: &ProgressHandle,
+    keys: Option<&ClusterKeys>,
 ) -> Result<Option<(Manifest, WorkFile)>> {
     let manifests = list_manifests(store).await?;
     if manifests.is_empty() {
@@ -421,6 +465,11 @@ pub async fn fetch_newest_valid(
                 "{}: unknown format {}",
                 manifest.object, manifest.format
             ));
+            continue;
+        }
+        if let Some(Err(err)) = keys.map(|keys| manifest.verify(keys)) {
+            warn!(object = %manifest.object, error = %err, "snapshot refused: its manifest's signature; trying an older one");
+            rejected.push(format!("{}: {err}", manifest.object));
             continue;
         }
         set_phase(progress, "downloading", 0, manifest.bytes);

@@ -214,7 +214,9 @@ impl SnapshotService {
         loop {
             let attempt = async {
                 let store = self.store().await?;
-                fetch_newest_valid(store.as_ref(), &self.work_dir, &self.progress).await
+                let keys = self.config.signing.keys()?;
+                fetch_newest_valid(store.as_ref(), &self.work_dir, &self.progress, keys.as_ref())
+                    .await
             };
             match attempt.await {
                 Ok(found) => return Ok(found),
@@ -257,6 +259,7 @@ impl SnapshotService {
             &manifest,
             self.config.snapshot.keep,
             &self.progress,
+            self.config.signing.keys()?.as_ref(),
         )
         .await;
         if result.is_err() {
