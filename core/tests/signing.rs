@@ -308,9 +308,10 @@ async fn only_snapshots_signed_with_the_cluster_key_are_restored() {
         )
         .expect("clock");
         let (packed, manifest) = build(&db, &work, 1).expect("build");
-        upload(&store, packed, &manifest, 10, &progress, keys)
+        let stored = upload(&store, packed, &manifest, 10, &progress, keys)
             .await
             .expect("upload");
+        assert_eq!(stored.signature.is_some(), keys.is_some());
         objects.push(manifest.object);
     }
     // A node with the key takes the oldest: the two newer ones are unsigned and signed by another key.

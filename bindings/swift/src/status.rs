@@ -414,21 +414,39 @@ pub struct SnapshotManifest {
     pub bytes: u64,
     pub sha256: String,
     pub raw_bytes: u64,
+    /// With a cluster key (`[signing]`): the manifest's signature.
+    pub signature: Option<String>,
 }
 
 impl From<harmonylite::snapshot::Manifest> for SnapshotManifest {
     fn from(m: harmonylite::snapshot::Manifest) -> SnapshotManifest {
+        // Destructured without `..`: a field added to the core's manifest fails to compile here until this
+        // record has it.
+        let harmonylite::snapshot::Manifest {
+            format,
+            object,
+            created_ms,
+            node_id,
+            hlc,
+            positions,
+            schema_hash,
+            bytes,
+            sha256,
+            raw_bytes,
+            signature,
+        } = m;
         SnapshotManifest {
-            format: m.format,
-            object: m.object,
-            created_ms: m.created_ms,
-            node_id: m.node_id,
-            hlc: m.hlc,
-            positions: m.positions.into_iter().collect(),
-            schema_hash: m.schema_hash,
-            bytes: m.bytes,
-            sha256: m.sha256,
-            raw_bytes: m.raw_bytes,
+            format,
+            object,
+            created_ms,
+            node_id,
+            hlc,
+            positions: positions.into_iter().collect(),
+            schema_hash,
+            bytes,
+            sha256,
+            raw_bytes,
+            signature,
         }
     }
 }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::log::signing::{ClusterKeys, SignatureError};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use crate::log::signing::{ClusterKeys, SignatureError};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -362,6 +362,7 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Mani
 ///
 /// The data is streamed from `packed`, which is deleted when this returns (success or not).
 /// Uploads a built snapshot: the data, then its manifest (signed when `keys` is given), then `latest`.
+/// Returns the manifest as stored.
 pub async fn upload(
     store: &dyn SnapshotStore,
     packed: WorkFile,
@@ -369,12 +370,12 @@ pub async fn upload(
     keep: u32,
     progress: &ProgressHandle,
     keys: Option<&ClusterKeys>,
-) -> Result<()> {
-    let mut manifest = manifest.clone();
+) -> Result<Manifest> {
+    let mut stored = manifest.clone();
     if let Some(keys) = keys {
-        manifest.sign(keys);
+        stored.sign(keys);
     }
-    let manifest = &manifest;
+    let manifest = &stored;
     let total = manifest.bytes;
     set_phase(progress, "uploading", 0, total);
     let started = Instant::now();
@@ -391,7 +392,8 @@ pub async fn upload(
         p.saved_at_ms = Some(wall_millis());
     }
     info!(store = %store.describe(), object = %manifest.object, bytes = total, "snapshot uploaded");
-    prune(store, keep).await
+    prune(store, keep).await?;
+    Ok(stored)
 }
 
 async fn manifest_keys_newest_first(store: &dyn SnapshotStore) -> Result<Vec<String>> {

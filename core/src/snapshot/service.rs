@@ -215,8 +215,13 @@ impl SnapshotService {
             let attempt = async {
                 let store = self.store().await?;
                 let keys = self.config.signing.keys()?;
-                fetch_newest_valid(store.as_ref(), &self.work_dir, &self.progress, keys.as_ref())
-                    .await
+                fetch_newest_valid(
+                    store.as_ref(),
+                    &self.work_dir,
+                    &self.progress,
+                    keys.as_ref(),
+                )
+                .await
             };
             match attempt.await {
                 Ok(found) => return Ok(found),
@@ -265,7 +270,7 @@ impl SnapshotService {
         if result.is_err() {
             super::set_phase(&self.progress, "idle", 0, 0);
         }
-        result.map(|()| Some(manifest))
+        result.map(Some)
     }
 
     /// The store, for tests and tools.

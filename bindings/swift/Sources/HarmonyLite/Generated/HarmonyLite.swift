@@ -1859,6 +1859,10 @@ public struct SnapshotManifest: Equatable, Hashable {
     public var bytes: UInt64
     public var sha256: String
     public var rawBytes: UInt64
+    /**
+     * With a cluster key (`[signing]`): the manifest's signature.
+     */
+    public var signature: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1877,7 +1881,10 @@ public struct SnapshotManifest: Equatable, Hashable {
          */positions: [UInt32: UInt64], schemaHash: String, 
         /**
          * Compressed size and its SHA-256 (hex).
-         */bytes: UInt64, sha256: String, rawBytes: UInt64) {
+         */bytes: UInt64, sha256: String, rawBytes: UInt64, 
+        /**
+         * With a cluster key (`[signing]`): the manifest's signature.
+         */signature: String?) {
         self.format = format
         self.object = object
         self.createdMs = createdMs
@@ -1888,6 +1895,7 @@ public struct SnapshotManifest: Equatable, Hashable {
         self.bytes = bytes
         self.sha256 = sha256
         self.rawBytes = rawBytes
+        self.signature = signature
     }
 
     
@@ -1915,7 +1923,8 @@ public struct FfiConverterTypeSnapshotManifest: FfiConverterRustBuffer {
                 schemaHash: FfiConverterString.read(from: &buf), 
                 bytes: FfiConverterUInt64.read(from: &buf), 
                 sha256: FfiConverterString.read(from: &buf), 
-                rawBytes: FfiConverterUInt64.read(from: &buf)
+                rawBytes: FfiConverterUInt64.read(from: &buf), 
+                signature: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -1930,6 +1939,7 @@ public struct FfiConverterTypeSnapshotManifest: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.bytes, into: &buf)
         FfiConverterString.write(value.sha256, into: &buf)
         FfiConverterUInt64.write(value.rawBytes, into: &buf)
+        FfiConverterOptionString.write(value.signature, into: &buf)
     }
 }
 
