@@ -46,7 +46,7 @@ final class GuideTests: XCTestCase {
                 added.append("n\(i + 1)-\(n)")
             }
         }
-        try await converge(nodes, paths, added)
+        try await convergeNotes(nodes, paths, added)
 
         // Another connection keeps adding notes to node 1's file, whether its replica is open or not.
         let stop = Collected<Bool>()
@@ -74,38 +74,9 @@ final class GuideTests: XCTestCase {
         stop.append(true)
         let written = try await writer.value
         XCTAssertGreaterThan(written, 0)
-        try await converge(nodes, paths, added)
+        try await convergeNotes(nodes, paths, added)
         for node in nodes {
             try await node.close()
-        }
-    }
-
-    /// Waits until every node applied what every node sent, nothing waits anywhere, and the three `notes`
-    /// tables are identical and hold every note added.
-    private func converge(_ nodes: [NotesDatabase], _ paths: [String], _ added: Collected<String>) async throws {
-        var tokens = try await nodes[0].replica.sync(timeout: patience)
-        for node in nodes.dropFirst() {
-            tokens = tokens.merging(try await node.replica.sync(timeout: patience))
-        }
-        for node in nodes {
-            try await node.replica.waitFor(tokens, timeout: patience)
-        }
-        let readers = try paths.map { try AppDatabase($0) }
-        let query = "SELECT * FROM notes ORDER BY ref"
-        try await eventually("identical notes on the three nodes, nothing waiting") {
-            for node in nodes {
-                if try await !node.replica.status().pausedTables.isEmpty { return false }
-            }
-            let first = try readers[0].rows(query)
-            return try readers.dropFirst().allSatisfy { try $0.rows(query) == first }
-        }
-        let refs = Set(try readers[0].rows("SELECT ref FROM notes").map { $0[0] })
-        let missing = added.all.filter { !refs.contains(.text($0)) }
-        XCTAssertEqual(missing, [], "notes added but missing on the nodes")
-        for node in nodes {
-            let status = try await node.replica.status()
-            XCTAssertEqual(status.unsentRows, 0)
-            XCTAssertEqual(status.pausedTables, [])
         }
     }
 }

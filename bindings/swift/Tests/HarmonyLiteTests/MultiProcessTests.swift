@@ -33,7 +33,7 @@ final class MultiProcessTests: XCTestCase {
         XCTAssertEqual(opened, ["attached", "\(getpid())"], "the child attaches to this process's replicator")
         _ = try await child.reply(to: "add child-a 5", prefix: "ADDED")
         (0..<5).forEach { added.append("child-a-\($0)") }
-        try await converge([app, node2], [paths[0], paths[1]], added)
+        try await convergeNotes([app, node2], [paths[0], paths[1]], added)
         let serving = try await app.replica.status()
         XCTAssertEqual(serving.attachedHandles, 1, "the child's handle")
 
@@ -57,7 +57,7 @@ final class MultiProcessTests: XCTestCase {
         _ = try await child.reply(to: "close", prefix: "CLOSED")
         try child.waitForExit()
         try await eventually("the app to take over") { try await app.replica.status().role == .active }
-        try await converge([app, node2], [paths[0], paths[1]], added)
+        try await convergeNotes([app, node2], [paths[0], paths[1]], added)
         try await app.close()
         try await node2.close()
     }
@@ -97,31 +97,6 @@ final class MultiProcessTests: XCTestCase {
             }
         }
         try await notes.close()
-    }
-
-    /// Every node applied what every node sent, nothing waits, the `notes` tables are identical and hold every
-    /// note added (whichever process of node 1 added it).
-    private func converge(_ nodes: [NotesDatabase], _ paths: [String], _ added: Collected<String>) async throws {
-        var tokens = try await nodes[0].replica.sync(timeout: patience)
-        for node in nodes.dropFirst() {
-            tokens = tokens.merging(try await node.replica.sync(timeout: patience))
-        }
-        for node in nodes {
-            try await node.replica.waitFor(tokens, timeout: patience)
-        }
-        let readers = try paths.map { try AppDatabase($0) }
-        let query = "SELECT * FROM notes ORDER BY ref"
-        try await eventually("identical notes on the two nodes") {
-            let first = try readers[0].rows(query)
-            return try readers.dropFirst().allSatisfy { try $0.rows(query) == first }
-        }
-        let refs = Set(try readers[0].rows("SELECT ref FROM notes").map { $0[0] })
-        let missing = added.all.filter { !refs.contains(.text($0)) }
-        XCTAssertEqual(missing, [], "notes added but missing on the nodes")
-        for node in nodes {
-            let status = try await node.replica.status()
-            XCTAssertEqual(status.pausedTables, [])
-        }
     }
 }
 

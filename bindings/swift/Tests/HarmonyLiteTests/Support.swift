@@ -337,3 +337,34 @@ final class Collected<T: Sendable>: @unchecked Sendable {
     var all: [T] { lock.withLock { items } }
     var count: Int { lock.withLock { items.count } }
 }
+
+// MARK: - The Swift guide's app (docs/guides/swift.md)
+
+/// Waits until every node applied what every node sent, nothing waits anywhere, and the `notes` tables
+/// are identical and hold every note added.
+func convergeNotes(_ nodes: [NotesDatabase], _ paths: [String], _ added: Collected<String>) async throws {
+    var tokens = try await nodes[0].replica.sync(timeout: patience)
+    for node in nodes.dropFirst() {
+        tokens = tokens.merging(try await node.replica.sync(timeout: patience))
+    }
+    for node in nodes {
+        try await node.replica.waitFor(tokens, timeout: patience)
+    }
+    let readers = try paths.map { try AppDatabase($0) }
+    let query = "SELECT * FROM notes ORDER BY ref"
+    try await eventually("identical notes on every node, nothing waiting") {
+        for node in nodes {
+            if try await !node.replica.status().pausedTables.isEmpty { return false }
+        }
+        let first = try readers[0].rows(query)
+        return try readers.dropFirst().allSatisfy { try $0.rows(query) == first }
+    }
+    let refs = Set(try readers[0].rows("SELECT ref FROM notes").map { $0[0] })
+    let missing = added.all.filter { !refs.contains(.text($0)) }
+    XCTAssertEqual(missing, [], "notes added but missing on the nodes")
+    for node in nodes {
+        let status = try await node.replica.status()
+        XCTAssertEqual(status.unsentRows, 0)
+        XCTAssertEqual(status.pausedTables, [])
+    }
+}
