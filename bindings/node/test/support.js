@@ -1,11 +1,10 @@
-// Test harness: real nats-server processes on free ports, a temp folder per test, no fixed sleeps
+// Test harness: real nats-server processes on ports they pick, a temp folder per test, no fixed sleeps
 // (conditions are polled with a generous timeout). Every process a test starts, it stops.
 'use strict'
 
 const { spawn } = require('node:child_process')
 const fs = require('node:fs')
 const http = require('node:http')
-const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 
@@ -54,18 +53,6 @@ function tempDir(t, prefix = 'hl-node-') {
   return dir
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
-
 function httpOk(port, urlPath) {
   return new Promise((resolve) => {
     const request = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 2000 }, (res) => {
@@ -94,22 +81,28 @@ async function waitUntil(what, check, timeoutMs = WAIT_MS) {
 }
 
 /**
- * Starts a real nats-server with JetStream in its own temp folder; stopped when the test ends.
- * `restart()` brings it back on the same ports with the same store.
+ * Starts a real nats-server with JetStream in its own temp folder; stopped when the test ends. Its ports are
+ * picked by the server itself (a port chosen here and bound there could be taken in between by a suite
+ * running beside this one) and read from the ports file it writes; `start()` after `stop()` brings it back
+ * on those same ports with the same store.
  */
 async function startNats(t) {
   const dir = tempDir(t, 'hl-nats-')
-  const port = await freePort()
-  const monitorPort = await freePort()
   const config = path.join(dir, 'nats.conf')
-  fs.writeFileSync(
-    config,
-    `listen: 127.0.0.1:${port}\nhttp: 127.0.0.1:${monitorPort}\nmax_payload: 8MB\n` +
-      `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }\n`,
-  )
+  const writeConfig = (listen, monitor) =>
+    fs.writeFileSync(
+      config,
+      `listen: ${listen}\nhttp: ${monitor}\nports_file_dir: ${JSON.stringify(dir)}\nmax_payload: 8MB\n` +
+        `jetstream { store_dir: ${JSON.stringify(path.join(dir, 'js'))} }\n`,
+    )
+  writeConfig('127.0.0.1:-1', '127.0.0.1:-1')
+  let port = 0
+  let monitorPort = 0
   let child = null
   const server = {
-    url: `nats://127.0.0.1:${port}`,
+    get url() {
+      return `nats://127.0.0.1:${port}`
+    },
     async start() {
       const log = fs.openSync(path.join(dir, 'nats.log'), 'a')
       child = spawn(natsServerBinary(), ['-c', config], { stdio: ['ignore', 'ignore', log] })
@@ -117,6 +110,20 @@ async function startNats(t) {
       const started = child
       const exited = new Promise((resolve) => started.once('exit', resolve))
       started.exited = exited
+      const portsFile = path.join(dir, `${path.basename(natsServerBinary())}_${started.pid}.ports`)
+      await waitUntil('nats-server ports file', () => {
+        if (started.exitCode !== null) throw new Error(`nats-server exited: see ${dir}/nats.log`)
+        try {
+          const ports = JSON.parse(fs.readFileSync(portsFile, 'utf8'))
+          port = Number(new URL(ports.nats[0]).port)
+          monitorPort = Number(new URL(ports.monitoring[0]).port)
+          return port > 0 && monitorPort > 0
+        } catch {
+          return false // not written yet, or being written
+        }
+      })
+      // Pinned from now on: a restart comes back where the replicas are connected.
+      writeConfig(`127.0.0.1:${port}`, `127.0.0.1:${monitorPort}`)
       await waitUntil('nats-server /healthz', async () => {
         if (started.exitCode !== null) throw new Error(`nats-server exited: see ${dir}/nats.log`)
         return httpOk(monitorPort, '/healthz')
@@ -184,7 +191,6 @@ module.exports = {
   REPO_DIR,
   WAIT_MS,
   dump,
-  freePort,
   linkPackages,
   natsServerBinary,
   runNode,
