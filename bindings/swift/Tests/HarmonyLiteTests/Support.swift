@@ -1,4 +1,4 @@
-// Test harness: real nats-server processes on free ports, real SQLite files in per-test temp folders written
+// Test harness: real nats-server processes on ports they pick, real SQLite files in per-test temp folders written
 // through the SQLite C API, and polling with generous timeouts instead of fixed sleeps.
 import CSQLite
 import Foundation
@@ -71,24 +71,6 @@ final class TempDir {
 
 // MARK: - Network helpers
 
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestFailure("socket() failed") }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = 0
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(fd, pointer, len) == 0 && getsockname(fd, pointer, &len) == 0
-        }
-    }
-    guard bound else { throw TestFailure("cannot bind a free port") }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
-
 /// `GET path` on 127.0.0.1:port; the status code and body, or nil when nothing answers.
 func httpGet(port: Int, path: String) -> (status: Int, body: String)? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -132,11 +114,12 @@ func natsServerBinary() throws -> String {
     return path
 }
 
-/// A real nats-server with JetStream on free ports, its store in a temp folder. Stopped by `stop()` or when
-/// released.
+/// A real nats-server with JetStream on loopback ports it picks itself (a port chosen here and bound there
+/// could be taken in between by a suite running beside this one), read from the ports file it writes; its
+/// store in a temp folder. Stopped by `stop()` or when released.
 final class NatsServer {
-    let port: Int
-    let monitorPort: Int
+    private(set) var port = 0
+    private(set) var monitorPort = 0
     private let dir: TempDir
     private let process = Process()
 
@@ -144,23 +127,35 @@ final class NatsServer {
 
     init() async throws {
         dir = try TempDir()
-        port = try freePort()
-        monitorPort = try freePort()
         let config = dir.file("nats.conf")
         let text = """
-            listen: 127.0.0.1:\(port)
-            http: 127.0.0.1:\(monitorPort)
+            listen: 127.0.0.1:-1
+            http: 127.0.0.1:-1
+            ports_file_dir: "\(dir.path)"
             max_payload: 8MB
             jetstream { store_dir: "\(dir.file("js"))" }
 
             """
         try text.write(toFile: config, atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: dir.file("nats.log"), contents: nil)
-        process.executableURL = URL(fileURLWithPath: try natsServerBinary())
+        let binary = try natsServerBinary()
+        process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["-c", config]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("nats.log")))
         try process.run()
+        let portsFile = dir.file("\(URL(fileURLWithPath: binary).lastPathComponent)_\(process.processIdentifier).ports")
+        try await eventually("nats-server's ports file") {
+            guard process.isRunning else { throw TestFailure("nats-server exited: see \(dir.file("nats.log"))") }
+            guard let data = FileManager.default.contents(atPath: portsFile),
+                let ports = try? JSONSerialization.jsonObject(with: data) as? [String: [String]],
+                let client = ports["nats"]?.first.flatMap({ URL(string: $0)?.port }),
+                let monitor = ports["monitoring"]?.first.flatMap({ URL(string: $0)?.port })
+            else { return false }  // not written yet, or being written
+            port = client
+            monitorPort = monitor
+            return true
+        }
         let monitor = monitorPort
         try await eventually("nats-server /healthz") { httpGet(port: monitor, path: "/healthz")?.status == 200 }
     }
