@@ -422,6 +422,8 @@ pub(crate) async fn start(
         },
         n => n as usize,
     };
+    // Read once (the key file too) for the snapshots, the publisher and the consumers; validated at open.
+    let keys = config.signing.keys()?;
     let snapshots = Arc::new(SnapshotService::new(
         &config,
         &db,
@@ -429,6 +431,7 @@ pub(crate) async fn start(
         client.clone(),
         &names,
         replicas,
+        keys.clone(),
     ));
     if config.snapshot.enabled && config.replicate {
         snapshots.bootstrap(&db, &config, node_id).await?;
@@ -482,8 +485,6 @@ pub(crate) async fn start(
     let positions_for_consumers = db_handle_positions;
     let progress_for_consumers = config.publish.then(|| progress_tx.clone());
 
-    // Validated at open (config.validate): reading the key file again can only fail if it changed since.
-    let keys = config.signing.keys()?;
     let publisher = if config.publish {
         let publisher = Publisher {
             js: js.clone(),

@@ -6,6 +6,8 @@
 //! receiver takes the message for its own and skips it. Signing the payload alone would let anyone on the
 //! network replay a node's message under another id.
 
+use std::fmt::Write as _;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -77,7 +79,8 @@ impl ClusterKeys {
         let mut out = String::with_capacity(SCHEME.len() + tag.len() * 2);
         out.push_str(SCHEME);
         for byte in tag {
-            out.push_str(&format!("{byte:02x}"));
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{byte:02x}");
         }
         out
     }

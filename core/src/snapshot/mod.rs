@@ -80,7 +80,6 @@ impl Manifest {
 
     /// Signs the manifest with the cluster key.
     pub fn sign(&mut self, keys: &ClusterKeys) {
-        self.signature = None;
         self.signature = Some(keys.sign(MANIFEST_SIGNED_AS, &self.signed_bytes()));
     }
 

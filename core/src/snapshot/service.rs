@@ -17,6 +17,7 @@ use super::{
 use super::{ProgressHandle, SnapshotProgress, SnapshotStore};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::log::signing::ClusterKeys;
 use crate::transport::Names;
 
 pub struct SnapshotService {
@@ -28,6 +29,8 @@ pub struct SnapshotService {
     work_dir: PathBuf,
     store: OnceCell<Arc<dyn SnapshotStore>>,
     lease: OnceCell<Lease>,
+    /// The cluster keys (`[signing]`): manifests are signed with them, and only signed ones restored.
+    keys: Option<ClusterKeys>,
     pub progress: ProgressHandle,
 }
 
@@ -39,8 +42,10 @@ impl SnapshotService {
         client: async_nats::Client,
         names: &Names,
         replicas: usize,
+        keys: Option<ClusterKeys>,
     ) -> SnapshotService {
         SnapshotService {
+            keys,
             config: config.clone(),
             js,
             client,
@@ -214,12 +219,11 @@ impl SnapshotService {
         loop {
             let attempt = async {
                 let store = self.store().await?;
-                let keys = self.config.signing.keys()?;
                 fetch_newest_valid(
                     store.as_ref(),
                     &self.work_dir,
                     &self.progress,
-                    keys.as_ref(),
+                    self.keys.as_ref(),
                 )
                 .await
             };
@@ -264,7 +268,7 @@ impl SnapshotService {
             &manifest,
             self.config.snapshot.keep,
             &self.progress,
-            self.config.signing.keys()?.as_ref(),
+            self.keys.as_ref(),
         )
         .await;
         if result.is_err() {
