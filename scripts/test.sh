@@ -25,8 +25,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 suites=("$@")
-# install runs after swift in the third lane, the shortest without it (about 220 s against 560 and 670 s,
-# warm): its wheel (maturin + zig, manylinux2014) and addon builds took 225 s after a core change.
+# install runs in the Node lane, after apps: it runs `npm ci` in bindings/node too, and two at once in one
+# folder break each other's build (seen: better-sqlite3's node-gyp lost its build folder).
 [ ${#suites[@]} -gt 0 ] || suites=(rust python node swift apps install bench faults)
 # Binding crates are linted and tested by their own scripts (Swift builds against the system SQLite).
 binding_crates=(--exclude harmonylite-python --exclude harmonylite-node --exclude harmonylite-swift --exclude uniffi-bindgen-swift)
@@ -146,10 +146,10 @@ run_suite() { # suite
 }
 
 # Suites that share something run in one lane, one after another: the Python binding and the apps install
-# into one .venv, the Node suite and the apps rebuild one addon in bindings/node, and the benchmark and the
-# fault campaign reuse the Rust suite's build. The lanes run side by side (most test time is spent waiting
-# on servers and timers); HARMONYLITE_TEST_LANES=1 runs every suite in turn with its output streamed.
-lanes=("rust bench faults" "python node apps" "swift install")
+# into one .venv, the Node suite, the apps and the install suite rebuild one addon in bindings/node, and
+# the benchmark and the fault campaign reuse the Rust suite's build. The lanes run side by side (most test
+# time is spent waiting on servers and timers); HARMONYLITE_TEST_LANES=1 runs every suite in turn with its output streamed.
+lanes=("rust bench faults" "python node apps install" "swift")
 in_lane() { # lane suite
   local s
   for s in $1; do [ "$s" = "$2" ] && return 0; done
