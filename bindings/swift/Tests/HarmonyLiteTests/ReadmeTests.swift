@@ -50,7 +50,9 @@ final class ReadmeTests: XCTestCase {
         } catch {
             process.terminate()
             process.waitUntilExit()
-            throw error
+            // What it printed before it hung is what tells why it hung.
+            let output = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            throw TestFailure("\(error); its output so far:\n\(output)")
         }
         process.waitUntilExit()
         return (process.terminationStatus, try String(contentsOf: log, encoding: .utf8))
