@@ -272,14 +272,12 @@ impl Replica {
             .enumerate()
             .skip(from as usize)
             .take(count)
-            .map(|(i, (payload, msg_id))| {
-                Incoming::received(
-                    shard,
-                    i as u64 + 1,
-                    payload.clone().into(),
-                    PublishedBy::from_message_id(msg_id),
-                    None,
-                )
+            .map(|(i, (payload, msg_id))| Incoming {
+                shard,
+                seq: i as u64 + 1,
+                payload: payload.clone().into(),
+                published_by: PublishedBy::from_message_id(msg_id),
+                refused: None,
             })
             .collect();
         if messages.is_empty() {

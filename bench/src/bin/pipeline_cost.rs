@@ -259,15 +259,12 @@ fn main() {
     let messages: Vec<Incoming> = published
         .iter()
         .enumerate()
-        // Decoded here, as the consumer's task does, outside the database thread's apply phase.
-        .map(|(i, (payload, msg_id))| {
-            Incoming::received(
-                0,
-                i as u64 + 1,
-                payload.clone().into(),
-                PublishedBy::from_message_id(msg_id),
-                None,
-            )
+        .map(|(i, (payload, msg_id))| Incoming {
+            shard: 0,
+            seq: i as u64 + 1,
+            payload: payload.clone().into(),
+            published_by: PublishedBy::from_message_id(msg_id),
+            refused: None,
         })
         .collect();
     let b_history = ClockHistory::new(b_clock.last());

@@ -20,7 +20,7 @@ use crate::capture::{Schema, TableInfo};
 use crate::clock::{physical_millis, wall_millis, Clock, MAX_HLC};
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
-use crate::log::{decode, image_hash, pk_key, value_hash, Batch, Op, Origin, RowChange, Value};
+use crate::log::{decode, image_hash, pk_key, value_hash, Op, Origin, RowChange, Value};
 use crate::publish::stamp::read_row;
 use crate::state::conflicts::{self, Conflict, ConflictKind, ConflictSide};
 use crate::state::parked::{self, ParkKind};
@@ -31,42 +31,16 @@ use crate::state::{dropped, positions};
 /// forged or broken clock would otherwise freeze the row (no later write could beat it).
 pub const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
 
-/// A message as received from a shard's stream, decoded once where it was received.
+/// A message as received from a shard's stream.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub shard: u32,
     pub seq: u64,
-    /// The bytes as received, for the dead-letter subject.
     pub payload: bytes::Bytes,
     /// The publisher its message id names (None: no id, or not one of ours).
     pub published_by: Option<crate::log::PublishedBy>,
-    /// The batch, or why the message may not be applied (refused by `[signing]`, or not decodable): then it
-    /// goes to the dead letters whole.
-    pub batch: std::result::Result<Batch, String>,
-}
-
-impl Incoming {
-    /// Decodes the payload unless `refused` says why it must not be: on the consumer's task, so the
-    /// database thread (the pipeline's bottleneck) neither decodes a message nor decodes one twice.
-    pub fn received(
-        shard: u32,
-        seq: u64,
-        payload: bytes::Bytes,
-        published_by: Option<crate::log::PublishedBy>,
-        refused: Option<String>,
-    ) -> Incoming {
-        let batch = match refused {
-            Some(reason) => Err(reason),
-            None => decode(&payload).map_err(|err| err.to_string()),
-        };
-        Incoming {
-            shard,
-            seq,
-            payload,
-            published_by,
-            batch,
-        }
-    }
+    /// Why the message may not be applied (its signature, `[signing]`): it goes to the dead letters whole.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -195,13 +169,17 @@ pub fn apply_messages(
         if message.seq <= position {
             continue; // Redelivery of something this transaction or an earlier one already applied.
         }
-        match &message.batch {
+        let decoded = match &message.refused {
+            Some(reason) => Err(reason.clone()),
+            None => decode(&message.payload).map_err(|err| err.to_string()),
+        };
+        match decoded {
             Err(reason) => {
                 warn!(shard = message.shard, seq = message.seq, error = %reason, "message refused, parked on the dead-letter subject");
-                crate::state::record_dead_letter(tx, message.shard, message.seq, reason)?;
+                crate::state::record_dead_letter(tx, message.shard, message.seq, &reason)?;
                 outcome
                     .dead_letters
-                    .push((message.shard, message.seq, reason.clone()));
+                    .push((message.shard, message.seq, reason));
             }
             Ok(batch) => {
                 let me = crate::log::Publisher {

@@ -431,16 +431,15 @@ impl ShardConsumer {
                     .err()
                     .map(|err| err.to_string())
                 });
-                incoming.push(Incoming::received(
-                    self.shard,
+                incoming.push(Incoming {
+                    shard: self.shard,
                     seq,
-                    message.payload.clone(),
+                    payload: message.payload.clone(),
                     published_by,
                     refused,
-                ));
+                });
             }
             let last_applied = incoming.last().map(|m| m.seq);
-            let incoming: std::sync::Arc<[Incoming]> = incoming.into();
             if incoming.is_empty() {
                 if let Some((expected, got)) = gap {
                     return Exit::Restart(format!("sequence gap: expected {expected}, got {got}"));
@@ -451,7 +450,7 @@ impl ShardConsumer {
                 &self.names.stream(self.shard),
                 next_expected.saturating_sub(1),
             );
-            let outcome = match self.apply_with_retry(&incoming, shutdown).await {
+            let outcome = match self.apply_with_retry(incoming.clone(), shutdown).await {
                 Some(outcome) => outcome,
                 None => return Exit::Shutdown,
             };
@@ -478,7 +477,7 @@ impl ShardConsumer {
 
     async fn apply_with_retry(
         &self,
-        incoming: &std::sync::Arc<[Incoming]>,
+        incoming: Vec<Incoming>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<ApplyOutcome> {
         let mut backoff = Duration::from_millis(20);
