@@ -2908,3 +2908,55 @@ fn regression_case_1645_of_2000() {
         panic!("{err}");
     }
 }
+
+/// Found by the property test (seed 1796127385095876663): a row re-created under a key that also holds a
+/// UNIQUE value taken elsewhere, with a child moved along with its parent.
+#[test]
+fn regression_recreated_key_with_a_moved_child() {
+    let steps = vec![
+        Step::Create {
+            node: 2,
+            name: Some(1),
+            child: false,
+        },
+        Step::Create {
+            node: 0,
+            name: Some(1),
+            child: true,
+        },
+        Step::Stamp { node: 2 },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Deliver {
+            node: 1,
+            shard: 0,
+            count: 1,
+        },
+        Step::Delete { node: 1, pick: 1 },
+        Step::Update {
+            node: 0,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: None,
+        },
+        Step::Recreate { node: 0, pick: 0 },
+        Step::KvPut {
+            node: 0,
+            key: 0,
+            x: None,
+            y: None,
+        },
+        Step::Create {
+            node: 0,
+            name: Some(1),
+            child: false,
+        },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}

@@ -619,17 +619,13 @@ fn key_taken(tx: &Transaction<'_>, ctx: &ApplyContext<'_>, change: &RowChange) -
         || read_row(tx, table, &change.pk)?.is_some())
 }
 
-fn rekey_parked(
-    tx: &Transaction<'_>,
-    ctx: &ApplyContext<'_>,
-    waiting: &parked::Parked,
-    moved: &mut u64,
-) -> Result<()> {
-    let Some(table) = ctx.schema.tables.get(&waiting.change.table) else {
-        return Ok(());
-    };
+/// A fresh key for a row that moves off an auto-assigned key: above every key in the table, and held by no
+/// lineage this node knows of (a deleted row's tombstone, a key reserved for a waiting row, a parked row).
+/// A key known here as another lineage's would make the moved row collide again, under the same key, with
+/// a row created earlier — and lose again, for ever. `None` for a table without a single-column key.
+fn fresh_key(tx: &Transaction<'_>, table: &TableInfo) -> Result<Option<i64>> {
     let Some(next_key) = &table.sql.next_key else {
-        return Ok(());
+        return Ok(None);
     };
     let mut key: i64 = tx
         .prepare_cached(next_key)
@@ -640,10 +636,24 @@ fn rekey_parked(
         if !parked::has_key(tx, &table.name, &bytes)?
             && rows::read(tx, &table.name, &bytes)?.is_none()
         {
-            break;
+            return Ok(Some(key));
         }
         key += 1;
     }
+}
+
+fn rekey_parked(
+    tx: &Transaction<'_>,
+    ctx: &ApplyContext<'_>,
+    waiting: &parked::Parked,
+    moved: &mut u64,
+) -> Result<()> {
+    let Some(table) = ctx.schema.tables.get(&waiting.change.table) else {
+        return Ok(());
+    };
+    let Some(key) = fresh_key(tx, table)? else {
+        return Ok(());
+    };
     let mut change = waiting.change.clone();
     let old = describe_key(&change.pk);
     change.pk = vec![Value::Integer(key)];
@@ -1663,13 +1673,9 @@ fn rehome(
     holder: Vec<(String, Value)>,
     outcome: &mut ApplyOutcome,
 ) -> Result<Option<Applied>> {
-    let Some(next_key) = &table.sql.next_key else {
+    let Some(key) = fresh_key(tx, table)? else {
         return Ok(Some(Applied::Displaced));
     };
-    let key: i64 = tx
-        .prepare_cached(next_key)
-        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
-        .ctx("choosing a fresh key")?;
     let new_key = vec![Value::Integer(key)];
     let mut moved = change.clone();
     moved.pk = new_key.clone();
@@ -1882,16 +1888,12 @@ fn move_row(
     key: &[Value],
     outcome: &mut ApplyOutcome,
 ) -> Result<Vec<Value>> {
-    let Some(next_key) = &table.sql.next_key else {
+    let Some(new_key) = fresh_key(tx, table)? else {
         return Err(Error::Internal(format!(
             "table `{}` has no single-column key to move a row to",
             table.name
         )));
     };
-    let new_key: i64 = tx
-        .prepare_cached(next_key)
-        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
-        .ctx("choosing a fresh key")?;
     let new_key = vec![Value::Integer(new_key)];
     let key_column = &table.pk[0];
     tx.prepare_cached(&format!(
