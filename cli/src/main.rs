@@ -5,7 +5,6 @@
 
 mod args;
 mod http;
-mod metrics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,85 +139,71 @@ fn health_body(status: &harmonylite::Status, detailed: bool) -> (u16, String) {
 }
 
 async fn start_endpoints(replica: &Replica, config: &Config) -> Result<(), harmonylite::Error> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
     let bind_error = |field: &str, reason: String| harmonylite::Error::Config {
         field: field.to_string(),
         reason,
     };
     if config.prometheus.enable {
-        let replica = replica.clone();
-        let naming = std::sync::Arc::new(metrics::Naming {
-            namespace: config.prometheus.namespace.clone(),
-            subsystem: config.prometheus.subsystem.clone(),
-        });
-        let address = http::serve("prometheus metrics", &config.prometheus.bind, move |path| {
+        let metrics = {
             let replica = replica.clone();
-            let naming = naming.clone();
-            async move {
-                if path != "/metrics" && path != "/" {
-                    return http::Response {
-                        status: 404,
-                        content_type: "text/plain",
-                        body: "try /metrics\n".into(),
-                    };
-                }
-                match replica.status().await {
-                    Ok(status) => http::Response {
-                        status: 200,
-                        content_type: "text/plain; version=0.0.4",
-                        body: {
-                            let age = status.snapshot.saved_at_ms.map(|at| {
-                                harmonylite::clock::wall_millis().saturating_sub(at) as f64 / 1000.0
-                            });
-                            metrics::render(&status, &naming, age)
-                        },
-                    },
-                    Err(err) => http::Response {
-                        status: 503,
-                        content_type: "text/plain",
-                        body: format!("{err}\n"),
-                    },
+            move || async move {
+                match replica.metrics().await {
+                    Ok(text) => (
+                        [(header::CONTENT_TYPE, harmonylite::METRICS_CONTENT_TYPE)],
+                        text,
+                    )
+                        .into_response(),
+                    Err(err) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response()
+                    }
                 }
             }
-        })
-        .await
-        .map_err(|err| bind_error("prometheus.bind", err))?;
+        };
+        let routes = axum::Router::new()
+            .route("/metrics", get(metrics.clone()))
+            .route("/", get(metrics))
+            .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
+        let address = http::serve("prometheus metrics", &config.prometheus.bind, routes)
+            .await
+            .map_err(|err| bind_error("prometheus.bind", err))?;
         info!(%address, "metrics at /metrics");
     }
     if config.health_check.enable {
-        let replica = replica.clone();
         let health_path = config.health_check.path.clone();
+        if !health_path.starts_with('/') {
+            return Err(bind_error(
+                "health_check.path",
+                format!("`{health_path}` is not a path (it must start with `/`, like `/health`)"),
+            ));
+        }
         let detailed = config.health_check.detailed;
-        let address = http::serve("health check", &config.health_check.bind, move |path| {
+        let health = {
             let replica = replica.clone();
-            let health_path = health_path.clone();
-            async move {
-                if path != health_path {
-                    return http::Response {
-                        status: 404,
-                        content_type: "text/plain",
-                        body: format!("try {health_path}\n"),
-                    };
-                }
-                match replica.status().await {
-                    Ok(status) => {
-                        let (code, body) = health_body(&status, detailed);
-                        http::Response {
-                            status: code,
-                            content_type: "application/json",
-                            body,
-                        }
-                    }
-                    Err(err) => http::Response {
-                        status: 503,
-                        content_type: "application/json",
-                        body: serde_json::json!({"status": "unhealthy", "error": err.to_string()})
+            move || async move {
+                // A status at most a second old: a probe every few milliseconds costs one a second.
+                let (code, body) = match replica.recent_status().await {
+                    Ok(status) => health_body(&status, detailed),
+                    Err(err) => (
+                        503,
+                        serde_json::json!({"status": "unhealthy", "error": err.to_string()})
                             .to_string(),
-                    },
-                }
+                    ),
+                };
+                let code = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
             }
-        })
-        .await
-        .map_err(|err| bind_error("health_check.bind", err))?;
+        };
+        let hint = format!("try {health_path}\n");
+        let routes = axum::Router::new()
+            .route(&health_path, get(health))
+            .fallback(move || async move { (StatusCode::NOT_FOUND, hint).into_response() });
+        let address = http::serve("health check", &config.health_check.bind, routes)
+            .await
+            .map_err(|err| bind_error("health_check.bind", err))?;
         info!(%address, path = %config.health_check.path, "health check");
     }
     Ok(())

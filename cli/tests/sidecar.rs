@@ -3,8 +3,6 @@
 #[path = "../../core/tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,21 +13,6 @@ const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin TEXT, qt
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harmonylite"))
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((code, body))
 }
 
 /// One sidecar process with its own folder, database, config file and endpoints. Killed on drop.
@@ -241,11 +224,59 @@ fn metrics_and_health_endpoints_report_the_node() {
         samples["harmonylite_replication_lag_messages{node_id=\"12\",shard=\"0\"}"],
         0.0
     );
+    assert!(samples.contains_key("harmonylite_changes_waiting{node_id=\"12\"}"));
+    assert!(samples.contains_key("harmonylite_keys_moved_total{node_id=\"12\"}"));
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     let (_, a_metrics) = http_get(a.metrics_port, "/metrics").expect("metrics");
     assert!(
         a_metrics.contains("harmonylite_changes_published_total{node_id=\"11\"} 2"),
         "{a_metrics}"
     );
+    // The Grafana dashboard in docs/ charts only series the sidecar serves (snapshot age appears once a
+    // snapshot was saved, which these nodes did not).
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/harmonylite-dashboard.json"),
+    )
+    .expect("dashboard");
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    let charted: std::collections::BTreeSet<String> = dashboard
+        .match_indices("harmonylite_")
+        .map(|(at, _)| {
+            dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .filter(|name| name != "harmonylite_snapshot_age_seconds")
+        .collect();
+    // Gauges come from a status up to a second old: a series that just began may take that long.
+    let mut missing = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < WAIT {
+        let served: String = [&a, &b]
+            .iter()
+            .filter_map(|node| http_get(node.metrics_port, "/metrics"))
+            .map(|(_, text)| text)
+            .collect();
+        missing = charted
+            .iter()
+            .filter(|name| !served.contains(&format!("\n{name}{{")))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard charts {missing:?}, which /metrics does not serve"
+    );
+    let charted = charted.len();
+    assert!(charted > 10, "the dashboard charts {charted} series");
 
     let (code, body) = http_get(a.health_port, "/health").expect("health");
     assert_eq!(code, 200);

@@ -115,7 +115,7 @@ pub(crate) struct DbOutputs {
     pub outbox: mpsc::UnboundedSender<OutboxEntry>,
     pub events: EventHub,
     pub positions: watch::Sender<BTreeMap<u32, u64>>,
-    pub counters: std::sync::Arc<crate::engine::Counters>,
+    pub counters: std::sync::Arc<crate::metrics::Counters>,
     pub conflicts: ConflictHub,
 }
 
@@ -846,21 +846,14 @@ impl DbWorker {
             error!(error = %err, "a message claims this node's id");
             counters.record_error(&err);
         }
+        counters.applied_rows.inc_by(outcome.applied);
+        counters.kept_rows.inc_by(outcome.kept);
+        counters.deferred_rows.inc_by(outcome.deferred);
+        counters.moved_keys.inc_by(outcome.moved_keys);
+        counters.conflicts.inc_by(outcome.conflicts.len() as u64);
         counters
-            .applied_rows
-            .fetch_add(outcome.applied, Ordering::Relaxed);
-        counters
-            .kept_rows
-            .fetch_add(outcome.kept, Ordering::Relaxed);
-        counters
-            .deferred_rows
-            .fetch_add(outcome.deferred, Ordering::Relaxed);
-        counters
-            .moved_keys
-            .fetch_add(outcome.moved_keys, Ordering::Relaxed);
-        counters
-            .conflicts
-            .fetch_add(outcome.conflicts.len() as u64, Ordering::Relaxed);
+            .dead_lettered
+            .inc_by(outcome.dead_letters.len() as u64);
         if outcome.applied > 0 {
             counters
                 .last_apply_ms
@@ -1187,8 +1180,14 @@ impl DbWorker {
             outbox::delete(&tx, &[entry.id])?;
             tx.commit().ctx("recording a rejected change")
         })();
-        if let Err(err) = result {
-            warn!(error = %err, "could not record a rejected change");
+        match result {
+            Ok(()) => {
+                self.outputs
+                    .counters
+                    .rejected_local
+                    .inc_by(rows.len() as u64);
+            }
+            Err(err) => warn!(error = %err, "could not record a rejected change"),
         }
     }
 

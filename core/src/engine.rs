@@ -7,13 +7,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -24,9 +22,11 @@ use crate::db_thread::{self, Command, DbHandle, DbOutputs};
 use crate::divergence::{DivergenceChecker, DivergenceMonitor};
 use crate::error::{Error, Result};
 use crate::events::{ConflictHub, EventHub};
+use crate::metrics::Counters;
 use crate::publish::publisher::{PublishProgress, Publisher};
 use crate::snapshot::{self, service::SnapshotService};
 use crate::state::conflicts::Conflict;
+use crate::status::{ConnectionState, PausedTable, ReplicaRole, ShardStatus, Status, Token};
 use crate::transport::embedded::{EmbeddedOptions, EmbeddedServer};
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::{self, Names, StreamKeeper};
@@ -88,236 +88,6 @@ pub fn block_on<T: Send + 'static>(
     runtime().block_on(on_runtime(future))
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub published_messages: AtomicU64,
-    pub published_rows: AtomicU64,
-    pub applied_rows: AtomicU64,
-    pub kept_rows: AtomicU64,
-    pub deferred_rows: AtomicU64,
-    /// Rows this node moved off a key another node's row took (since open).
-    pub moved_keys: AtomicU64,
-    /// Conflict-log entries recorded (since open).
-    pub conflicts: AtomicU64,
-    pub errors: AtomicU64,
-    pub last_publish_ms: AtomicU64,
-    pub last_apply_ms: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-    pub behind_retention: AtomicBool,
-    /// When the most recent errors happened (at most `RECENT_ERRORS_KEPT`), for "errors are rising".
-    pub recent_errors: Mutex<std::collections::VecDeque<Instant>>,
-}
-
-const RECENT_ERRORS_WINDOW: Duration = Duration::from_secs(60);
-const RECENT_ERRORS_KEPT: usize = 1024;
-
-impl Counters {
-    pub fn record_error(&self, err: &Error) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(err.to_string());
-        }
-        if let Ok(mut recent) = self.recent_errors.lock() {
-            if recent.len() >= RECENT_ERRORS_KEPT {
-                recent.pop_front();
-            }
-            recent.push_back(Instant::now());
-        }
-    }
-
-    /// Errors counted in the last minute.
-    pub fn errors_last_minute(&self) -> u64 {
-        let Ok(mut recent) = self.recent_errors.lock() else {
-            return 0;
-        };
-        while recent
-            .front()
-            .is_some_and(|at| at.elapsed() > RECENT_ERRORS_WINDOW)
-        {
-            recent.pop_front();
-        }
-        recent.len() as u64
-    }
-}
-
-/// A read-your-writes token: per shard, the stream position a node must have applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Token {
-    pub positions: BTreeMap<u32, u64>,
-}
-
-impl Token {
-    /// Combines two tokens: waiting for the result waits for both.
-    pub fn merge(&mut self, other: &Token) {
-        for (shard, seq) in &other.positions {
-            let entry = self.positions.entry(*shard).or_insert(0);
-            *entry = (*entry).max(*seq);
-        }
-    }
-
-    pub(crate) fn reached_by(&self, applied: &BTreeMap<u32, u64>) -> bool {
-        self.positions
-            .iter()
-            .all(|(shard, seq)| applied.get(shard).copied().unwrap_or(0) >= *seq)
-    }
-}
-
-/// Text form `shard:seq,shard:seq` so tokens can travel between processes and languages.
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .positions
-            .iter()
-            .map(|(s, q)| format!("{s}:{q}"))
-            .collect();
-        f.write_str(&parts.join(","))
-    }
-}
-
-impl FromStr for Token {
-    type Err = Error;
-    fn from_str(text: &str) -> Result<Token> {
-        let mut positions = BTreeMap::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let parsed = part
-                .split_once(':')
-                .and_then(|(s, q)| Some((s.parse::<u32>().ok()?, q.parse::<u64>().ok()?)));
-            let Some((shard, seq)) = parsed else {
-                return Err(Error::config(
-                    "token",
-                    format!("`{text}` is not a token (shard:seq,...)"),
-                ));
-            };
-            positions.insert(shard, seq);
-        }
-        Ok(Token { positions })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionState {
-    Connected,
-    Disconnected,
-    Connecting,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardStatus {
-    pub shard: u32,
-    /// Stream position applied on this node.
-    pub applied_seq: u64,
-    /// Highest stream position of a message this node published (this run).
-    pub published_seq: u64,
-    /// Last position in the shard's stream (None when NATS cannot be asked right now).
-    pub stream_last_seq: Option<u64>,
-    /// Messages in the stream this node has not applied yet.
-    pub lag_messages: Option<u64>,
-    /// How long this shard has had messages waiting without applying any (its apply failing, or its
-    /// position not moving while the stream holds more); None while it keeps up.
-    pub stalled_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PausedTable {
-    pub table: String,
-    pub waiting_changes: u64,
-    /// Why the oldest waiting change waits, in words.
-    pub reason: String,
-    /// What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
-    /// NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
-    /// hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
-    pub kind: String,
-}
-
-/// Whether a handle runs the node's replicator or forwards to the process that does (ADR 0010).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicaRole {
-    /// This handle runs the replicator (capture, publishing, applying, the embedded nats-server).
-    Active,
-    /// Another process (or another open in this process) runs it; this handle forwards to it and takes
-    /// over when it goes away.
-    Attached,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    pub node_id: u64,
-    /// `active` or `attached` (ADR 0010).
-    pub role: ReplicaRole,
-    /// Pid of the process that runs this database's replicator (this process when `role` is `active`).
-    pub replicator_pid: u32,
-    /// Handles attached to that replicator (other processes, or other opens in the same process).
-    pub attached_handles: u32,
-    pub db_path: String,
-    pub connection: ConnectionState,
-    /// The JetStream streams exist (created or checked since open, and none found missing since).
-    pub streams_ready: bool,
-    /// Streams this node found missing on the server; the stream keeper is creating them again.
-    pub missing_streams: Vec<String>,
-    /// How long NATS has been unreachable (None while connected).
-    pub nats_unreachable_ms: Option<u64>,
-    pub nats_urls: Vec<String>,
-    pub embedded_server: bool,
-    pub publish: bool,
-    pub replicate: bool,
-    pub replicated_tables: Vec<String>,
-    pub shards: Vec<ShardStatus>,
-    /// Captured local changes not yet stamped.
-    pub pending_changes: u64,
-    /// Stamped local messages (and their rows) not yet acknowledged by JetStream.
-    pub unsent_messages: u64,
-    pub unsent_rows: u64,
-    pub published_messages: u64,
-    pub published_rows: u64,
-    pub applied_rows: u64,
-    /// Received changes that lost to a newer version already here.
-    pub skipped_rows: u64,
-    pub deferred_rows: u64,
-    /// Entries in the conflict log (bounded; see `Replica::conflicts`).
-    pub conflicts: u64,
-    /// Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
-    pub conflicts_recorded: u64,
-    /// Rows this node moved to a fresh key since open, because another node created a different row under
-    /// the same auto-assigned key first.
-    pub moved_keys: u64,
-    pub dead_lettered: u64,
-    /// Local changes that could not be published (larger than the server's max payload).
-    pub rejected_local: u64,
-    pub paused_tables: Vec<PausedTable>,
-    pub last_publish_ms: Option<u64>,
-    pub last_apply_ms: Option<u64>,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    /// A shard's position is older than the first message its stream still holds: rows changed in the gap
-    /// are stale until they change again. Restart the node to restore a snapshot.
-    pub behind_retention: bool,
-    /// JetStream lost messages this node relied on (a stream deleted or recreated, or holding less than
-    /// this node had applied). Positions were reset to the new stream; rows that only the lost messages
-    /// carried are missing on the nodes that had not applied them until every node has published its rows
-    /// again (`broker_data_loss[].republished_rows`); this stays true for the rest of the run, as a record.
-    pub broker_data_loss_detected: bool,
-    /// Losses detected since open (one per lost stream incarnation).
-    pub broker_data_loss_events: u64,
-    pub broker_data_loss: Vec<crate::transport::stream_health::BrokerDataLoss>,
-    /// Tables whose checksum differs from a peer's although both nodes had applied the same changes
-    /// (identical positions on every shard, nothing unsent): the divergence check (ADR 0017). This node
-    /// republishes such a table's rows (at most once per `divergence_check.repair_interval`); an entry
-    /// stays until a later comparison at identical positions matches.
-    #[serde(default)]
-    pub divergent_tables: Vec<crate::divergence::Divergence>,
-    /// Table checksums compared with a peer's at identical positions since open: zero while the check is
-    /// off, before the first round, or while no peer has been at this node's positions.
-    #[serde(default)]
-    pub divergence_comparisons: u64,
-    /// Errors counted in the last minute (`errors` counts since open).
-    pub errors_last_minute: u64,
-    /// Snapshot save/restore progress.
-    pub snapshot: snapshot::SnapshotProgress,
-    pub uptime_ms: u64,
-}
-
 pub(crate) struct Inner {
     node_id: u64,
     config: Config,
@@ -348,6 +118,8 @@ pub(crate) struct Inner {
     closing: Arc<AtomicBool>,
     closed: AtomicBool,
     started: Instant,
+    /// The latest status and when it was taken, for metrics and health (`recent_status`).
+    recent_status: tokio::sync::Mutex<Option<(Instant, Status)>>,
 }
 
 /// The running pipeline of one database (one per node; see replica.rs for the handle apps hold).
@@ -588,6 +360,7 @@ pub(crate) async fn start(
             closing,
             closed: AtomicBool::new(false),
             started: Instant::now(),
+            recent_status: tokio::sync::Mutex::new(None),
         }),
     };
     if save_automatically {
@@ -857,14 +630,14 @@ impl Replicator {
             pending_changes: db.pending_changes,
             unsent_messages: db.outbox_messages,
             unsent_rows: db.outbox_rows,
-            published_messages: counters.published_messages.load(Ordering::Relaxed),
-            published_rows: counters.published_rows.load(Ordering::Relaxed),
-            applied_rows: counters.applied_rows.load(Ordering::Relaxed),
-            skipped_rows: counters.kept_rows.load(Ordering::Relaxed),
-            deferred_rows: counters.deferred_rows.load(Ordering::Relaxed),
+            published_messages: counters.published_messages.get(),
+            published_rows: counters.published_rows.get(),
+            applied_rows: counters.applied_rows.get(),
+            skipped_rows: counters.kept_rows.get(),
+            deferred_rows: counters.deferred_rows.get(),
             conflicts: db.conflicts,
-            conflicts_recorded: counters.conflicts.load(Ordering::Relaxed),
-            moved_keys: counters.moved_keys.load(Ordering::Relaxed),
+            conflicts_recorded: counters.conflicts.get(),
+            moved_keys: counters.moved_keys.get(),
             dead_lettered: db.dead_lettered,
             rejected_local: db.rejected_local,
             paused_tables: db
@@ -879,7 +652,7 @@ impl Replicator {
                 .collect(),
             last_publish_ms: nonzero(counters.last_publish_ms.load(Ordering::Relaxed)),
             last_apply_ms: nonzero(counters.last_apply_ms.load(Ordering::Relaxed)),
-            errors: counters.errors.load(Ordering::Relaxed),
+            errors: counters.errors.get(),
             last_error: counters.last_error.lock().ok().and_then(|e| e.clone()),
             behind_retention: counters.behind_retention.load(Ordering::Relaxed),
             broker_data_loss_detected: !broker_data_loss.is_empty(),
@@ -891,6 +664,32 @@ impl Replicator {
             snapshot: inner.snapshots.progress(),
             uptime_ms: inner.started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// A status at most `metrics::STATUS_MAX_AGE` old: the one taken last, or a new one. Callers that poll
+    /// (a metrics scrape, a health probe) share it, so however often they come a status is computed at most
+    /// once a second; one caller at a time takes a new one, the others wait for it.
+    pub(crate) async fn recent_status(&self) -> Result<Status> {
+        let mut recent = self.inner.recent_status.lock().await;
+        if let Some((at, status)) = recent.as_ref() {
+            if at.elapsed() < crate::metrics::STATUS_MAX_AGE {
+                return Ok(status.clone());
+            }
+        }
+        let status = self.status_inner().await?;
+        *recent = Some((Instant::now(), status.clone()));
+        Ok(status)
+    }
+
+    /// This node's metrics as OpenMetrics text under `prefix`: the counters as they are, the gauges from a
+    /// recent status.
+    pub(crate) async fn metrics_inner(&self, prefix: &str) -> Result<String> {
+        let status = self.recent_status().await?;
+        Ok(crate::metrics::exposition(
+            &self.inner.counters,
+            &status,
+            prefix,
+        ))
     }
 
     /// Saves a snapshot now (after stamping what the app committed). `Ok(None)` when another node holds the

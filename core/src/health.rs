@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{ConnectionState, Status};
+use crate::status::{ConnectionState, Status};
 
 /// When a node stops being "ok".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

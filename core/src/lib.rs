@@ -27,23 +27,24 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod log;
+mod metrics;
 pub mod publish;
 mod replica;
 pub mod snapshot;
 pub mod sqlite_locks;
 pub mod state;
+mod status;
 pub mod transport;
 
 pub use config::Config;
 pub use divergence::Divergence;
-pub use engine::{
-    block_on, check_not_forked, is_forked_child, on_runtime, runtime, ConnectionState, PausedTable,
-    ReplicaRole, ShardStatus, Status, Token,
-};
+pub use engine::{block_on, check_not_forked, is_forked_child, on_runtime, runtime};
 pub use error::{Error, ErrorCode, Result};
 pub use events::{ChangeEvent, ChangeOp, ConflictSubscription, Listener, Subscription};
 pub use health::{Health, HealthLimits};
 pub use log::Value;
+pub use metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 pub use replica::{cleanup_database, open_replicated, Replica};
 pub use state::conflicts::{Conflict, ConflictKind, ConflictSide};
+pub use status::{ConnectionState, PausedTable, ReplicaRole, ShardStatus, Status, Token};
 pub use transport::stream_health::BrokerDataLoss;

@@ -22,13 +22,14 @@ use crate::attach::lock::{recorded_holder, NodeLock};
 use crate::attach::protocol::{Answer, Hello, Request, PROTOCOL};
 use crate::attach::server::{Serve, Server};
 use crate::config::Config;
-use crate::engine::{self, on_runtime, runtime, ReplicaRole, Replicator, Status, Token};
+use crate::engine::{self, on_runtime, runtime, Replicator};
 use crate::error::{Error, Result};
 use crate::events::{
     ChangeEvent, ConflictHub, ConflictSubscription, EventHub, Listener, Subscription,
 };
 use crate::snapshot;
 use crate::state::conflicts::Conflict;
+use crate::status::{ReplicaRole, Status, Token};
 
 /// How long `status()` waits for a replicator while none answers (another process is taking over).
 const STATUS_PATIENCE: Duration = Duration::from_secs(15);
@@ -839,6 +840,50 @@ impl Replica {
                     status.role = role;
                     Ok(status)
                 }
+                (other, _) => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    /// Like [`Replica::status`], but a status at most a second old may be answered: for whatever polls it
+    /// (a health probe, a dashboard), so that polling costs at most one status a second.
+    pub async fn recent_status(&self) -> Result<Status> {
+        let shared = self.shared.clone();
+        on_runtime(async move {
+            let make = |_| (Request::RecentStatus, Duration::from_secs(30));
+            match shared.call(STATUS_PATIENCE, make).await? {
+                (Answer::Status(status), role) => {
+                    let mut status = *status;
+                    status.role = role;
+                    Ok(status)
+                }
+                (other, _) => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    /// The node's metrics in the Prometheus/OpenMetrics text format (content type
+    /// [`crate::METRICS_CONTENT_TYPE`]), every series labelled `node_id`, names prefixed with `[prometheus]
+    /// namespace` and `subsystem` (`harmonylite_changes_applied_total`, …). Counters are read as they are;
+    /// gauges come from a status at most a second old. Serve it from the app's own HTTP endpoint, or let the
+    /// sidecar's `[prometheus]` listener do it.
+    pub async fn metrics(&self) -> Result<String> {
+        let shared = self.shared.clone();
+        on_runtime(async move {
+            let naming = &shared.base_config.prometheus;
+            let prefix = crate::metrics::prefix(&naming.namespace, &naming.subsystem);
+            let make = move |_| {
+                (
+                    Request::Metrics {
+                        prefix: prefix.clone(),
+                    },
+                    Duration::from_secs(30),
+                )
+            };
+            match shared.call(STATUS_PATIENCE, make).await? {
+                (Answer::Metrics(text), _) => Ok(text),
                 (other, _) => Err(unexpected(&other)),
             }
         })

@@ -117,6 +117,17 @@ async fn rows_created_under_one_auto_key_on_two_nodes_all_survive_with_their_chi
         status.moved_keys, 40,
         "B moved its 20 categories and 20 products"
     );
+    let metrics = b.replica().metrics().await.expect("metrics");
+    let series = |name: &str| format!("harmonylite_{name}{{node_id=\"{}\"}}", status.node_id);
+    assert_eq!(
+        metric_value(&metrics, &series("keys_moved_total")),
+        Some(40.0),
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, &series("conflicts_total")).is_some_and(|n| n >= 40.0),
+        "every move is recorded: {metrics}"
+    );
     let moved: Vec<_> = b
         .replica()
         .conflicts(0, 1000)

@@ -100,6 +100,49 @@ async fn applier_writes_are_not_echoed_and_status_reports_progress() {
     assert_eq!(a_status.published_rows, 1);
     assert_eq!(a_status.connection, harmonylite::ConnectionState::Connected);
     assert!(a_status.shards[0].published_seq >= 1);
+
+    // The same counts in the metrics, counted where they happened; gauges labelled per shard.
+    let b_metrics = b.replica().metrics().await.expect("metrics");
+    let b_series = |name: &str| format!("harmonylite_{name}{{node_id=\"{}\"}}", b_status.node_id);
+    assert_eq!(
+        metric_value(&b_metrics, &b_series("changes_applied_total")),
+        Some(1.0),
+        "{b_metrics}"
+    );
+    assert_eq!(
+        metric_value(&b_metrics, &b_series("changes_published_total")),
+        Some(0.0),
+        "{b_metrics}"
+    );
+    assert_eq!(
+        metric_value(&b_metrics, &b_series("nats_connected")),
+        Some(1.0),
+        "{b_metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &b_metrics,
+            &format!(
+                "harmonylite_applied_position{{node_id=\"{}\",shard=\"0\"}}",
+                b_status.node_id
+            )
+        ),
+        Some(b_status.shards[0].applied_seq as f64),
+        "{b_metrics}"
+    );
+    assert!(b_metrics.ends_with("# EOF\n"), "{b_metrics}");
+    let a_metrics = a.replica().metrics().await.expect("metrics");
+    assert_eq!(
+        metric_value(
+            &a_metrics,
+            &format!(
+                "harmonylite_changes_published_total{{node_id=\"{}\"}}",
+                a_status.node_id
+            )
+        ),
+        Some(1.0),
+        "{a_metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

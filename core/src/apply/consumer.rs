@@ -21,9 +21,9 @@ use tracing::{debug, info, warn};
 
 use super::applier::{ApplyOutcome, Incoming};
 use crate::db_thread::Command;
-use crate::engine::Counters;
 use crate::error::{Error, Result};
 use crate::log::PublishedBy;
+use crate::metrics::Counters;
 use crate::publish::publisher::PublishProgress;
 use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
 use crate::transport::{created_ns, is_stream_not_found, Names};

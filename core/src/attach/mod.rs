@@ -49,6 +49,12 @@ pub(crate) async fn answer(
             status.attached_handles = attached;
             Ok(Answer::Status(Box::new(status)))
         }
+        Request::RecentStatus => {
+            let mut status = replicator.recent_status().await?;
+            status.attached_handles = attached;
+            Ok(Answer::Status(Box::new(status)))
+        }
+        Request::Metrics { prefix } => replicator.metrics_inner(&prefix).await.map(Answer::Metrics),
         Request::Sync { timeout_ms } => replicator
             .sync_inner(Duration::from_millis(timeout_ms))
             .await

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use crate::engine::{Status, Token};
 use crate::error::Error;
 use crate::events::ChangeEvent;
 use crate::snapshot::Manifest;
 use crate::state::conflicts::Conflict;
+use crate::status::{Status, Token};
 
 /// Raised whenever a frame changes shape. Both sides must also run the same library version.
 pub(crate) const PROTOCOL: u32 = 2;
@@ -55,6 +55,12 @@ pub(crate) enum Request {
         after: i64,
         limit: u64,
     },
+    /// A status at most a second old (what metrics and health probes poll).
+    RecentStatus,
+    /// The metrics as OpenMetrics text, names under `prefix`.
+    Metrics {
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,6 +75,7 @@ pub(crate) enum Answer {
     Token(Token),
     Snapshot(Option<Manifest>),
     Conflicts(Vec<Conflict>),
+    Metrics(String),
     Done,
 }
 

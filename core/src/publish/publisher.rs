@@ -21,8 +21,8 @@ use tracing::{debug, warn};
 
 use super::OutboxEntry;
 use crate::db_thread::Command;
-use crate::engine::Counters;
 use crate::log::signing::{ClusterKeys, SIGNATURE_HEADER};
+use crate::metrics::Counters;
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::Names;
 
@@ -147,8 +147,8 @@ impl Publisher {
                         backoff = Duration::from_millis(50);
                         outstanding.remove(&entry.id);
                         acked_ids.push(entry.id);
-                        self.counters.published_messages.fetch_add(1, Ordering::Relaxed);
-                        self.counters.published_rows.fetch_add(u64::from(entry.rows), Ordering::Relaxed);
+                        self.counters.published_messages.inc();
+                        self.counters.published_rows.inc_by(u64::from(entry.rows));
                         self.counters.last_publish_ms.store(crate::clock::wall_millis(), Ordering::Relaxed);
                         self.progress.send_modify(|progress| {
                             let seq = progress.shard_seqs.entry(entry.shard).or_insert(0);

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::engine::Counters;
 use crate::error::{Error, Result};
+use crate::metrics::Counters;
 use crate::publish::publisher::PublishProgress;
 use stream_health::StreamHealth;
 
