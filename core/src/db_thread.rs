@@ -11,7 +11,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
@@ -21,6 +21,7 @@ use crate::capture::commit_watch::CommitWatch;
 use crate::capture::{self, Schema};
 use crate::clock::{Clock, ClockHistory};
 use crate::config::Config;
+use crate::connection::{begin_write, open_connection, with_busy_retry};
 use crate::error::{Error, Result, SqlContext};
 use crate::events::{ConflictHub, EventHub};
 use crate::log::{decode, pk_key, shard_of, Origin, Publisher};
@@ -245,85 +246,6 @@ fn wal_path(conn: &Connection) -> Option<PathBuf> {
         .ok()?;
     let wal = PathBuf::from(format!("{main}-wal"));
     wal.exists().then_some(wal)
-}
-
-pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        db,
-        // NO_MUTEX: rusqlite's connections are `!Sync`, so SQLite's per-call mutex only costs time.
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| Error::Sqlite {
-        context: format!("opening {}", db.display()),
-        source,
-    })?;
-    set_busy_timeout(&conn, busy_timeout).ctx("setting busy_timeout")?;
-    // WAL lets the app read while the library writes; the mode is stored in the file.
-    // Switching to WAL needs a moment without other writers; the app may be mid-transaction.
-    let mode: String = with_busy_retry(busy_timeout.max(Duration::from_secs(1)), || {
-        conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .ctx("enabling WAL")
-    })?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        warn!(db = %db.display(), mode = %mode, "database is not in WAL mode; the app may see SQLITE_BUSY more often");
-    }
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
-        .ctx("setting pragmas")?;
-    conn.set_prepared_statement_cache_capacity(256);
-    Ok(conn)
-}
-
-/// `PRAGMA busy_timeout` rather than rusqlite's `busy_timeout()`, which needs SQLite 3.44
-/// (`sqlite3_set_clientdata`): the Swift binding links the system SQLite, which may be older (Debian 12: 3.40).
-pub(crate) fn set_busy_timeout(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
-    conn.execute_batch(&format!("PRAGMA busy_timeout = {}", timeout.as_millis()))
-}
-
-/// Starts a write transaction (`BEGIN IMMEDIATE`), retrying every few tens of microseconds while another
-/// connection holds the write lock, for up to `limit`. SQLite's own busy handler first sleeps a whole
-/// millisecond, then 2, then 5, while an app's transaction holds the lock for tens of microseconds: a
-/// collision cost the replication path 1–3 ms (about 2 % of stamps at 1,000–5,000 rows/s in bench W2).
-fn begin_write<'c>(
-    conn: &'c Connection,
-    limit: Duration,
-    context: &str,
-) -> Result<Transaction<'c>> {
-    set_busy_timeout(conn, Duration::ZERO).ctx(context)?;
-    let started = Instant::now();
-    let mut pause = Duration::from_micros(20);
-    let outcome = loop {
-        match Transaction::new_unchecked(conn, TransactionBehavior::Immediate).ctx(context) {
-            Err(Error::SqliteBusy { .. }) if started.elapsed() < limit => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(1));
-            }
-            other => break other,
-        }
-    };
-    // Statements inside the transaction (and every other use of the connection) wait as configured.
-    set_busy_timeout(conn, limit).ctx(context)?;
-    outcome
-}
-
-/// Retries an operation while the database is locked, with backoff, up to `limit`.
-fn with_busy_retry<T>(limit: Duration, mut op: impl FnMut() -> Result<T>) -> Result<T> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match op() {
-            Err(Error::SqliteBusy { context }) => {
-                if started.elapsed() >= limit {
-                    return Err(Error::SqliteBusy { context });
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
 }
 
 impl DbWorker {
@@ -1245,7 +1167,7 @@ fn migration_bookkeeping(conn: &Connection) -> i64 {
         .filter(|t| crate::config::migration_tool(t).is_some())
         .map(|t| {
             conn.query_row(
-                &format!("SELECT count(*) FROM {}", capture::triggers::quote(t)),
+                &format!("SELECT count(*) FROM {}", capture::sql::quote(t)),
                 [],
                 |row| row.get::<_, i64>(0),
             )

@@ -20,6 +20,7 @@ mod attach;
 pub mod capture;
 pub mod clock;
 pub mod config;
+mod connection;
 mod db_thread;
 pub mod divergence;
 mod engine;

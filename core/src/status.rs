@@ -187,3 +187,12 @@ pub struct Status {
     pub snapshot: snapshot::SnapshotProgress,
     pub uptime_ms: u64,
 }
+
+/// What has been published so far, for read-your-writes tokens.
+#[derive(Debug, Clone, Default)]
+pub struct PublishProgress {
+    /// Every outbox id up to this one is acknowledged.
+    pub acked_through: i64,
+    /// Highest acknowledged stream sequence per shard.
+    pub shard_seqs: BTreeMap<u32, u64>,
+}

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 
 use super::merge::{plan, Plan};
 use crate::capture::schema::{insert_sql, update_sql};
-use crate::capture::triggers::{quote, OP_INSERT, OP_UPDATE};
+use crate::capture::sql::quote;
+use crate::capture::triggers::{OP_INSERT, OP_UPDATE};
 use crate::capture::{Schema, TableInfo};
 use crate::clock::{physical_millis, wall_millis, Clock, MAX_HLC};
 use crate::error::{Error, Result, SqlContext};
@@ -1932,7 +1933,7 @@ fn point_children_at(
         if state.is_some_and(|s| s.column_version(column).node != ctx.node_id) {
             continue;
         }
-        let filter = crate::capture::triggers::key_filter(&child.pk);
+        let filter = crate::capture::sql::key_filter(&child.pk);
         let sql = format!(
             "UPDATE {} SET {} = ?{} WHERE {filter}",
             quote(&child.name),

@@ -24,7 +24,7 @@ use crate::db_thread::Command;
 use crate::error::{Error, Result};
 use crate::log::PublishedBy;
 use crate::metrics::Counters;
-use crate::publish::publisher::PublishProgress;
+use crate::status::PublishProgress;
 use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
 use crate::transport::{created_ns, is_stream_not_found, Names};
 

@@ -16,16 +16,10 @@
 //!   migrations seed) are one row. On other tables the key is the row's identity and lineages merge.
 //! - Tables configured `merge = "row"` compare the whole row: the newest change's image wins.
 
+use crate::capture::schema::MergeMode;
 use crate::clock::Version;
 use crate::log::{Op, RowChange};
 use crate::state::rows::RowState;
-
-/// How a table merges concurrent updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MergeMode {
-    Column,
-    Row,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {

@@ -7,6 +7,7 @@
 
 pub mod commit_watch;
 pub mod schema;
+pub mod sql;
 pub mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,7 +101,7 @@ pub fn install_holding(
     let mut changed = 0usize;
     for (name, sql) in &existing {
         if wanted.get(name) != Some(sql) {
-            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", triggers::quote(name)))
+            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", sql::quote(name)))
                 .ctx("dropping a stale capture trigger")?;
             changed += 1;
         }
@@ -180,7 +181,7 @@ fn backfill(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
     let keys: String = table
         .pk
         .iter()
-        .map(|c| format!(", {}", triggers::quote(c)))
+        .map(|c| format!(", {}", sql::quote(c)))
         .collect();
     let logged = conn
         .execute(
@@ -188,7 +189,7 @@ fn backfill(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
                 "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) SELECT {id}, {}, {}{keys} FROM {}",
                 triggers::OP_INSERT,
                 triggers::COMMIT_MILLIS,
-                triggers::quote(&table.name)
+                sql::quote(&table.name)
             ),
             [],
         )
@@ -207,14 +208,14 @@ fn reconcile(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
     let keys: String = table
         .pk
         .iter()
-        .map(|c| format!(", {}", triggers::quote(c)))
+        .map(|c| format!(", {}", sql::quote(c)))
         .collect();
     conn.execute(
         &format!(
             "INSERT INTO {CHANGE_LOG}(tbl, op, at{slots}) SELECT {id}, {}, {}{keys} FROM {}",
             triggers::OP_INSERT,
             triggers::COMMIT_MILLIS,
-            triggers::quote(&table.name)
+            sql::quote(&table.name)
         ),
         [],
     )
@@ -230,8 +231,8 @@ fn reconcile(conn: &Connection, table: &TableInfo, id: i64) -> Result<()> {
         let present: bool = conn
             .prepare_cached(&format!(
                 "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
-                triggers::quote(&table.name),
-                triggers::key_filter(&table.pk)
+                sql::quote(&table.name),
+                sql::key_filter(&table.pk)
             ))
             .and_then(|mut stmt| {
                 stmt.query_row(rusqlite::params_from_iter(pk.iter()), |row| row.get(0))
@@ -287,7 +288,7 @@ pub fn cleanup(conn: &mut Connection) -> Result<usize> {
             "index" => "DROP INDEX",
             _ => "DROP TABLE",
         };
-        tx.execute_batch(&format!("{statement} IF EXISTS {}", triggers::quote(name)))
+        tx.execute_batch(&format!("{statement} IF EXISTS {}", sql::quote(name)))
             .ctx("dropping a library object")?;
     }
     // AUTOINCREMENT left a row in SQLite's own sqlite_sequence (a table SQLite does not let anyone drop).

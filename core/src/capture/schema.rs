@@ -5,12 +5,18 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use tracing::info;
 
-use super::triggers::{key_filter, quote};
+use super::sql::{key_filter, quote};
 use super::{MAX_PK_COLUMNS, PREFIX};
-use crate::apply::merge::MergeMode;
 use crate::config::{Config, TableMerge};
 use crate::error::{Error, Result, SqlContext};
 use crate::log::Value;
+
+/// How a table merges concurrent updates (`[tables] merge`, ADR 0011): column by column, or whole rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeMode {
+    Column,
+    Row,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {

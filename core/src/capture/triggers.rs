@@ -1,6 +1,7 @@
 //! Trigger DDL text. Pure: builds SQL from a [`TableInfo`]; every identifier is quoted.
 
 use super::schema::TableInfo;
+use super::sql::quote;
 use super::CHANGE_LOG;
 
 /// Ops recorded in the change log. The stamper compares the row as it is with the row's replication state
@@ -8,20 +9,6 @@ use super::CHANGE_LOG;
 pub const OP_INSERT: i64 = 1;
 pub const OP_UPDATE: i64 = 2;
 pub const OP_DELETE: i64 = 3;
-
-/// SQL identifier quoting: wrap in double quotes, double any inner quote.
-pub fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
-/// `"a" IS ?1 AND "b" IS ?2`: selects one row by its key (`IS`, so a NULL key part still matches).
-pub fn key_filter(pk: &[String]) -> String {
-    pk.iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
 
 /// The commit time a trigger records, in Unix milliseconds: SQLite's `'now'` is fixed for one statement,
 /// and `julianday` exists on every SQLite an app may link (`unixepoch('subsec')` needs 3.42). SQLite keeps

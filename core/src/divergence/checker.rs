@@ -20,7 +20,7 @@ use super::report::{Divergence, Finding, Report, Tracker, REPORT_FORMAT};
 use crate::config::Config;
 use crate::db_thread::Command;
 use crate::error::{Error, Result};
-use crate::publish::publisher::PublishProgress;
+use crate::status::PublishProgress;
 use crate::transport::Names;
 
 /// How long one question to the server (a stream's last sequence) may take before the round is skipped.

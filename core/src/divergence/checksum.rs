@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::report::TableSum;
-use crate::capture::{self, triggers::quote, Schema, TableInfo};
+use crate::capture::{self, sql::quote, Schema, TableInfo};
 use crate::config::Config;
 use crate::error::{Result, SqlContext};
 use crate::log::{value_hash, Value};
@@ -58,7 +58,7 @@ impl ChecksumSource {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .ctx("opening the database for the divergence check")?;
-        crate::db_thread::set_busy_timeout(
+        crate::connection::set_busy_timeout(
             &conn,
             Duration::from_millis(config.apply.busy_timeout_ms),
         )

@@ -4,7 +4,7 @@
 
 #![deny(clippy::unchecked_time_subtraction)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -23,17 +23,9 @@ use super::OutboxEntry;
 use crate::db_thread::Command;
 use crate::log::signing::{ClusterKeys, SIGNATURE_HEADER};
 use crate::metrics::Counters;
+use crate::status::PublishProgress;
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::Names;
-
-/// What has been published so far, for read-your-writes tokens.
-#[derive(Debug, Clone, Default)]
-pub struct PublishProgress {
-    /// Every outbox id up to this one is acknowledged.
-    pub acked_through: i64,
-    /// Highest acknowledged stream sequence per shard.
-    pub shard_seqs: BTreeMap<u32, u64>,
-}
 
 pub(crate) struct Publisher {
     pub js: jetstream::Context,

@@ -15,7 +15,7 @@ use rusqlite::Transaction;
 use tracing::{error, warn};
 
 use super::OutboxEntry;
-use crate::apply::merge::MergeMode;
+use crate::capture::schema::MergeMode;
 use crate::capture::triggers::OP_DELETE;
 use crate::capture::{Schema, TableInfo, CHANGE_LOG, MAX_PK_COLUMNS, TABLES};
 use crate::clock::{commit_stamp, wall_millis, Clock, ClockHistory, Version};

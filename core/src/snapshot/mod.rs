@@ -287,7 +287,8 @@ pub fn build(db: &Path, work_dir: &Path, node_id: u64) -> Result<(WorkFile, Mani
         let started = Instant::now();
         let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .ctx("opening the database for a snapshot")?;
-        crate::db_thread::set_busy_timeout(&source, Duration::from_secs(30)).ctx("busy timeout")?;
+        crate::connection::set_busy_timeout(&source, Duration::from_secs(30))
+            .ctx("busy timeout")?;
         source
             .execute("VACUUM INTO ?1", [copy.display().to_string()])
             .ctx("copying the database (VACUUM INTO)")?;
@@ -539,7 +540,7 @@ pub fn local_need(db: &Path) -> Option<String> {
         Ok(conn) => conn,
         Err(err) => return Some(format!("the database cannot be opened: {err}")),
     };
-    let _ = crate::db_thread::set_busy_timeout(&conn, Duration::from_secs(10));
+    let _ = crate::connection::set_busy_timeout(&conn, Duration::from_secs(10));
     match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
         Ok(result) if result == "ok" => {}
         Ok(result) => return Some(format!("the database failed its integrity check: {result}")),
@@ -642,7 +643,8 @@ pub fn install(
             remove_db_files(db);
         }
         let mut target = Connection::open(db).ctx("opening the database to replace")?;
-        crate::db_thread::set_busy_timeout(&target, Duration::from_secs(30)).ctx("busy timeout")?;
+        crate::connection::set_busy_timeout(&target, Duration::from_secs(30))
+            .ctx("busy timeout")?;
         let backup = rusqlite::backup::Backup::new(&fresh, &mut target)
             .ctx("starting the database replacement")?;
         // One step copies every page under one lock: readers see all of the old or all of the new file.
@@ -686,7 +688,7 @@ fn unpublished_changes(
     if local_need(db).is_some_and(|reason| !reason.contains("no replicated tables")) {
         return Ok(None);
     }
-    let mut conn = crate::db_thread::open_connection(db, Duration::from_secs(30))?;
+    let mut conn = crate::connection::open_connection(db, Duration::from_secs(30))?;
     capture::create_library_tables(&conn)?;
     let schema = Schema::read(&conn, config)?;
     let mut clock = meta::clock(&conn)?;

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Counters;
-use crate::publish::publisher::PublishProgress;
+use crate::status::PublishProgress;
 use stream_health::StreamHealth;
 
 /// Names derived from the configured prefixes, so several clusters can share one NATS.
