@@ -8,6 +8,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tracing::warn;
 
 use crate::error::{Error, Result, SqlContext};
+use crate::retry::Backoff;
 
 pub(crate) fn open_connection(db: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -55,12 +56,15 @@ pub(crate) fn begin_write<'c>(
 ) -> Result<Transaction<'c>> {
     set_busy_timeout(conn, Duration::ZERO).ctx(context)?;
     let started = Instant::now();
-    let mut pause = Duration::from_micros(20);
+    // Made on the first collision only: most transactions start at once.
+    let mut pause: Option<Backoff> = None;
     let outcome = loop {
         match Transaction::new_unchecked(conn, TransactionBehavior::Immediate).ctx(context) {
             Err(Error::SqliteBusy { .. }) if started.elapsed() < limit => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(1));
+                let pause = pause.get_or_insert_with(|| {
+                    Backoff::new(Duration::from_micros(20), Duration::from_micros(500))
+                });
+                std::thread::sleep(pause.next_pause());
             }
             other => break other,
         }
@@ -73,15 +77,14 @@ pub(crate) fn begin_write<'c>(
 /// Retries an operation while the database is locked, with backoff, up to `limit`.
 pub(crate) fn with_busy_retry<T>(limit: Duration, mut op: impl FnMut() -> Result<T>) -> Result<T> {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(2);
+    let mut pause = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     loop {
         match op() {
             Err(Error::SqliteBusy { context }) => {
                 if started.elapsed() >= limit {
                     return Err(Error::SqliteBusy { context });
                 }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
+                std::thread::sleep(pause.next_pause());
             }
             other => return other,
         }

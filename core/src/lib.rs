@@ -31,6 +31,7 @@ pub mod log;
 mod metrics;
 pub mod publish;
 mod replica;
+mod retry;
 pub mod snapshot;
 pub mod sqlite_locks;
 pub mod state;

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::events::{
     ChangeEvent, ConflictHub, ConflictSubscription, EventHub, Listener, Subscription,
 };
+use crate::retry::Backoff;
 use crate::snapshot;
 use crate::state::conflicts::Conflict;
 use crate::status::{ReplicaRole, Status, Token};
@@ -170,7 +171,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
     let patience = Duration::from_millis(shared.base_config.snapshot.restore_timeout)
         + Duration::from_secs(60);
     let deadline = Instant::now() + patience;
-    let mut pause = RETRY_MIN;
+    let mut pause = Backoff::new(RETRY_MIN, RETRY_MAX);
     let role = loop {
         if let Some(role) = shared.acquire().await? {
             break role;
@@ -185,8 +186,7 @@ async fn open_on_runtime(db: PathBuf, config: Config) -> Result<Replica> {
                 millis: u64::try_from(patience.as_millis()).unwrap_or(u64::MAX),
             });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RETRY_MAX);
+        tokio::time::sleep(pause.next_pause()).await;
     };
     if let Role::Attached(client) = &role {
         info!(
@@ -527,7 +527,9 @@ async fn take_over(
     shutdown: &mut watch::Receiver<bool>,
     mut lock: Option<NodeLock>,
 ) -> bool {
-    let mut pause = RETRY_MIN;
+    // Polling a lock another process holds, and, apart, retrying after errors (more slowly).
+    let mut polling = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut after_errors = Backoff::new(RETRY_AFTER_ERROR, RETRY_AFTER_ERRORS);
     loop {
         if *shutdown.borrow() {
             return false;
@@ -540,7 +542,7 @@ async fn take_over(
             Some(lock) => this.start_active(lock).await.map(Some),
             None => this.acquire().await,
         };
-        match attempt {
+        let pause = match attempt {
             Ok(Some(role)) => {
                 let describe = match &role {
                     Role::Active(_) => "took over replication".to_string(),
@@ -568,20 +570,19 @@ async fn take_over(
                 );
                 return true;
             }
-            Ok(None) => pause = (pause * 2).min(RETRY_MAX),
+            Ok(None) => {
+                after_errors.reset();
+                polling.next_pause()
+            }
             Err(_) if *shutdown.borrow() => return false,
             Err(err) => {
                 warn!(db = %this.db_path.display(), error = %err, "could not take over replication; retrying");
                 if let Ok(mut last) = this.last_takeover_error.lock() {
                     *last = Some(err.to_string());
                 }
-                pause = if pause < RETRY_AFTER_ERROR {
-                    RETRY_AFTER_ERROR
-                } else {
-                    (pause * 2).min(RETRY_AFTER_ERRORS)
-                };
+                after_errors.next_pause()
             }
-        }
+        };
         drop(this);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}

@@ -24,6 +24,7 @@ use crate::db_thread::Command;
 use crate::error::{Error, Result};
 use crate::log::PublishedBy;
 use crate::metrics::Counters;
+use crate::retry::Backoff;
 use crate::status::PublishProgress;
 use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
 use crate::transport::{created_ns, is_stream_not_found, Names};
@@ -85,8 +86,7 @@ impl ShardConsumer {
                 _ = shutdown.changed() => return,
             }
         }
-        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         loop {
             let started = Instant::now();
             match self.consume(&mut shutdown).await {
@@ -94,17 +94,16 @@ impl ShardConsumer {
                 Exit::Restart(reason) => {
                     // A consumer that ran for a while failed for a new reason: retry soon again.
                     if started.elapsed() > MAX_BACKOFF * 2 {
-                        backoff = FIRST_BACKOFF;
+                        backoff.reset();
                     }
                     // Most restarts follow a dropped connection; the server may have cut us as a slow
                     // consumer, so ask for less at a time.
                     self.shrink_pulls();
                     debug!(shard = self.shard, reason = %reason, "consumer restarting");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_pause()) => {}
                         _ = shutdown.changed() => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -480,7 +479,7 @@ impl ShardConsumer {
         incoming: Vec<Incoming>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<ApplyOutcome> {
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), MAX_BACKOFF);
         loop {
             let messages = incoming.clone();
             match ask(&self.db, |reply| Command::Apply { messages, reply }).await {
@@ -494,10 +493,9 @@ impl ShardConsumer {
                     self.counters.record_error(&err);
                     warn!(shard = self.shard, error = %err, "apply failed; will retry");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_pause()) => {}
                         _ = shutdown.changed() => return None,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

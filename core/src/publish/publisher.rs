@@ -23,6 +23,7 @@ use super::OutboxEntry;
 use crate::db_thread::Command;
 use crate::log::signing::{ClusterKeys, SIGNATURE_HEADER};
 use crate::metrics::Counters;
+use crate::retry::Backoff;
 use crate::status::PublishProgress;
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::Names;
@@ -69,7 +70,7 @@ impl Publisher {
             queue.push_back(entry);
         }
         let mut inflight: FuturesUnordered<Inflight> = FuturesUnordered::new();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
         let mut retry_at: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut streams_ready = *ready.borrow();
@@ -105,8 +106,7 @@ impl Publisher {
                             }
                             debug!(reason = %reason, "publish failed; will retry");
                             queue.push_front(entry);
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            retry_at = Some(Instant::now() + backoff.next_pause());
                             break;
                         }
                     }
@@ -136,7 +136,7 @@ impl Publisher {
                 },
                 Some((entry, result)) = inflight.next(), if !inflight.is_empty() => match result {
                     Ok(ack) => {
-                        backoff = Duration::from_millis(50);
+                        backoff.reset();
                         outstanding.remove(&entry.id);
                         acked_ids.push(entry.id);
                         self.counters.published_messages.inc();
@@ -154,8 +154,7 @@ impl Publisher {
                         debug!(reason = %reason, "publish not acknowledged; will retry");
                         queue.push_front(entry);
                         if retry_at.is_none() {
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            retry_at = Some(Instant::now() + backoff.next_pause());
                         }
                     }
                 },

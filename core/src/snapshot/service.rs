@@ -18,6 +18,7 @@ use super::{ProgressHandle, SnapshotProgress, SnapshotStore};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::signing::ClusterKeys;
+use crate::retry::Backoff;
 use crate::transport::Names;
 
 pub struct SnapshotService {
@@ -215,7 +216,7 @@ impl SnapshotService {
     async fn fetch_with_retry(&self) -> Result<Option<(Manifest, WorkFile)>> {
         let started = Instant::now();
         let limit = Duration::from_millis(self.config.snapshot.restore_timeout);
-        let mut pause = Duration::from_millis(100);
+        let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let attempt = async {
                 let store = self.store().await?;
@@ -234,8 +235,7 @@ impl SnapshotService {
                 }
                 Err(err) if started.elapsed() < limit => {
                     warn!(error = %err, "snapshot store not ready; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(pause.next_pause()).await;
                 }
                 Err(err) => return Err(err),
             }

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Counters;
+use crate::retry::Backoff;
 use crate::status::PublishProgress;
 use stream_health::StreamHealth;
 
@@ -331,7 +332,7 @@ impl StreamKeeper {
     ) {
         // The incarnation of each stream this keeper created or checked.
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut last_warning: Option<Instant> = None;
         let mut ensured = false;
         loop {
@@ -375,16 +376,15 @@ impl StreamKeeper {
                         self.health.set_unreachable(false);
                         self.ready.send_replace(true);
                         ensured = true;
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                     }
                     Err(err) => {
                         self.counters.record_error(&err);
                         self.report_not_ready(&err, &mut last_warning);
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(backoff.next_pause()) => {}
                             _ = shutdown.changed() => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 }
@@ -448,15 +448,14 @@ impl StreamKeeper {
         last_warning: &mut Option<Instant>,
     ) -> bool {
         let client = self.js.client();
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         while client.connection_state() != async_nats::connection::State::Connected {
             self.health.set_unreachable(true);
             self.warn_unreachable(last_warning);
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(pause.next_pause()) => {}
                 _ = shutdown.changed() => return false,
             }
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
         self.health.set_unreachable(false);
         true
