@@ -430,3 +430,122 @@ async fn a_table_configured_to_merge_whole_rows_keeps_the_newest_image() {
         "{logged:?}"
     );
 }
+
+/// An edit made elsewhere to a row of this node (its lineage) waits here for a column; meanwhile a row
+/// created earlier on another node takes the key and this node moves its row to a fresh key. When the
+/// column comes, the edit belongs to a row that left the key: it is recorded as lost, and nothing is
+/// written for it — no row appears under yet another key on this node only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_waiting_for_a_column_of_a_row_that_moved_writes_no_row_of_its_own() {
+    use harmonylite::clock::Version;
+    use harmonylite::log::{Op, RowChange, Value};
+
+    init_logging();
+    let server = NatsServer::start();
+    let b = Node::start(
+        config_for(&server, 2),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .await;
+    b.exec("INSERT INTO t(v) VALUES ('from b')");
+    b.sync().await;
+    let pk = harmonylite::log::pk_key(&[Value::Integer(1)]);
+    let (born_hlc, born_node, born_hash): (i64, i64, i64) = b
+        .conn()
+        .query_row(
+            "SELECT born_hlc, born_node, born_hash FROM __harmonylite__rows WHERE tbl = 't' AND pk = ?1",
+            [&pk],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("row state");
+    let born = Version {
+        hlc: born_hlc as u64,
+        node: born_node as u64,
+    };
+    // Node 3 edits B's row with a column B does not have yet: it waits.
+    let edit = RowChange {
+        table: "t".into(),
+        op: Op::Update,
+        hlc: born.hlc + (5 << 16),
+        cl: 1,
+        born,
+        born_hash: born_hash as u64,
+        life: born,
+        seen: None,
+        pk: vec![Value::Integer(1)],
+        columns: vec![("w".into(), Value::Text("edit from node 3".into()))],
+    };
+    let token = inject(&server, 3, vec![edit]).await;
+    b.replica()
+        .wait_for(&token, WAIT)
+        .await
+        .expect("the edit arrives");
+    let status = b.replica().status().await.expect("status");
+    assert_eq!(
+        status
+            .paused_tables
+            .iter()
+            .map(|t| t.waiting_changes)
+            .sum::<u64>(),
+        1,
+        "the edit waits for column w: {:?}",
+        status.paused_tables
+    );
+    // Node 1 created a row under the same key earlier: it keeps the key, B moves its row.
+    let earlier = Version {
+        hlc: born.hlc - (5 << 16),
+        node: 1,
+    };
+    let first = RowChange {
+        table: "t".into(),
+        op: Op::Insert,
+        hlc: earlier.hlc,
+        cl: 1,
+        born: earlier,
+        born_hash: 0x5eed,
+        life: earlier,
+        seen: None,
+        pk: vec![Value::Integer(1)],
+        columns: vec![
+            ("id".into(), Value::Integer(1)),
+            ("v".into(), Value::Text("from node 1".into())),
+        ],
+    };
+    let token = inject(&server, 1, vec![first]).await;
+    b.replica()
+        .wait_for(&token, WAIT)
+        .await
+        .expect("node 1's row arrives");
+    wait_until_async("B to move its row off key 1", || {
+        b.dump("t").len() == 2 && b.dump("t")[0][1] == "tfrom node 1"
+    })
+    .await;
+    // The column comes: the waiting edit is retried, and nothing is left waiting.
+    b.exec("ALTER TABLE t ADD COLUMN w TEXT");
+    wait_until_async("the waiting edit to be settled", || {
+        b.conn()
+            .query_row("SELECT count(*) FROM __harmonylite__deferred", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .is_ok_and(|n| n == 0)
+    })
+    .await;
+    let rows = b.dump("t");
+    assert_eq!(
+        rows.len(),
+        2,
+        "node 1's row and B's moved row, nothing else: {rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r[1] == "tfrom b"),
+        "B's row survives under its new key: {rows:?}"
+    );
+    let conflicts = b.replica().conflicts(0, 100).await.expect("conflicts");
+    assert!(
+        conflicts.iter().any(|c| c.loser.as_ref().is_some_and(|l| l
+            .values
+            .iter()
+            .any(|(_, v)| *v == Value::Text("edit from node 3".into())))),
+        "the edit is recorded as lost: {conflicts:?}"
+    );
+}

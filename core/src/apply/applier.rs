@@ -569,8 +569,12 @@ pub fn retry_parked(
                     flush_follow_ups(tx, ctx, clock, &mut outcome)?;
                 }
             }
+            // Only a row (its insert) moves to a fresh key. A waiting update of a row of this node that
+            // left the key since belongs to the row that moved; given a key of its own it would apply there
+            // as a row of its own, on this node only. It was recorded as lost (`resolve_collision`) and is
+            // dropped below, as on every node.
             Applied::Displaced
-                if waiting.change.life.node == ctx.node_id && waiting.change.op != Op::Delete =>
+                if waiting.change.life.node == ctx.node_id && waiting.change.op == Op::Insert =>
             {
                 // A row of this node that waits lost its key meanwhile: it takes a fresh key and keeps
                 // waiting (nobody else has it; it is published when it applies).
