@@ -231,6 +231,14 @@ export declare class Replica {
   /** Connection, positions, pending and unsent changes, paused tables, counters. */
   status(): Promise<Status>
   /**
+   * The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`
+   * (`harmonylite_changes_applied_total{node_id="1"} 5`, ..., ending with `# EOF`), for the app's
+   * own metrics endpoint: serve it with the content type
+   * `application/openmetrics-text; version=1.0.0; charset=utf-8`. Counters are read as they are;
+   * gauges come from a status at most a second old.
+   */
+  metrics(): Promise<string>
+  /**
    * Publishes everything committed to the database before this call, waits until JetStream
    * acknowledged it, and resolves with a token that other nodes can pass to `waitFor` to read
    * these writes. Rejects with `TIMEOUT` after `timeoutMs` (default 30000).

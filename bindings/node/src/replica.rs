@@ -178,6 +178,17 @@ impl Replica {
         spawn_promise(env, async move { replica.status().await }, Status::from)
     }
 
+    /// The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`
+    /// (`harmonylite_changes_applied_total{node_id="1"} 5`, ..., ending with `# EOF`), for the app's
+    /// own metrics endpoint: serve it with the content type
+    /// `application/openmetrics-text; version=1.0.0; charset=utf-8`. Counters are read as they are;
+    /// gauges come from a status at most a second old.
+    #[napi]
+    pub fn metrics<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, String>> {
+        let replica = self.inner.clone();
+        spawn_promise(env, async move { replica.metrics().await }, |text| text)
+    }
+
     /// Publishes everything committed to the database before this call, waits until JetStream
     /// acknowledged it, and resolves with a token that other nodes can pass to `waitFor` to read
     /// these writes. Rejects with `TIMEOUT` after `timeoutMs` (default 30000).

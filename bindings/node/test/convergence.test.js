@@ -102,3 +102,22 @@ test('every SQLite type round-trips exactly, including 64-bit integers', async (
   const typed = b.db.prepare("SELECT typeof(z) z, typeof(r) r, typeof(b) b FROM kinds WHERE k = 'min'").get()
   assert.deepEqual(typed, { z: 'integer', r: 'real', b: 'blob' })
 })
+
+test('metrics() on the receiving node count the changes it applied, labelled with its node id', async (t) => {
+  const nats = await startNats(t)
+  const dir = tempDir(t)
+  const a = await openNode(t, dir, 'a', nats)
+  const b = await openNode(t, dir, 'b', nats)
+  a.db.prepare("INSERT INTO notes (id, body) VALUES (1, 'metered'), (2, 'metered'), (3, 'metered')").run()
+  await b.replica.waitFor(await a.replica.sync())
+
+  const applied = (await b.replica.status()).appliedRows
+  assert.ok(applied >= 3, `applied ${applied}`)
+  const text = await b.replica.metrics()
+  assert.equal(typeof text, 'string')
+  assert.ok(
+    text.split('\n').includes(`harmonylite_changes_applied_total{node_id="${b.replica.nodeId}"} ${applied}`),
+    text,
+  )
+  assert.ok(text.endsWith('# EOF\n'), text)
+})

@@ -33,6 +33,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .map(|code| code.as_str())
         .collect();
     m.add("ERROR_CODES", PyTuple::new(m.py(), codes)?)?;
+    m.add("METRICS_CONTENT_TYPE", harmonylite::METRICS_CONTENT_TYPE)?;
     m.add_class::<config::Config>()?;
     m.add_class::<replica::Replica>()?;
     m.add_class::<replica::Token>()?;

@@ -209,6 +209,18 @@ impl Replica {
         awaitable(py, async move { Answer(status_text(core).await) })
     }
 
+    /// The metrics as OpenMetrics text (blocking).
+    fn metrics(&self, py: Python<'_>) -> PyResult<String> {
+        let core = self.core()?;
+        blocking(py, async move { core.metrics().await })
+    }
+
+    /// Awaitable `metrics`.
+    fn metrics_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core()?;
+        awaitable(py, async move { Answer(core.metrics().await) })
+    }
+
     /// Saves a snapshot (blocking); the manifest as JSON, or `None` when another node holds the lease.
     fn save_snapshot_json(&self, py: Python<'_>) -> PyResult<Option<String>> {
         let core = self.core()?;

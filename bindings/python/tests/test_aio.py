@@ -82,3 +82,28 @@ def test_cancelled_await_does_not_break_the_replica(nats: NatsServer, replicas: 
         await replica.close()
 
     asyncio.run(main())
+
+
+def test_aio_metrics(nats: NatsServer, replicas: List[Any], tmp_path: Path) -> None:
+    """``await replica.metrics()``: node 2's applied count, labelled with its node id, once node 1's write
+    reached it."""
+    conn_a = create_db(tmp_path / "a.db")
+    create_db(tmp_path / "b.db").close()
+
+    async def main() -> None:
+        a = await aio.open_replicated(conn_a, config_for(nats, 1))
+        replicas.append(a)
+        b = await aio.open_replicated(tmp_path / "b.db", config_for(nats, 2))
+        replicas.append(b)
+        conn_a.execute("INSERT INTO items (id, name) VALUES (1, 'metered')")
+        conn_a.commit()
+        await b.wait_for(await a.sync())
+        applied = (await b.status())["applied_rows"]
+        assert applied >= 1
+        text = await b.metrics()
+        assert f'harmonylite_changes_applied_total{{node_id="{b.node_id}"}} {applied}' in text.splitlines()
+        assert text.endswith("# EOF\n")
+        await b.close()
+        await a.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

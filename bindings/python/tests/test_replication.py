@@ -221,3 +221,24 @@ def test_converges_without_tokens(nats: NatsServer, replicas: List[Any], tmp_pat
         "the row to reach node 2",
         lambda: conns[1].execute("SELECT name FROM items WHERE id = 42").fetchone() == ("hello",),
     )
+
+
+def test_metrics_count_the_changes_applied(nats: NatsServer, replicas: List[Any], tmp_path: Path) -> None:
+    """What Prometheus scrapes from node 2 once node 1's writes reached it: its applied count, labelled
+    with its node id, in OpenMetrics text."""
+    dbs = [tmp_path / "a.db", tmp_path / "b.db"]
+    conns = [create_db(db) for db in dbs]
+    a = harmonylite.open_replicated(conns[0], config_for(nats, 1))
+    replicas.append(a)
+    b = harmonylite.open_replicated(conns[1], config_for(nats, 2))
+    replicas.append(b)
+    conns[0].executemany("INSERT INTO items (id, name) VALUES (?, ?)", [(k, "metered") for k in range(3)])
+    conns[0].commit()
+    b.wait_for(a.sync(timeout=WAIT), timeout=WAIT)
+
+    applied = b.status()["applied_rows"]
+    assert applied >= 3
+    text = b.metrics()
+    assert f'harmonylite_changes_applied_total{{node_id="{b.node_id}"}} {applied}' in text.splitlines()
+    assert text.endswith("# EOF\n")
+    assert harmonylite.METRICS_CONTENT_TYPE.startswith("application/openmetrics-text")

@@ -110,6 +110,11 @@ impl NativeReplica {
         Ok(self.replica.status().await?.into())
     }
 
+    /// The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`.
+    pub async fn metrics(&self) -> Result<String, NativeError> {
+        Ok(self.replica.metrics().await?)
+    }
+
     /// Saves a snapshot now; `None` when another node holds the upload lease.
     pub async fn save_snapshot(&self) -> Result<Option<SnapshotManifest>, NativeError> {
         Ok(self.replica.save_snapshot().await?.map(Into::into))

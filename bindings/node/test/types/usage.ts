@@ -37,6 +37,7 @@ async function app(): Promise<void> {
   const divergentWith: bigint | undefined = status.divergentTables[0]?.peerNodeId
   const divergenceRepaired: number | null | undefined = status.divergentTables[0]?.republishedAtMs
   const compared: number = status.divergenceComparisons
+  const metrics: string = await replica.metrics()
 
   const conflicts: Conflict[] = await replica.conflicts({ after: 0, limit: 100 })
   await replica.conflicts()
@@ -55,7 +56,7 @@ async function app(): Promise<void> {
   conflictSubscription.unsubscribe()
   // @ts-expect-error: not a conflict kind
   if (first.kind === 'lost') console.log('never')
-  void [lag, last, conflictCount, stale, phase, waitsFor, lastError, divergentWith, divergenceRepaired, compared, kind, lostValue, lostBy, movedTo, columns]
+  void [lag, last, conflictCount, stale, phase, waitsFor, lastError, divergentWith, divergenceRepaired, compared, metrics, kind, lostValue, lostBy, movedTo, columns]
 
   const subscription = replica.onChange((event: ChangeEvent) => {
     const key: null | bigint | number | string | Buffer = event.pk[0]

@@ -57,9 +57,13 @@ __version__: str = _native.__version__
 ERROR_CODES: Tuple[str, ...] = tuple(_native.ERROR_CODES)
 """Every error code the core can report (each maps to a class through :func:`error_class`)."""
 
+METRICS_CONTENT_TYPE: str = _native.METRICS_CONTENT_TYPE
+"""The content type of :meth:`Replica.metrics`' text (OpenMetrics), for the app's metrics endpoint."""
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ERROR_CODES",
+    "METRICS_CONTENT_TYPE",
     "ChangeEvent",
     "ChangeStream",
     "ClosedError",

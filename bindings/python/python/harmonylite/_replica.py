@@ -488,6 +488,13 @@ class Replica(_ReplicaBase):
         ``after`` (pass the last ``id`` seen to read only newer ones). The log keeps the newest 10,000."""
         return cast(List[Conflict], self._native.conflicts(after, limit))
 
+    def metrics(self) -> str:
+        """The node's metrics as Prometheus/OpenMetrics text, every series labelled ``node_id``
+        (``harmonylite_changes_applied_total{node_id="1"} 5``, ..., ending with ``# EOF``), for the app's
+        own metrics endpoint: serve it with the content type :data:`harmonylite.METRICS_CONTENT_TYPE`.
+        Counters are read as they are; gauges come from a status at most a second old."""
+        return self._native.metrics()
+
     def save_snapshot(self) -> Optional[Dict[str, Any]]:
         """Publishes what was committed, then saves a snapshot of the database to the snapshot store.
 

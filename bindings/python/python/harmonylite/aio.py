@@ -56,6 +56,11 @@ class Replica(_ReplicaBase):
         ``after``."""
         return cast(List[Conflict], await self._native.conflicts_async(after, limit))
 
+    async def metrics(self) -> str:
+        """The node's metrics as Prometheus/OpenMetrics text (serve it with the content type
+        :data:`harmonylite.METRICS_CONTENT_TYPE`)."""
+        return await self._native.metrics_async()
+
     async def save_snapshot(self) -> Optional[Dict[str, Any]]:
         """Publishes what was committed, then saves a snapshot; the manifest, or ``None`` when another node
         holds the upload lease."""

@@ -57,6 +57,14 @@ public final class Replica: Sendable {
         try await translatingErrors { try await native.status() }
     }
 
+    /// The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`
+    /// (`harmonylite_changes_applied_total{node_id="1"} 5`, ..., ending with `# EOF`), for the app's own metrics
+    /// endpoint: serve it with the content type `application/openmetrics-text; version=1.0.0; charset=utf-8`.
+    /// Counters are read as they are; gauges come from a status at most a second old.
+    public func metrics() async throws -> String {
+        try await translatingErrors { try await native.metrics() }
+    }
+
     /// Saves a snapshot now (after publishing what the app committed). `nil` when another node holds the
     /// upload lease and this one skipped.
     public func saveSnapshot() async throws -> SnapshotManifest? {

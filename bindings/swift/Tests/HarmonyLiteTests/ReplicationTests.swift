@@ -76,6 +76,28 @@ final class ReplicationTests: XCTestCase {
         try await b.close()
     }
 
+    /// What Prometheus scrapes from node 2 once node 1's writes reached it: its applied count, labelled with
+    /// its node id, in OpenMetrics text.
+    func testMetricsCountTheChangesApplied() async throws {
+        let server = try await NatsServer()
+        let a = try await Node(schema: itemsSchema, cfg: config(node: 1, server: server))
+        let b = try await Node(schema: itemsSchema, cfg: config(node: 2, server: server))
+        for id in 1...3 {
+            try a.db.run("INSERT INTO items (id, name) VALUES (?, ?)", .integer(Int64(id)), .text("metered"))
+        }
+        try await b.r.waitFor(try await a.r.sync(timeout: patience), timeout: patience)
+
+        let applied = try await b.r.status().appliedRows
+        XCTAssertGreaterThanOrEqual(applied, 3)
+        let text = try await b.r.metrics()
+        let nodeId = try b.r.nodeId
+        let line = "harmonylite_changes_applied_total{node_id=\"\(nodeId)\"} \(applied)"
+        XCTAssertTrue(text.split(separator: "\n").contains { $0 == line }, "no line \(line) in:\n\(text)")
+        XCTAssertTrue(text.hasSuffix("# EOF\n"), text)
+        try await b.close()
+        try await a.close()
+    }
+
     /// Tokens travel as text: parse what another node printed, merge, wait.
     func testTokenTextForm() throws {
         let token = try Token(parsing: "0:15,1:20")

@@ -785,6 +785,11 @@ public protocol NativeReplicaProtocol: AnyObject, Sendable {
     
     func dbPath()  -> String
     
+    /**
+     * The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`.
+     */
+    func metrics() async throws  -> String
+    
     func natsUrls()  -> [String]
     
     func nodeId()  -> UInt64
@@ -989,6 +994,25 @@ open func dbPath() -> String  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`.
+     */
+open func metrics()async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_harmonylite_swift_fn_method_nativereplica_metrics(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_harmonylite_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_harmonylite_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_harmonylite_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeNativeError_lift
+        )
 }
     
 open func natsUrls() -> [String]  {
@@ -4081,6 +4105,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_db_path() != 53058) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_metrics() != 44357) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_nats_urls() != 18926) {
