@@ -76,7 +76,8 @@ pub fn decompress_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, St
     Ok(body)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+/// Checks the envelope; the body and whether it is zstd-compressed.
+fn body_of(bytes: &[u8]) -> Result<(&[u8], bool), DecodeError> {
     if bytes.len() < 4 {
         return Err(DecodeError::TooShort(bytes.len()));
     }
@@ -90,8 +91,12 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     if flags & !FLAG_ZSTD != 0 {
         return Err(DecodeError::UnknownFlags(flags));
     }
-    let payload = &bytes[4..];
-    let batch = if flags & FLAG_ZSTD != 0 {
+    Ok((&bytes[4..], flags & FLAG_ZSTD != 0))
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+    let (payload, compressed) = body_of(bytes)?;
+    let batch = if compressed {
         let body =
             decompress_bounded(payload, MAX_DECODED_BYTES).map_err(DecodeError::Decompress)?;
         rmp_serde::from_slice(&body)
@@ -99,6 +104,41 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
         rmp_serde::from_slice(payload)
     };
     batch.map_err(|err| DecodeError::Payload(err.to_string()))
+}
+
+/// The node a message's batch names, read from its first bytes (decompressing only those): enough for a
+/// node to tell its own messages, which it skips, from the others', without decoding a whole batch only to
+/// learn that.
+pub fn batch_node_id(bytes: &[u8]) -> Result<u64, DecodeError> {
+    use std::io::Read;
+    let (payload, compressed) = body_of(bytes)?;
+    // A `Batch` starts as an array whose first element is the node id: at most 1 + 9 bytes.
+    let mut head = [0u8; 16];
+    let filled = if compressed {
+        let mut decoder = zstd::stream::read::Decoder::new(payload)
+            .map_err(|err| DecodeError::Decompress(err.to_string()))?;
+        let mut filled = 0;
+        while filled < head.len() {
+            match decoder.read(&mut head[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) => return Err(DecodeError::Decompress(err.to_string())),
+            }
+        }
+        filled
+    } else {
+        let n = payload.len().min(head.len());
+        head[..n].copy_from_slice(&payload[..n]);
+        n
+    };
+    let mut start = &head[..filled];
+    let fields = rmp::decode::read_array_len(&mut start)
+        .map_err(|err| DecodeError::Payload(format!("not a batch: {err}")))?;
+    if fields == 0 {
+        return Err(DecodeError::Payload("not a batch: an empty array".into()));
+    }
+    rmp::decode::read_int(&mut start)
+        .map_err(|err| DecodeError::Payload(format!("not a batch's node id: {err:?}")))
 }
 
 #[cfg(test)]
@@ -148,6 +188,20 @@ mod tests {
     }
 
     #[test]
+    fn the_node_id_is_read_from_the_first_bytes_alone() {
+        let batch = sample();
+        for compress in [true, false] {
+            let bytes = encode(&batch, compress);
+            assert_eq!(batch_node_id(&bytes), Ok(batch.node_id));
+        }
+        let big = Batch::of_changes(u64::MAX - 3, sample().changes);
+        assert_eq!(batch_node_id(&encode(&big, true)), Ok(u64::MAX - 3));
+        assert!(batch_node_id(b"HL\x02\x00").is_err());
+        assert!(batch_node_id(b"HL\x02\x01garbage").is_err());
+        assert!(batch_node_id(b"XX\x02\x00\x91\x01").is_err());
+    }
+
+    #[test]
     fn rejects_garbage_without_panicking() {
         assert_eq!(decode(b"xx"), Err(DecodeError::TooShort(2)));
         assert_eq!(decode(b"NOPE...."), Err(DecodeError::BadMagic));
@@ -189,6 +243,7 @@ mod tests {
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = batch_node_id(&bytes);
             let _ = decode(&bytes);
             let mut framed = b"HL\x02\x00".to_vec();
             framed.extend_from_slice(&bytes);

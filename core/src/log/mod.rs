@@ -5,7 +5,7 @@ pub mod publisher;
 pub mod record;
 pub mod signing;
 
-pub use codec::{decode, encode, DecodeError};
+pub use codec::{batch_node_id, decode, encode, DecodeError};
 pub use publisher::{Origin, PublishedBy, Publisher};
 pub use record::{
     image_hash, pk_from_key, pk_key, shard_of, value_hash, Batch, Op, RowChange, TableDropped,
