@@ -35,7 +35,8 @@ pub(crate) enum Command {
     /// The WAL file was written (by the app, another process, or this thread): check for a commit.
     Wake,
     Apply {
-        messages: Vec<Incoming>,
+        /// Shared with the consumer, which hands over the same batch again when an apply is retried.
+        messages: std::sync::Arc<[Incoming]>,
         reply: oneshot::Sender<Result<ApplyOutcome>>,
     },
     /// Stamp whatever the app committed so far; replies with the newest outbox id.

@@ -832,27 +832,19 @@ impl Replica {
 
     /// The node's status, from the replicator (`role` and `replicator_pid` say whose).
     pub async fn status(&self) -> Result<Status> {
-        let shared = self.shared.clone();
-        on_runtime(async move {
-            let make = |_| (Request::Status, Duration::from_secs(30));
-            match shared.call(STATUS_PATIENCE, make).await? {
-                (Answer::Status(status), role) => {
-                    let mut status = *status;
-                    status.role = role;
-                    Ok(status)
-                }
-                (other, _) => Err(unexpected(&other)),
-            }
-        })
-        .await
+        self.status_for(Request::Status).await
     }
 
     /// Like [`Replica::status`], but a status at most a second old may be answered: for whatever polls it
     /// (a health probe, a dashboard), so that polling costs at most one status a second.
     pub async fn recent_status(&self) -> Result<Status> {
+        self.status_for(Request::RecentStatus).await
+    }
+
+    async fn status_for(&self, request: Request) -> Result<Status> {
         let shared = self.shared.clone();
         on_runtime(async move {
-            let make = |_| (Request::RecentStatus, Duration::from_secs(30));
+            let make = move |_| (request.clone(), Duration::from_secs(30));
             match shared.call(STATUS_PATIENCE, make).await? {
                 (Answer::Status(status), role) => {
                     let mut status = *status;

@@ -449,7 +449,9 @@ impl ShardConsumer {
                 &self.names.stream(self.shard),
                 next_expected.saturating_sub(1),
             );
-            let outcome = match self.apply_with_retry(incoming.clone(), shutdown).await {
+            // Shared with the database thread: a retried apply hands over the same batch, not a copy.
+            let incoming: std::sync::Arc<[Incoming]> = incoming.into();
+            let outcome = match self.apply_with_retry(&incoming, shutdown).await {
                 Some(outcome) => outcome,
                 None => return Exit::Shutdown,
             };
@@ -476,7 +478,7 @@ impl ShardConsumer {
 
     async fn apply_with_retry(
         &self,
-        incoming: Vec<Incoming>,
+        incoming: &std::sync::Arc<[Incoming]>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<ApplyOutcome> {
         let mut backoff = Backoff::new(Duration::from_millis(20), MAX_BACKOFF);
