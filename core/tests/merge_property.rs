@@ -2960,3 +2960,61 @@ fn regression_recreated_key_with_a_moved_child() {
         panic!("{err}");
     }
 }
+
+/// Found by the property test (`scripts/merge-property.sh 5000`, seed 1796139699959924209, after 3,106
+/// passing cases): a row re-created under its key, renamed on two nodes, with a new row created after.
+#[test]
+fn regression_recreated_and_renamed_then_a_new_row() {
+    let steps = vec![
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+        Step::Update {
+            node: 0,
+            pick: 0,
+            a: None,
+            b: None,
+            rename: Some(3),
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Create {
+            node: 1,
+            name: None,
+            child: false,
+        },
+        Step::Stamp { node: 1 },
+        Step::Deliver {
+            node: 0,
+            shard: 1,
+            count: 1,
+        },
+        Step::Recreate { node: 1, pick: 5 },
+        Step::Update {
+            node: 1,
+            pick: 1,
+            a: None,
+            b: None,
+            rename: Some(3),
+        },
+        Step::Stamp { node: 1 },
+        Step::Deliver {
+            node: 0,
+            shard: 1,
+            count: 1,
+        },
+        Step::Create {
+            node: 0,
+            name: None,
+            child: false,
+        },
+    ];
+    if let Err(err) = run(&steps) {
+        panic!("{err}");
+    }
+}

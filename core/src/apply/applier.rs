@@ -321,7 +321,7 @@ fn apply_or_park(
     }
     if may_wait && waits_behind(tx, ctx, change)? {
         outcome.deferred += 1;
-        if change.op == Op::Update && parked::fold_update(tx, change, origin)? {
+        if parked::fold_into_waiting_insert(tx, change, origin)? {
             return Ok(());
         }
         return parked::park(
@@ -1877,7 +1877,7 @@ fn follow_moved_row(
                 columns: vec![(column.clone(), new_value.clone())],
                 ..entry.change.clone()
             };
-            parked::fold_update(tx, &edit, ctx.node_id)?;
+            parked::fold_into_waiting_insert(tx, &edit, ctx.node_id)?;
             edits.push(edit);
         }
     }

@@ -256,13 +256,20 @@ pub fn rekey(
     Ok(())
 }
 
-/// Folds a later update of a row into that row's insert waiting on a constraint (the whole row waits as one
+/// Folds a later change of a row into that row's insert waiting on a constraint (the whole row waits as one
 /// image, the same on every node, whichever node moved it aside and whatever it had received by then),
-/// column by column: an edited column takes the update's value when the update's version (`origin`'s stamp)
-/// beats the version that wrote the waiting value, as it would in the table. Returns false when no such
-/// insert of the row's life waits here. An insert waiting on the schema is not folded into: the update waits
-/// behind it instead.
-pub fn fold_update(conn: &Connection, change: &RowChange, origin: u64) -> Result<bool> {
+/// column by column: a column takes the change's value when the change's version (`origin`'s stamp) beats
+/// the version that wrote the waiting value, as it would in the table. The change is an update of the
+/// waiting row's life, or an insert of the same life of its lineage made on another node (the key deleted,
+/// then created again on two nodes: one row that merges per column, ADR 0011) — queued behind the waiting
+/// insert instead, that insert would wait for a UNIQUE value the merged row may no longer hold, here only,
+/// while the node that merged them holds the row. Returns false when no such insert waits here. An insert
+/// waiting on the schema is not folded into: the change waits behind it instead.
+pub fn fold_into_waiting_insert(
+    conn: &Connection,
+    change: &RowChange,
+    origin: u64,
+) -> Result<bool> {
     let rows = entries_of_row(conn, &change.table, &pk_key(&change.pk))?
         .into_iter()
         .filter(|(_, _, kind)| kind == ParkKind::Constraint.as_str());
@@ -270,10 +277,12 @@ pub fn fold_update(conn: &Connection, change: &RowChange, origin: u64) -> Result
         let Ok((from, mut waiting, publish, mut versions)) = decode(&blob) else {
             continue;
         };
-        if waiting.op != crate::log::Op::Insert
-            || waiting.born != change.born
-            || waiting.life != change.life
-        {
+        let same_row = match change.op {
+            crate::log::Op::Update => waiting.life == change.life,
+            crate::log::Op::Insert => waiting.cl == change.cl,
+            crate::log::Op::Delete => false,
+        };
+        if waiting.op != crate::log::Op::Insert || waiting.born != change.born || !same_row {
             continue;
         }
         // Columns without a version of their own were written by the waiting change itself.
