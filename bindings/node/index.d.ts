@@ -68,6 +68,8 @@ export interface Config {
     maxMessageBytes?: number
     /** Publishes awaiting acknowledgement at once. Default 256. */
     maxInflight?: number
+    /** Message format written, 3 (default) or 2 while upgrading a cluster from an older library; both are read. */
+    messageFormat?: number
   }
   nats?: {
     /** External servers (`nats://host:port`). Empty (default): start an embedded nats-server. */

@@ -220,7 +220,8 @@ async fn stop_signal(replica: &Replica, sleep_timeout: u64) -> &'static str {
         let mut idle_since = std::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(500).min(limit)).await;
-            if let Ok(status) = replica.status().await {
+            // The status /metrics and /health share (at most a second old): no status of its own.
+            if let Ok(status) = replica.recent_status().await {
                 let activity = (status.published_rows, status.applied_rows);
                 if activity != last_seen {
                     last_seen = activity;

@@ -122,6 +122,9 @@ pub struct ReplicationLogConfig {
     pub max_message_bytes: usize,
     /// Publishes awaiting their acknowledgement at once.
     pub max_inflight: usize,
+    /// The message format this node writes: 3 (the default), or 2 while a cluster is upgraded from a
+    /// library that reads only format 2 (ADR 0020). Both are always read.
+    pub message_format: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -581,6 +584,7 @@ impl Default for ReplicationLogConfig {
             update_existing: true,
             max_message_bytes: 512 * 1024,
             max_inflight: 256,
+            message_format: crate::log::codec::FORMAT_VERSION,
         }
     }
 }
@@ -778,6 +782,18 @@ impl Config {
             return Err(Error::config(
                 "replication_log.max_inflight",
                 "must be at least 1",
+            ));
+        }
+        let formats = crate::log::codec::OLDEST_READ_FORMAT..=crate::log::codec::FORMAT_VERSION;
+        if !formats.contains(&log.message_format) {
+            return Err(Error::config(
+                "replication_log.message_format",
+                format!(
+                    "{} is not a message format this library writes ({} or {})",
+                    log.message_format,
+                    formats.start(),
+                    formats.end()
+                ),
             ));
         }
         for (field, value) in [
@@ -982,6 +998,18 @@ mod tests {
     fn out_of_range_names_the_key() {
         let err = Config::from_toml_str("[replication_log]\nshards = 0\n").expect_err("range");
         assert!(err.to_string().contains("replication_log.shards"), "{err}");
+        for format in [1, 4] {
+            let err =
+                Config::from_toml_str(&format!("[replication_log]\nmessage_format = {format}\n"))
+                    .expect_err("format");
+            assert!(
+                err.to_string().contains("replication_log.message_format"),
+                "{err}"
+            );
+        }
+        let older = Config::from_toml_str("[replication_log]\nmessage_format = 2\n").expect("2");
+        assert_eq!(older.replication_log.message_format, 2);
+        assert_eq!(Config::default().replication_log.message_format, 3);
     }
 
     #[test]

@@ -1134,8 +1134,16 @@ fn load_outbox(conn: &Connection, publisher: Publisher) -> Result<Vec<OutboxEntr
     Ok(outbox::load(conn)?
         .into_iter()
         .map(|(id, shard, rows, payload)| {
+            // The same newest clock the stamper put in the message id (a batch of dropped tables has no
+            // changes): the id must not change across a restart, or the server's duplicate window would
+            // not recognise a message published again after its acknowledgement was lost.
             let max_hlc = decode(&payload)
-                .map(|b| b.changes.iter().map(|c| c.hlc).max().unwrap_or(0))
+                .map(|b| {
+                    let changes = b.changes.iter().map(|c| c.hlc);
+                    changes.chain(b.dropped.iter().map(|d| d.hlc)).max()
+                })
+                .ok()
+                .flatten()
                 .unwrap_or(0);
             OutboxEntry {
                 id,

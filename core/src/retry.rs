@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+/// The longest a task that talks to NATS (the publisher, a shard's consumer) waits between two attempts:
+/// short enough that a node is back within seconds of its server, long enough not to spin while it is down.
+pub(crate) const NATS_MAX_PAUSE: Duration = Duration::from_secs(5);
+
 pub(crate) struct Backoff {
     builder: ExponentialBuilder,
     pauses: ExponentialBackoff,

@@ -24,7 +24,7 @@ use crate::db_thread::Command;
 use crate::error::{Error, Result};
 use crate::log::PublishedBy;
 use crate::metrics::Counters;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, NATS_MAX_PAUSE};
 use crate::status::PublishProgress;
 use crate::transport::stream_health::{judge, StreamHealth, StreamIdentity};
 use crate::transport::{created_ns, is_stream_not_found, Names};
@@ -39,7 +39,6 @@ fn min_pull_bytes(max_payload: usize) -> usize {
 }
 /// Successful batches after which a shrunken pull size doubles again.
 const GROW_AFTER_BATCHES: u32 = 64;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) struct ShardConsumer {
     pub js: jetstream::Context,
@@ -86,14 +85,14 @@ impl ShardConsumer {
                 _ = shutdown.changed() => return,
             }
         }
-        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+        let mut backoff = Backoff::new(Duration::from_millis(100), NATS_MAX_PAUSE);
         loop {
             let started = Instant::now();
             match self.consume(&mut shutdown).await {
                 Exit::Shutdown => return,
                 Exit::Restart(reason) => {
                     // A consumer that ran for a while failed for a new reason: retry soon again.
-                    if started.elapsed() > MAX_BACKOFF * 2 {
+                    if started.elapsed() > NATS_MAX_PAUSE * 2 {
                         backoff.reset();
                     }
                     // Most restarts follow a dropped connection; the server may have cut us as a slow
@@ -112,7 +111,11 @@ impl ShardConsumer {
     /// Opens the pull stream from the stored position; returns it with that position.
     async fn open_messages(&self) -> Result<(consumer::pull::Stream, u64)> {
         let shard = self.shard;
-        let mut position = ask(&self.db, |reply| Command::Position { shard, reply }).await?;
+        // The positions watch holds what the database thread has applied (or skipped as this node's own),
+        // in memory and on disk alike, from the moment it opened: no round trip through its queue, which
+        // may hold a large transaction. This consumer is the only one applying its shard and awaits each
+        // apply, so nothing of its shard is in flight here.
+        let mut position = self.positions.borrow().get(&shard).copied().unwrap_or(0);
         let stream_name = self.names.stream(shard);
         let stream = match self.js.get_stream(&stream_name).await {
             Ok(stream) => stream,
@@ -481,7 +484,7 @@ impl ShardConsumer {
         incoming: &std::sync::Arc<[Incoming]>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<ApplyOutcome> {
-        let mut backoff = Backoff::new(Duration::from_millis(20), MAX_BACKOFF);
+        let mut backoff = Backoff::new(Duration::from_millis(20), NATS_MAX_PAUSE);
         loop {
             let messages = incoming.clone();
             match ask(&self.db, |reply| Command::Apply { messages, reply }).await {

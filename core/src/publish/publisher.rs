@@ -23,7 +23,7 @@ use super::OutboxEntry;
 use crate::db_thread::Command;
 use crate::log::signing::{ClusterKeys, SIGNATURE_HEADER};
 use crate::metrics::Counters;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, NATS_MAX_PAUSE};
 use crate::status::PublishProgress;
 use crate::transport::stream_health::StreamHealth;
 use crate::transport::Names;
@@ -49,7 +49,6 @@ type Inflight = std::pin::Pin<
     >,
 >;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long `close()` lets unsent messages go out before leaving them in the outbox for next time.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -70,7 +69,7 @@ impl Publisher {
             queue.push_back(entry);
         }
         let mut inflight: FuturesUnordered<Inflight> = FuturesUnordered::new();
-        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
+        let mut backoff = Backoff::new(Duration::from_millis(50), NATS_MAX_PAUSE);
         let mut retry_at: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut streams_ready = *ready.borrow();

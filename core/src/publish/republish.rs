@@ -22,7 +22,7 @@ use super::OutboxEntry;
 use crate::capture::{Schema, TableInfo};
 use crate::clock::Version;
 use crate::error::Result;
-use crate::log::{encode, pk_from_key, shard_of, Batch, Op, RowChange, Value};
+use crate::log::{encode_as, pk_from_key, shard_of, Batch, Op, RowChange, Value};
 use crate::state::outbox;
 use crate::state::rows::{self, RowState};
 
@@ -98,7 +98,11 @@ fn republish(
         for batch in split_by_size(changes, settings.max_message_bytes) {
             let rows = batch.len() as u32;
             let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
-            let payload = encode(&Batch::of_changes(node, batch), settings.compress);
+            let payload = encode_as(
+                &Batch::of_changes(node, batch),
+                settings.message_format,
+                settings.compress,
+            );
             let id = outbox::insert(tx, shard, rows, &payload)?;
             republished.outbox.push(OutboxEntry {
                 id,

@@ -22,7 +22,7 @@ use crate::clock::{commit_stamp, wall_millis, Clock, ClockHistory, Version};
 use crate::error::{Result, SqlContext};
 use crate::events::{ChangeEvent, ChangeOp};
 use crate::log::{
-    encode, image_hash, pk_key, shard_of, value_hash, Batch, Op, Publisher, RowChange,
+    encode_as, image_hash, pk_key, shard_of, value_hash, Batch, Op, Publisher, RowChange,
     TableDropped, Value,
 };
 use crate::state::rows::{self, RowState};
@@ -35,6 +35,8 @@ pub struct StampSettings {
     pub instance: u64,
     pub shards: u32,
     pub compress: bool,
+    /// `replication_log.message_format`.
+    pub message_format: u8,
     pub max_message_bytes: usize,
     pub max_changes: u32,
 }
@@ -57,6 +59,7 @@ impl StampSettings {
             instance,
             shards: config.replication_log.shards,
             compress: config.replication_log.compress,
+            message_format: config.replication_log.message_format,
             max_message_bytes: config.replication_log.max_message_bytes,
             max_changes: config.scan_max_changes,
         }
@@ -214,8 +217,9 @@ fn queue(
         for batch in split_by_size(changes, settings.max_message_bytes) {
             let rows = batch.len() as u32;
             let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
-            let payload = encode(
+            let payload = encode_as(
                 &Batch::of_changes(settings.node_id, batch),
+                settings.message_format,
                 settings.compress,
             );
             let id = outbox::insert(tx, shard as u32, rows, &payload)?;
@@ -274,12 +278,13 @@ pub fn stamp_dropped_tables(
         let Some(max_hlc) = drops.iter().map(|d| d.hlc).max() else {
             continue;
         };
-        let payload = encode(
+        let payload = encode_as(
             &Batch {
                 node_id: settings.node_id,
                 changes: Vec::new(),
                 dropped: drops,
             },
+            settings.message_format,
             settings.compress,
         );
         let id = outbox::insert(tx, shard as u32, 0, &payload)?;
