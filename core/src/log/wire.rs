@@ -256,15 +256,25 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(len)?).map_err(|err| format!("text is not UTF-8: {err}"))
     }
 
+    /// The byte length a str or bin marker announces (read after it for all but fixstr).
+    fn length(&mut self, marker: Marker) -> Result<usize, String> {
+        match marker {
+            Marker::FixStr(len) => Ok(usize::from(len)),
+            Marker::Str8 | Marker::Bin8 => Ok(usize::from(self.fixed::<1>()?[0])),
+            Marker::Str16 | Marker::Bin16 => Ok(usize::from(u16::from_be_bytes(self.fixed()?))),
+            Marker::Str32 | Marker::Bin32 => Ok(u32::from_be_bytes(self.fixed()?) as usize),
+            other => Err(format!("a string or bytes expected, found {other:?}")),
+        }
+    }
+
     fn str(&mut self) -> Result<&'a str, String> {
-        let len = match self.marker()? {
-            Marker::FixStr(len) => usize::from(len),
-            Marker::Str8 => usize::from(self.fixed::<1>()?[0]),
-            Marker::Str16 => usize::from(u16::from_be_bytes(self.fixed()?)),
-            Marker::Str32 => u32::from_be_bytes(self.fixed()?) as usize,
-            other => return Err(format!("a string expected, found {other:?}")),
-        };
-        self.str_of_len(len)
+        match self.marker()? {
+            marker @ (Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32) => {
+                let len = self.length(marker)?;
+                self.str_of_len(len)
+            }
+            other => Err(format!("a string expected, found {other:?}")),
+        }
     }
 
     fn value(&mut self) -> Result<Value, String> {
@@ -286,29 +296,12 @@ impl<'a> Reader<'a> {
             Marker::I32 => Value::Integer(i64::from(i32::from_be_bytes(self.fixed()?))),
             Marker::I64 => Value::Integer(i64::from_be_bytes(self.fixed()?)),
             Marker::F64 => Value::Real(f64::from_be_bytes(self.fixed()?)),
-            Marker::FixStr(len) => Value::Text(self.str_of_len(usize::from(len))?.to_owned()),
-            Marker::Str8 => {
-                let len = usize::from(self.fixed::<1>()?[0]);
+            marker @ (Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32) => {
+                let len = self.length(marker)?;
                 Value::Text(self.str_of_len(len)?.to_owned())
             }
-            Marker::Str16 => {
-                let len = usize::from(u16::from_be_bytes(self.fixed()?));
-                Value::Text(self.str_of_len(len)?.to_owned())
-            }
-            Marker::Str32 => {
-                let len = u32::from_be_bytes(self.fixed()?) as usize;
-                Value::Text(self.str_of_len(len)?.to_owned())
-            }
-            Marker::Bin8 => {
-                let len = usize::from(self.fixed::<1>()?[0]);
-                Value::Blob(self.take(len)?.to_vec())
-            }
-            Marker::Bin16 => {
-                let len = usize::from(u16::from_be_bytes(self.fixed()?));
-                Value::Blob(self.take(len)?.to_vec())
-            }
-            Marker::Bin32 => {
-                let len = u32::from_be_bytes(self.fixed()?) as usize;
+            marker @ (Marker::Bin8 | Marker::Bin16 | Marker::Bin32) => {
+                let len = self.length(marker)?;
                 Value::Blob(self.take(len)?.to_vec())
             }
             other => return Err(format!("a value expected, found {other:?}")),
