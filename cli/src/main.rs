@@ -87,7 +87,12 @@ fn init_logging(config: &Config) {
     let _ = if config.logging.format == "json" {
         builder.json().with_writer(std::io::stdout).try_init()
     } else {
-        builder.with_writer(std::io::stderr).try_init()
+        // Colours only on a terminal: a log redirected to a file or a journal stays plain text.
+        let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        builder
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .try_init()
     };
 }
 

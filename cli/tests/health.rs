@@ -15,7 +15,6 @@ const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin TEXT);";
 
 struct Sidecar {
     dir: tempfile::TempDir,
-    health_port: u16,
     child: Option<Child>,
 }
 
@@ -24,12 +23,11 @@ impl Sidecar {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("app.db");
         app_connection(&db).execute_batch(SCHEMA).expect("schema");
-        let health_port = free_port();
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "db_path = \"{}\"\nnode_id = {node_id}\n\n[nats]\nurls = [\"{url}\"]\n\n[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\npath = \"/health\"\n",
+                "db_path = \"{}\"\nnode_id = {node_id}\n\n[nats]\nurls = [\"{url}\"]\n\n[health_check]\nenable = true\nbind = \"127.0.0.1:0\"\npath = \"/health\"\n",
                 db.display()
             ),
         )
@@ -45,7 +43,6 @@ impl Sidecar {
             .expect("start harmonylite");
         Sidecar {
             dir,
-            health_port,
             child: Some(child),
         }
     }
@@ -63,7 +60,9 @@ impl Sidecar {
         let mut last = None;
         let started = std::time::Instant::now();
         loop {
-            if let Some((got, body)) = http_get(self.health_port, "/health") {
+            // The endpoint binds port 0; its port is in the log once it listens.
+            let port = served_port(&self.log(), "health check");
+            if let Some((got, body)) = port.and_then(|port| http_get(port, "/health")) {
                 let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 if got == code && check(&parsed) {
                     return parsed;

@@ -11,15 +11,22 @@ use support::*;
 
 const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin TEXT, qty INTEGER);";
 
+/// The metrics endpoint's bind in every generated config (the OS picks the port).
+const METRICS_BIND: &str = "127.0.0.1:0";
+
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harmonylite"))
 }
 
 /// One sidecar process with its own folder, database, config file and endpoints. Killed on drop.
+///
+/// The endpoints bind port 0 and the test reads the ports the sidecar logs (`wait_healthy`): a port chosen
+/// by the test and released before the sidecar binds it can be taken by any other process in between.
 struct Sidecar {
     dir: tempfile::TempDir,
     db: PathBuf,
     config: PathBuf,
+    /// Learnt from the log by `wait_healthy`; 0 until then.
     health_port: u16,
     metrics_port: u16,
     child: Option<Child>,
@@ -30,12 +37,11 @@ impl Sidecar {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("app.db");
         app_connection(&db).execute_batch(SCHEMA).expect("schema");
-        let (health_port, metrics_port) = (free_port(), free_port());
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "db_path = \"{}\"\nnode_id = {node_id}\n\n[nats]\n{nats_section}\n\n[prometheus]\nenable = true\nbind = \"127.0.0.1:{metrics_port}\"\n\n[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\npath = \"/health\"\n",
+                "db_path = \"{}\"\nnode_id = {node_id}\n\n[nats]\n{nats_section}\n\n[prometheus]\nenable = true\nbind = \"{METRICS_BIND}\"\n\n[health_check]\nenable = true\nbind = \"127.0.0.1:0\"\npath = \"/health\"\n",
                 db.display()
             ),
         )
@@ -44,19 +50,20 @@ impl Sidecar {
             dir,
             db,
             config,
-            health_port,
-            metrics_port,
+            health_port: 0,
+            metrics_port: 0,
             child: None,
         }
     }
 
     fn start(&mut self) {
+        // Both streams: the JSON log format writes to stdout.
         let log = std::fs::File::create(self.dir.path().join("sidecar.log")).expect("log");
         let child = Command::new(binary())
             .arg("-config")
             .arg(&self.config)
             .env("HARMONYLITE_NATS_SERVER", nats_server_binary())
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start harmonylite");
@@ -67,12 +74,17 @@ impl Sidecar {
         std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
     }
 
+    /// Learns the endpoints' ports from the log (each start picks new ones), then waits for `/health` 200.
     fn wait_healthy(&mut self) {
-        let port = self.health_port;
         let started = std::time::Instant::now();
         loop {
-            if matches!(http_get(port, "/health"), Some((200, _))) {
-                return;
+            let log = self.log();
+            if let Some(port) = served_port(&log, "health check") {
+                self.health_port = port;
+                self.metrics_port = served_port(&log, "prometheus metrics").unwrap_or(0);
+                if matches!(http_get(port, "/health"), Some((200, _))) {
+                    return;
+                }
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -321,7 +333,6 @@ fn a_harmonylite_config_toml_is_accepted() {
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("app.db");
     app_connection(&db).execute_batch(SCHEMA).expect("schema");
-    let (health, metrics) = (free_port(), free_port());
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
@@ -360,13 +371,13 @@ reconnect_wait_seconds = 2
 
 [prometheus]
 enable = true
-bind = "127.0.0.1:{metrics}"
+bind = "127.0.0.1:0"
 namespace = "harmonylite"
 subsystem = ""
 
 [health_check]
 enable = true
-bind = "127.0.0.1:{health}"
+bind = "127.0.0.1:0"
 path = "/health"
 detailed = true
 
@@ -383,13 +394,13 @@ format = "json"
         dir,
         db,
         config,
-        health_port: health,
-        metrics_port: metrics,
+        health_port: 0,
+        metrics_port: 0,
         child: None,
     };
     sidecar.start();
     sidecar.wait_healthy();
-    let (_, body) = http_get(health, "/health").expect("health");
+    let (_, body) = http_get(sidecar.health_port, "/health").expect("health");
     let health: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
         health["positions"].as_array().map(Vec::len),
@@ -499,8 +510,8 @@ fn a_taken_port_is_named() {
     std::fs::write(
         &sidecar.config,
         text.replace(
-            &format!("127.0.0.1:{}", sidecar.metrics_port),
-            &format!("127.0.0.1:{port}"),
+            &format!("[prometheus]\nenable = true\nbind = \"{METRICS_BIND}\""),
+            &format!("[prometheus]\nenable = true\nbind = \"127.0.0.1:{port}\""),
         ),
     )
     .expect("config");

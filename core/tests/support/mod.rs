@@ -48,6 +48,18 @@ pub fn free_port() -> u16 {
     panic!("no free port between 20000 and 32000");
 }
 
+/// The port of the endpoint `what` ("health check", "prometheus metrics") from the sidecar's "serving" log
+/// line, in the text or the JSON format. Tests bind port 0 and read the port here, so no other process can
+/// take it between the test choosing it and the sidecar binding it.
+pub fn served_port(log: &str, what: &str) -> Option<u16> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("serving") && line.contains(what))?;
+    let (_, after) = line.split_once("127.0.0.1:")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// Polls `check` until it returns true or `WAIT` passes.
 pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
