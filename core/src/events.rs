@@ -1,44 +1,13 @@
 //! Change events: every row change this node commits (local, once stamped) or applies (remote), fanned out
 //! to subscribers. A [`Subscription`] or [`Listener`] stops receiving when dropped.
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::clock::Hlc;
-use crate::log::Value;
 use crate::state::conflicts::Conflict;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChangeOp {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl ChangeOp {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeOp::Insert => "insert",
-            ChangeOp::Update => "update",
-            ChangeOp::Delete => "delete",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChangeEvent {
-    pub table: String,
-    pub op: ChangeOp,
-    /// Primary-key values in key order.
-    pub pk: Vec<Value>,
-    /// Node that made the change.
-    pub origin_node: u64,
-    pub hlc: Hlc,
-    /// True when the change was made on this node (reported once it is stamped for publishing).
-    pub local: bool,
-}
+// Declared in `records` (the list the bindings expand too).
+pub use crate::records::{ChangeEvent, ChangeOp};
 
 /// How many events a slow subscriber may fall behind before it misses some (and is told so).
 pub const EVENT_BUFFER: usize = 65_536;

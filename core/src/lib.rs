@@ -30,6 +30,7 @@ pub mod health;
 pub mod log;
 mod metrics;
 pub mod publish;
+pub mod records;
 mod replica;
 mod retry;
 pub mod snapshot;

@@ -1,5 +1,6 @@
 //! Change events in JavaScript: the `ChangeEvent` object, `onChange` callbacks (a [`Subscription`]) and
-//! the `changes()` async iterator (a [`ChangeStream`]). `onConflict` callbacks use the same plumbing.
+//! the `changes()` async iterator (a [`ChangeStream`]). `onConflict` callbacks use the same plumbing. The
+//! `ChangeEvent` object is expanded from the core's list in `records.rs`.
 //!
 //! Callbacks run through an unref'd threadsafe function, so a live subscription never keeps the
 //! process alive; `close()` also ends every subscription of its replica (the core's event channel
@@ -18,56 +19,12 @@ use napi::{Env, Status};
 use napi_derive::napi;
 use tokio::sync::watch;
 
-use crate::conflicts::Conflict;
 use crate::promise::spawn_promise;
+use crate::records::{ChangeEvent, Conflict};
 
 /// A SQLite value: INTEGER as `bigint` (all of 64 bits), REAL as `number`, TEXT as `string`, BLOB as
 /// `Buffer`, NULL as `null`.
 pub type SqlValue = Either5<Null, BigInt, f64, String, Buffer>;
-
-/// One row change, made on this node (`local`, reported once it is stamped for publishing) or applied
-/// from another node.
-#[napi(object, object_from_js = false)]
-pub struct ChangeEvent {
-    /// The table the row belongs to.
-    pub table: String,
-    /// What happened to the row.
-    #[napi(ts_type = "'insert' | 'update' | 'delete'")]
-    pub op: String,
-    /// The row's primary-key values, in key order.
-    #[napi(ts_type = "Array<null | bigint | number | string | Buffer>")]
-    pub pk: Vec<SqlValue>,
-    /// The node that made the change.
-    pub origin_node: BigInt,
-    /// The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16 bits,
-    /// plus a counter).
-    pub hlc: BigInt,
-    /// True when the change was made on this node.
-    pub local: bool,
-}
-
-impl From<harmonylite::ChangeEvent> for ChangeEvent {
-    fn from(event: harmonylite::ChangeEvent) -> ChangeEvent {
-        // Destructured without `..`: a field added to the core's event fails to compile here until this
-        // object has it (the binding records must not drift from the core's).
-        let harmonylite::ChangeEvent {
-            table,
-            op,
-            pk,
-            origin_node,
-            hlc,
-            local,
-        } = event;
-        ChangeEvent {
-            table,
-            op: op.as_str().to_string(),
-            pk: pk.into_iter().map(sql_value).collect(),
-            origin_node: BigInt::from(origin_node),
-            hlc: BigInt::from(hlc),
-            local,
-        }
-    }
-}
 
 pub(crate) fn sql_value(value: harmonylite::Value) -> SqlValue {
     match value {

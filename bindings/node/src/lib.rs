@@ -6,21 +6,29 @@
 //! tokio runtime and settles a JavaScript promise from there (`promise.rs`), so no call blocks the
 //! event loop and napi starts no runtime of its own.
 
+// The records of `records.rs` are expanded field by field (a few macro levels per field of `Status`).
+#![recursion_limit = "256"]
+
 mod config;
 mod conflicts;
 mod error;
 mod events;
 mod promise;
+mod records;
 mod replica;
 
 use napi::bindgen_prelude::{Function, JsObjectValue, Object, Unknown};
 use napi::{Env, ValueType};
 use napi_derive::napi;
 
-pub use conflicts::{Conflict, ConflictSide, ConflictsOptions};
+pub use conflicts::ConflictsOptions;
 pub use error::ErrorCode;
-pub use events::{ChangeEvent, ChangeStream, Subscription};
-pub use replica::{open_replicated, PausedTable, Replica, ShardStatus, SnapshotProgress, Status};
+pub use events::{ChangeStream, Subscription};
+pub use records::{
+    BrokerDataLoss, ChangeEvent, Conflict, ConflictSide, Divergence, PausedTable, ShardStatus,
+    SnapshotProgress, Status,
+};
+pub use replica::{open_replicated, Replica};
 
 /// Module load: logging, the core's SQLite lock shim (before the engine opens any database, so its copy of
 /// SQLite and better-sqlite3's exclude each other: ADR 0012), and the symbol-keyed

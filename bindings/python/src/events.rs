@@ -8,16 +8,17 @@ use std::sync::Arc;
 use harmonylite::events::Feed;
 use harmonylite::{ChangeEvent as CoreEvent, Subscription, Value};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::PyBytes;
 use tokio::sync::{watch, Mutex as AsyncMutex};
 
 use crate::errors::{core_error, Answer};
 use crate::fork;
 
-/// One row change, local or remote.
+/// One row change, local or remote (its getters, `to_dict`, `__eq__` and `__repr__` are expanded from the
+/// core's list in `records.rs`).
 #[pyclass(frozen, module = "harmonylite._native")]
 pub struct ChangeEvent {
-    event: CoreEvent,
+    pub(crate) event: CoreEvent,
 }
 
 pub fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
@@ -28,101 +29,6 @@ pub fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, P
         Value::Text(v) => v.into_pyobject(py)?.into_any(),
         Value::Blob(v) => PyBytes::new(py, v).into_any(),
     })
-}
-
-#[pymethods]
-impl ChangeEvent {
-    /// The table's name.
-    #[getter]
-    fn table(&self) -> &str {
-        &self.event.table
-    }
-
-    /// `"insert"`, `"update"` or `"delete"`.
-    #[getter]
-    fn op(&self) -> &'static str {
-        self.event.op.as_str()
-    }
-
-    /// The primary-key values, in key order.
-    #[getter]
-    fn pk<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let values = self
-            .event
-            .pk
-            .iter()
-            .map(|v| value_to_py(py, v))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyTuple::new(py, values)
-    }
-
-    /// The node that made the change.
-    #[getter]
-    fn origin_node(&self) -> u64 {
-        self.event.origin_node
-    }
-
-    /// The change's hybrid-logical-clock stamp.
-    #[getter]
-    fn hlc(&self) -> u64 {
-        self.event.hlc
-    }
-
-    /// True when the change was made on this node.
-    #[getter]
-    fn local(&self) -> bool {
-        self.event.local
-    }
-
-    /// The fields as a dict.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        // Destructured without `..`: a field added to the core's event fails to compile here until the
-        // dict (and a getter above) has it (the binding records must not drift from the core's).
-        let CoreEvent {
-            table,
-            op,
-            pk: _,
-            origin_node,
-            hlc,
-            local,
-        } = &self.event;
-        let dict = PyDict::new(py);
-        dict.set_item("table", table)?;
-        dict.set_item("op", op.as_str())?;
-        dict.set_item("pk", self.pk(py)?)?;
-        dict.set_item("origin_node", origin_node)?;
-        dict.set_item("hlc", hlc)?;
-        dict.set_item("local", local)?;
-        Ok(dict)
-    }
-
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other
-            .cast::<ChangeEvent>()
-            .is_ok_and(|other| same_event(&self.event, &other.get().event))
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!(
-            "ChangeEvent(table={}, op='{}', pk={}, origin_node={}, hlc={}, local={})",
-            self.table().into_pyobject(py)?.repr()?,
-            self.op(),
-            self.pk(py)?.repr()?,
-            self.event.origin_node,
-            self.event.hlc,
-            if self.event.local { "True" } else { "False" },
-        ))
-    }
-}
-
-fn same_event(a: &CoreEvent, b: &CoreEvent) -> bool {
-    a.table == b.table
-        && a.op == b.op
-        && a.origin_node == b.origin_node
-        && a.hlc == b.hlc
-        && a.local == b.local
-        && a.pk.len() == b.pk.len()
-        && a.pk.iter().zip(&b.pk).all(|(x, y)| x.same_as(y))
 }
 
 /// Waits for the next record; `None` once cancelled, the replica closed, or the replica is gone.

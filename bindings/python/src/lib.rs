@@ -19,6 +19,7 @@ mod errors;
 mod events;
 mod fork;
 mod log_bridge;
+mod records;
 mod replica;
 mod sqlite_link;
 

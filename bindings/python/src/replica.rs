@@ -322,7 +322,7 @@ impl Replica {
         py: Python<'py>,
         after: i64,
         limit: usize,
-    ) -> PyResult<Vec<Bound<'py, pyo3::types::PyDict>>> {
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let core = self.core()?;
         let conflicts = blocking(py, async move { core.conflicts(after, limit).await })?;
         conflicts

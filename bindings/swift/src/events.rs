@@ -1,6 +1,7 @@
 //! Change events and their delivery to Swift: a callback interface that the Swift layer implements by
 //! yielding into an `AsyncStream` (user closures then run on Swift's executors, never on the core runtime).
-//! Conflicts (`conflicts.rs`) are delivered the same way.
+//! Conflicts (`conflicts.rs`) are delivered the same way; the `ChangeEvent` record is expanded from the core's
+//! list in `records.rs`.
 
 use std::sync::Mutex;
 
@@ -9,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::conflicts::NativeConflictListener;
+use crate::records::ChangeEvent;
 
 /// One SQLite value; every storage class round-trips exactly.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
@@ -28,60 +30,6 @@ impl From<harmonylite::Value> for Value {
             harmonylite::Value::Real(v) => Value::Real(v),
             harmonylite::Value::Text(v) => Value::Text(v),
             harmonylite::Value::Blob(v) => Value::Blob(v),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum ChangeOp {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl From<harmonylite::ChangeOp> for ChangeOp {
-    fn from(op: harmonylite::ChangeOp) -> ChangeOp {
-        match op {
-            harmonylite::ChangeOp::Insert => ChangeOp::Insert,
-            harmonylite::ChangeOp::Update => ChangeOp::Update,
-            harmonylite::ChangeOp::Delete => ChangeOp::Delete,
-        }
-    }
-}
-
-/// A row changed: made on this node (`local`, reported once stamped for publishing) or applied from another.
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
-pub struct ChangeEvent {
-    pub table: String,
-    pub op: ChangeOp,
-    /// Primary-key values in key order.
-    pub pk: Vec<Value>,
-    /// The node that made the change.
-    pub origin_node: u64,
-    /// Its hybrid-logical-clock stamp.
-    pub hlc: u64,
-    pub local: bool,
-}
-
-impl From<harmonylite::ChangeEvent> for ChangeEvent {
-    fn from(event: harmonylite::ChangeEvent) -> ChangeEvent {
-        // Destructured without `..`: a field added to the core's event fails to compile here until this
-        // record has it (the binding records must not drift from the core's).
-        let harmonylite::ChangeEvent {
-            table,
-            op,
-            pk,
-            origin_node,
-            hlc,
-            local,
-        } = event;
-        ChangeEvent {
-            table,
-            op: op.into(),
-            pk: pk.into_iter().map(Value::from).collect(),
-            origin_node,
-            hlc,
-            local,
         }
     }
 }

@@ -17,20 +17,20 @@ mod conflicts;
 mod errors;
 mod events;
 mod logging;
+mod records;
 mod replica;
 mod sqlite_link;
 mod status;
 
 pub use config::{config_from_json, config_from_toml, config_from_toml_file};
-pub use conflicts::{
-    conflict_kind_name, Conflict, ConflictKind, ConflictSide, NativeConflictListener,
-};
+pub use conflicts::{conflict_kind_name, NativeConflictListener};
 pub use errors::{error_codes, error_sample, NativeError};
-pub use events::{ChangeEvent, ChangeOp, NativeChangeListener, NativeListener, Value};
+pub use events::{NativeChangeListener, NativeListener, Value};
 pub use logging::enable_logging;
+pub use records::{
+    BrokerDataLoss, ChangeEvent, ChangeOp, Conflict, ConflictKind, ConflictSide, ConnectionState,
+    Divergence, PausedTable, ReplicaRole, ShardStatus, SnapshotProgress, Status,
+};
 pub use replica::{live_replica_count, open_replicated, NativeReplica};
 pub use sqlite_link::{sqlite_library, SqliteLibrary};
-pub use status::{
-    token_from_string, token_merge, token_to_string, ConnectionState, PausedTable, ShardStatus,
-    SnapshotManifest, SnapshotProgress, Status, Token,
-};
+pub use status::{token_from_string, token_merge, token_to_string, SnapshotManifest, Token};

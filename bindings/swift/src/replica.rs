@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::conflicts::{Conflict, NativeConflictListener};
+use crate::conflicts::NativeConflictListener;
 use crate::errors::NativeError;
 use crate::events::{NativeChangeListener, NativeListener};
-use crate::status::{SnapshotManifest, Status, Token};
+use crate::records::{Conflict, Status};
+use crate::status::{SnapshotManifest, Token};
 
 /// Native replicas not yet released: alive, or closing in the background after their last reference went.
 static LIVE_REPLICAS: AtomicU64 = AtomicU64::new(0);

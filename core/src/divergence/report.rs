@@ -100,20 +100,8 @@ pub enum Finding {
     Cleared { table: String, peer: u64 },
 }
 
-/// A divergence as `status()` reports it (see `engine::Status::divergent_tables`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Divergence {
-    pub table: String,
-    /// The node whose checksum differs from this node's.
-    pub peer_node_id: u64,
-    /// When this node first found the difference, ms since the epoch.
-    pub since_ms: u64,
-    /// Rows of the table here and at the peer, at the latest comparison that found the difference.
-    pub rows_here: u64,
-    pub rows_at_peer: u64,
-    /// When this node last published the table's rows again to repair it (None: not yet).
-    pub republished_at_ms: Option<u64>,
-}
+// A divergence as `status()` reports it: declared in `records` (the list the bindings expand too).
+pub use crate::records::Divergence;
 
 #[derive(Default)]
 struct Peer {

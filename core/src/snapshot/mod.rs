@@ -93,19 +93,9 @@ impl Manifest {
     }
 }
 
-/// Progress of a snapshot being saved or restored, for logs and `status()`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotProgress {
-    /// `idle`, `creating`, `uploading`, `downloading`, `verifying`, `installing`.
-    pub phase: String,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    /// The newest snapshot this node restored (manifest object key), if any.
-    pub restored: Option<String>,
-    /// The newest snapshot this node saved, if any.
-    pub saved: Option<String>,
-    pub saved_at_ms: Option<u64>,
-}
+// Progress of a snapshot being saved or restored, for logs and `status()`: declared in `records` (the list
+// the bindings expand too).
+pub use crate::records::SnapshotProgress;
 
 pub type ProgressHandle = Arc<Mutex<SnapshotProgress>>;
 

@@ -3,7 +3,6 @@
 //! sides, so nothing is lost silently. Oldest entries go first once `MAX_ENTRIES` is reached.
 
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SqlContext};
 use crate::log::{pk_key, Value};
@@ -11,67 +10,8 @@ use crate::log::{pk_key, Value};
 /// Entries kept; older ones are dropped as new ones arrive.
 pub const MAX_ENTRIES: i64 = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConflictKind {
-    /// A received change lost to newer values for some columns (`loser`: the received values).
-    ChangeLost,
-    /// A received change replaced values the writer had not seen (`loser`: the values replaced).
-    ValuesOverwritten,
-    /// A delete removed a row holding edits its writer had not seen, or an edit arrived for a row deleted
-    /// concurrently (delete wins; `loser`: the edit).
-    DeletedWithEdits,
-    /// Two nodes created different rows under one auto-assigned key; the later one was moved (by the node
-    /// that created it) to `moved_to`.
-    KeyMoved,
-    /// A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row created first
-    /// keeps the value and the other waits (parked) until the blocking data changes.
-    Constraint,
-    /// Changes of a table this node does not have, from a node that has dropped the table since: they
-    /// could only wait forever, so they are discarded (ADR 0016). One entry per table and node, `pk` empty;
-    /// `loser`: that node and the stamp of its drop; `detail`: how many changes.
-    TableDropped,
-}
-
-impl ConflictKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConflictKind::ChangeLost => "change_lost",
-            ConflictKind::ValuesOverwritten => "values_overwritten",
-            ConflictKind::DeletedWithEdits => "deleted_with_edits",
-            ConflictKind::KeyMoved => "key_moved",
-            ConflictKind::Constraint => "constraint",
-            ConflictKind::TableDropped => "table_dropped",
-        }
-    }
-}
-
-/// One side of a conflict: who wrote it, when, and the values involved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConflictSide {
-    pub node: u64,
-    pub hlc: u64,
-    pub values: Vec<(String, Value)>,
-}
-
-/// An entry of the conflict log (`Replica::conflicts`, `Replica::subscribe_conflicts`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conflict {
-    /// Position in this node's log (0 until stored).
-    pub id: i64,
-    pub at_ms: u64,
-    pub table: String,
-    pub pk: Vec<Value>,
-    pub kind: ConflictKind,
-    /// The columns involved.
-    pub columns: Vec<String>,
-    pub winner: Option<ConflictSide>,
-    pub loser: Option<ConflictSide>,
-    /// The key the losing row now lives under (key moves).
-    pub moved_to: Option<Vec<Value>>,
-    /// What happened, in words.
-    pub detail: String,
-}
+// Declared in `records` (the list the bindings expand too).
+pub use crate::records::{Conflict, ConflictKind, ConflictSide};
 
 impl Conflict {
     /// A conflict about one row, recorded now; the caller fills in what happened (struct update syntax).

@@ -18,21 +18,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tracing::warn;
 
-/// JetStream lost data this node relied on. Rows that only the lost messages carried are missing on the
-/// nodes that had not applied them, until every node publishes its rows again (`publish::republish`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BrokerDataLoss {
-    pub stream: String,
-    /// The shard whose consumer detected it (None when the stream keeper did).
-    pub shard: Option<u32>,
-    pub reason: String,
-    pub detected_at_ms: u64,
-    /// This node's position in the shard was reset to the start of the new stream.
-    pub position_reset: bool,
-    /// Rows this node published again to repair the loss (None until it has).
-    pub republished_rows: Option<u64>,
+// JetStream lost data this node relied on: the record `status()` reports, declared in `records` (the list the
+// bindings expand too).
+pub use crate::records::BrokerDataLoss;
+
+/// A loss as this node keeps it: the reported record, and what tells one lost incarnation from the next.
+#[derive(Debug, Clone)]
+struct Loss {
+    report: BrokerDataLoss,
     /// Creation time (ns since the epoch) of the stream that replaced the lost one, once known.
-    #[serde(skip)]
     replacement_created_ns: Option<u64>,
 }
 
@@ -98,7 +92,7 @@ pub(crate) struct StreamHealth {
     /// Asks the stream keeper to check (and recreate) the streams now.
     recheck: Notify,
     missing: Mutex<BTreeSet<String>>,
-    losses: Mutex<Vec<BrokerDataLoss>>,
+    losses: Mutex<Vec<Loss>>,
     loss_events: AtomicU64,
     incarnations: Mutex<Incarnations>,
     file: Option<PathBuf>,
@@ -193,7 +187,7 @@ impl StreamHealth {
         replacement_created_ns: Option<u64>,
     ) -> bool {
         let mut losses = lock(&self.losses);
-        if let Some(last) = losses.iter_mut().rev().find(|l| l.stream == stream) {
+        if let Some(last) = losses.iter_mut().rev().find(|l| l.report.stream == stream) {
             let same = match (last.replacement_created_ns, replacement_created_ns) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
@@ -202,19 +196,21 @@ impl StreamHealth {
                 if last.replacement_created_ns.is_none() {
                     last.replacement_created_ns = replacement_created_ns;
                 }
-                if last.shard.is_none() {
-                    last.shard = shard;
+                if last.report.shard.is_none() {
+                    last.report.shard = shard;
                 }
                 return false;
             }
         }
-        losses.push(BrokerDataLoss {
-            stream: stream.to_string(),
-            shard,
-            reason: reason.to_string(),
-            detected_at_ms: crate::clock::wall_millis(),
-            position_reset: false,
-            republished_rows: None,
+        losses.push(Loss {
+            report: BrokerDataLoss {
+                stream: stream.to_string(),
+                shard,
+                reason: reason.to_string(),
+                detected_at_ms: crate::clock::wall_millis(),
+                position_reset: false,
+                republished_rows: None,
+            },
             replacement_created_ns,
         });
         self.loss_events.fetch_add(1, Ordering::Relaxed);
@@ -225,9 +221,9 @@ impl StreamHealth {
         if let Some(last) = lock(&self.losses)
             .iter_mut()
             .rev()
-            .find(|l| l.stream == stream)
+            .find(|l| l.report.stream == stream)
         {
-            last.position_reset = true;
+            last.report.position_reset = true;
         }
     }
 
@@ -236,9 +232,9 @@ impl StreamHealth {
         if let Some(last) = lock(&self.losses)
             .iter_mut()
             .rev()
-            .find(|l| l.stream == stream)
+            .find(|l| l.report.stream == stream)
         {
-            last.republished_rows = Some(rows);
+            last.report.republished_rows = Some(rows);
         }
     }
 
@@ -247,13 +243,17 @@ impl StreamHealth {
         lock(&self.losses)
             .iter()
             .rev()
+            .map(|l| &l.report)
             .find(|l| l.stream == stream)
             .filter(|l| l.republished_rows.is_none())
             .map(|l| l.reason.clone())
     }
 
     pub fn losses(&self) -> Vec<BrokerDataLoss> {
-        lock(&self.losses).clone()
+        lock(&self.losses)
+            .iter()
+            .map(|l| l.report.clone())
+            .collect()
     }
 
     pub fn loss_events(&self) -> u64 {
