@@ -313,11 +313,15 @@ export declare class Subscription {
   unsubscribe(): void
 }
 
-/** A loss of stream data on the server, as this node detected it (see {@link Status}). */
+/**
+ * JetStream lost data this node relied on, as this node detected it. Rows that only the lost
+ * messages carried are missing on the nodes that had not applied them, until every node publishes
+ * its rows again.
+ */
 export interface BrokerDataLoss {
   /** The stream that lost data. */
   stream: string
-  /** The shard whose consumer detected it (null when the stream keeper did). */
+  /** The shard whose consumer detected it (absent when the stream keeper did). */
   shard: number | null
   /** What was seen, in words. */
   reason: string
@@ -325,13 +329,13 @@ export interface BrokerDataLoss {
   detectedAtMs: number
   /** This node's position in the shard was reset to the start of the new stream. */
   positionReset: boolean
-  /** Rows this node published again to repair the loss (null until it has). */
+  /** Rows this node published again to repair the loss (absent until it has). */
   republishedRows: number | null
 }
 
 /**
- * One row change, made on this node (`local`, reported once it is stamped for publishing) or applied
- * from another node.
+ * One row change, made on this node (`local`, reported once it is stamped for publishing) or
+ * applied from another node.
  */
 export interface ChangeEvent {
   /** The table the row belongs to. */
@@ -343,8 +347,8 @@ export interface ChangeEvent {
   /** The node that made the change. */
   originNode: bigint
   /**
-   * The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16 bits,
-   * plus a counter).
+   * The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16
+   * bits, plus a counter).
    */
   hlc: bigint
   /** True when the change was made on this node. */
@@ -360,11 +364,11 @@ export interface ChangeStreamResult {
 }
 
 /**
- * An entry of the conflict log: what a merge did not keep as it came (the loser of a concurrent edit, a
- * row moved off a colliding key, a change a local constraint refused), with both sides.
+ * An entry of the conflict log: what a merge did not keep as it came (the loser of a concurrent
+ * edit, a row moved off a colliding key, a change a local constraint refused), with both sides.
  */
 export interface Conflict {
-  /** Position in this node's log (pass the last one seen as `after`). */
+  /** Position in this node's log (0 until stored; pass the last one seen as `after`). */
   id: number
   /** When it was recorded, milliseconds since the epoch. */
   atMs: number
@@ -372,13 +376,7 @@ export interface Conflict {
   table: string
   /** The row's primary-key values, in key order. */
   pk: Array<null | bigint | number | string | Buffer>
-  /**
-   * What happened: a received change lost (`change_lost`), a received change replaced values its
-   * writer had not seen (`values_overwritten`), a delete won over edits (`deleted_with_edits`), a row
-   * was moved to a fresh auto-assigned key (`key_moved`), a local constraint refused a change
-   * (`constraint`), changes of a table this node lacks were discarded because their node dropped it
-   * (`table_dropped`).
-   */
+  /** What happened. */
   kind: 'change_lost' | 'values_overwritten' | 'deleted_with_edits' | 'key_moved' | 'constraint' | 'table_dropped'
   /** The columns involved. */
   columns: Array<string>
@@ -386,19 +384,19 @@ export interface Conflict {
   winner: ConflictSide | null
   /** The side that was not. */
   loser: ConflictSide | null
-  /** The key the losing row now lives under (`key_moved`). */
+  /** The key the losing row now lives under (key moves). */
   movedTo: Array<null | bigint | number | string | Buffer> | null
   /** What happened, in words. */
   detail: string
 }
 
-/** One side of a {@link Conflict}: who wrote it, when, and the values involved. */
+/** One side of a conflict: who wrote it, when, and the values involved. */
 export interface ConflictSide {
   /** The node that wrote it. */
   node: bigint
   /** Its hybrid-logical-clock stamp. */
   hlc: bigint
-  /** Column name to value (INTEGER as `bigint`, REAL as `number`, TEXT as `string`, BLOB as `Buffer`). */
+  /** Column name to value. */
   values: Record<string, null | bigint | number | string | Buffer>
 }
 
@@ -413,11 +411,14 @@ export interface ConflictsOptions {
   limit?: number
 }
 
-/** A table found different from a peer's at identical positions (see {@link Status}). */
+/**
+ * A table whose checksum differs from a peer's at identical positions (the divergence check,
+ * ADR 0017).
+ */
 export interface Divergence {
   /** The table. */
   table: string
-  /** The node whose checksum differs. */
+  /** The node whose checksum differs from this node's. */
   peerNodeId: bigint
   /** When this node first found the difference (milliseconds since the epoch). */
   sinceMs: number
@@ -425,7 +426,7 @@ export interface Divergence {
   rowsHere: number
   /** Rows of the table at the peer, then. */
   rowsAtPeer: number
-  /** When this node last published the table's rows again to repair it (null: not yet). */
+  /** When this node last published the table's rows again to repair it (absent: not yet). */
   republishedAtMs: number | null
 }
 
@@ -462,7 +463,7 @@ export type ErrorCode = 'CONFIG' | 'SQLITE_BUSY' | 'SQLITE' | 'TRANSPORT' | 'TIM
  */
 export declare function openReplicated(db: string | DatabaseHandle, cfg?: Config | string): Promise<Replica>
 
-/** A table whose incoming changes wait (see {@link Status}). */
+/** A table whose incoming changes wait. */
 export interface PausedTable {
   /** The table. */
   table: string
@@ -471,14 +472,15 @@ export interface PausedTable {
   /** Why the oldest waiting change waits, in words. */
   reason: string
   /**
-   * What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL /
-   * CHECK constraint (`constraint`), a value this schema cannot hold (`invalid`), a stamp ahead of this
-   * node's clock (`clock`), an earlier change of its row (`queued`).
+   * What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL
+   * / CHECK constraint that refuses it until the blocking data changes (`constraint`), a value
+   * this schema cannot hold (`invalid`), a stamp ahead of this node's clock (`clock`), an
+   * earlier change of its row (`queued`).
    */
   kind: 'schema' | 'constraint' | 'invalid' | 'clock' | 'queued'
 }
 
-/** One shard (stream) in {@link Status}. */
+/** One shard (stream) in a status: positions applied here and published from here, and the lag. */
 export interface ShardStatus {
   /** The shard number. */
   shard: number
@@ -486,11 +488,14 @@ export interface ShardStatus {
   appliedSeq: bigint
   /** The highest stream position of a message this node published (since open). */
   publishedSeq: bigint
-  /** The last position in the shard's stream (`null` when NATS cannot be asked right now). */
+  /** The last position in the shard's stream (absent when NATS cannot be asked right now). */
   streamLastSeq: bigint | null
-  /** Messages in the stream this node has not applied yet (`null` when unknown). */
+  /** Messages in the stream this node has not applied yet (absent when unknown). */
   lagMessages: number | null
-  /** How long this shard has had messages waiting without applying any; null while it keeps up. */
+  /**
+   * How long this shard has had messages waiting without applying any (its apply failing, or
+   * its position not moving while the stream holds more); absent while it keeps up.
+   */
   stalledMs: number | null
 }
 
@@ -512,7 +517,7 @@ export interface SnapshotManifest {
   createdMs: number
 }
 
-/** Snapshot save/restore progress (see {@link Status}). */
+/** Progress of a snapshot being saved or restored. */
 export interface SnapshotProgress {
   /** `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`. */
   phase: string
@@ -528,11 +533,17 @@ export interface SnapshotProgress {
   savedAtMs: number | null
 }
 
-/** What `status()` resolves to. */
+/**
+ * What a replica is doing: its role, connection, streams, per-shard positions, counters and
+ * snapshot progress.
+ */
 export interface Status {
   /** This node's id. */
   nodeId: bigint
-  /** `active`: this process runs the replicator; `attached`: it forwards to the process that does. */
+  /**
+   * `active`: this process runs the replicator; `attached`: it forwards to the process that
+   * does (ADR 0010).
+   */
   role: 'active' | 'attached'
   /** The process that runs this database's replicator (this one when `role` is `active`). */
   replicatorPid: number
@@ -542,9 +553,12 @@ export interface Status {
   dbPath: string
   /** The NATS connection. */
   connection: 'connected' | 'disconnected' | 'connecting'
-  /** The JetStream streams exist (created or checked since open). */
+  /** The JetStream streams exist (created or checked since open, and none found missing since). */
   streamsReady: boolean
-  /** Streams this node expects that the server does not have (lost, or not created yet). */
+  /**
+   * Streams this node expects that the server does not have (lost, or not created yet); the
+   * stream keeper is creating them again.
+   */
   missingStreams: Array<string>
   /** How long NATS has been unreachable, while it is. */
   natsUnreachableMs: number | null
@@ -574,15 +588,15 @@ export interface Status {
   appliedRows: number
   /** Received changes that lost to a newer version already here. */
   skippedRows: number
-  /** Received changes waiting (see `pausedTables`). */
+  /** Received changes waiting (see `paused_tables`). */
   deferredRows: number
   /** Entries in the conflict log (bounded; see `conflicts()`). */
   conflicts: number
   /** Conflicts recorded since open: merge losers, moved keys, constraint resolutions. */
   conflictsRecorded: number
   /**
-   * Rows this node moved to a fresh key since open (another node created a different row under the
-   * same auto-assigned key first).
+   * Rows this node moved to a fresh key since open (another node created a different row
+   * under the same auto-assigned key first).
    */
   movedKeys: number
   /** Messages that could not be decoded, parked in the dead-letter stream. */
@@ -600,24 +614,36 @@ export interface Status {
   /** The last of them. */
   lastError: string | null
   /**
-   * A shard's position is older than the first message its stream still holds: rows changed in the
-   * gap are stale until they change again. Restart the node to restore a snapshot.
+   * A shard's position is older than the first message its stream still holds: rows changed
+   * in the gap are stale until they change again. Restart the node to restore a snapshot.
    */
   behindRetention: boolean
-  /** The server lost messages this node had seen (its JetStream store was wiped or replaced). */
+  /**
+   * JetStream lost messages this node relied on (a stream deleted or recreated, or holding
+   * less than this node had applied). Positions were reset to the new stream; rows that only
+   * the lost messages carried are missing on the nodes that had not applied them until every
+   * node has published its rows again (`broker_data_loss[].republished_rows`); this stays
+   * true for the rest of the run, as a record.
+   */
   brokerDataLossDetected: boolean
-  /** How many such losses were detected since open. */
+  /** How many such losses were detected since open (one per lost stream incarnation). */
   brokerDataLossEvents: number
   /** The losses detected, newest last. */
   brokerDataLoss: Array<BrokerDataLoss>
   /**
-   * Tables whose checksum differs from a peer's although both nodes applied the same changes (the
-   * divergence check); each stays until a later comparison matches.
+   * Tables whose checksum differs from a peer's although both nodes had applied the same
+   * changes (identical positions on every shard, nothing unsent): the divergence check (ADR
+   * 0017). This node republishes such a table's rows (at most once per
+   * `divergence_check.repair_interval`); an entry stays until a later comparison at
+   * identical positions matches.
    */
   divergentTables: Array<Divergence>
-  /** Table checksums compared with a peer's at identical positions since open. */
+  /**
+   * Table checksums compared with a peer's at identical positions since open: zero while the
+   * check is off, before the first round, or while no peer has been at this node's positions.
+   */
   divergenceComparisons: number
-  /** Errors in the last minute. */
+  /** Errors counted in the last minute (`errors` counts since open). */
   errorsLastMinute: number
   /** Snapshot save/restore progress. */
   snapshot: SnapshotProgress

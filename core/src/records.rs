@@ -38,11 +38,14 @@ pub type PauseKind = String;
 /// [`Seq`], [`Hlc`], [`PauseKind`], `Value`, the records and enums of this list, and `Option<..>`/`Vec<..>`
 /// of these; `Vec<(String, Value)>` is a row's column values. `serde(...)` is for this crate's serde
 /// derive only. The core path names the type to convert from; every field is public.
+///
+/// Docs are written as `#[doc = "..."]`, not `///`: a `///` inside a macro reaches the expansions as a raw
+/// string (`r"..."`), which napi-rs copies into `index.d.ts` as it is written.
 #[macro_export]
 macro_rules! records {
     ($cb:ident) => {
         $cb! {
-            /// The NATS connection's state.
+            #[doc = " The NATS connection's state."]
             enum ConnectionState ($crate::records::ConnectionState)
                 [Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize] {
                 Connected = "connected",
@@ -51,273 +54,273 @@ macro_rules! records {
             }
         }
         $cb! {
-            /// Whether a handle runs the database's replicator or forwards to the process that does (ADR 0010).
+            #[doc = " Whether a handle runs the database's replicator or forwards to the process that does (ADR 0010)."]
             enum ReplicaRole ($crate::records::ReplicaRole)
                 [Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize] {
-                /// This handle runs the replicator (capture, publishing, applying, the embedded nats-server).
+                #[doc = " This handle runs the replicator (capture, publishing, applying, the embedded nats-server)."]
                 Active = "active",
-                /// Another process (or another open in this process) runs it; this handle forwards to it and
-                /// takes over when it goes away.
+                #[doc = " Another process (or another open in this process) runs it; this handle forwards to it and"]
+                #[doc = " takes over when it goes away."]
                 Attached = "attached",
             }
         }
         $cb! {
-            /// One shard (stream) in a status: positions applied here and published from here, and the lag.
+            #[doc = " One shard (stream) in a status: positions applied here and published from here, and the lag."]
             record ShardStatus ($crate::records::ShardStatus) [Debug, Clone, Serialize, Deserialize] {
-                /// The shard number.
+                #[doc = " The shard number."]
                 shard: [u32],
-                /// The stream position applied on this node.
+                #[doc = " The stream position applied on this node."]
                 applied_seq: [Seq],
-                /// The highest stream position of a message this node published (since open).
+                #[doc = " The highest stream position of a message this node published (since open)."]
                 published_seq: [Seq],
-                /// The last position in the shard's stream (absent when NATS cannot be asked right now).
+                #[doc = " The last position in the shard's stream (absent when NATS cannot be asked right now)."]
                 stream_last_seq: [Option<Seq>],
-                /// Messages in the stream this node has not applied yet (absent when unknown).
+                #[doc = " Messages in the stream this node has not applied yet (absent when unknown)."]
                 lag_messages: [Option<u64>],
-                /// How long this shard has had messages waiting without applying any (its apply failing, or
-                /// its position not moving while the stream holds more); absent while it keeps up.
+                #[doc = " How long this shard has had messages waiting without applying any (its apply failing, or"]
+                #[doc = " its position not moving while the stream holds more); absent while it keeps up."]
                 stalled_ms: [Option<u64>],
             }
         }
         $cb! {
-            /// A table whose incoming changes wait.
+            #[doc = " A table whose incoming changes wait."]
             record PausedTable ($crate::records::PausedTable) [Debug, Clone, Serialize, Deserialize] {
-                /// The table.
+                #[doc = " The table."]
                 table: [String],
-                /// Changes waiting to be applied.
+                #[doc = " Changes waiting to be applied."]
                 waiting_changes: [u64],
-                /// Why the oldest waiting change waits, in words.
+                #[doc = " Why the oldest waiting change waits, in words."]
                 reason: [String],
-                /// What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL
-                /// / CHECK constraint that refuses it until the blocking data changes (`constraint`), a value
-                /// this schema cannot hold (`invalid`), a stamp ahead of this node's clock (`clock`), an
-                /// earlier change of its row (`queued`).
+                #[doc = " What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL"]
+                #[doc = " / CHECK constraint that refuses it until the blocking data changes (`constraint`), a value"]
+                #[doc = " this schema cannot hold (`invalid`), a stamp ahead of this node's clock (`clock`), an"]
+                #[doc = " earlier change of its row (`queued`)."]
                 kind: [PauseKind],
             }
         }
         $cb! {
-            /// JetStream lost data this node relied on, as this node detected it. Rows that only the lost
-            /// messages carried are missing on the nodes that had not applied them, until every node publishes
-            /// its rows again.
+            #[doc = " JetStream lost data this node relied on, as this node detected it. Rows that only the lost"]
+            #[doc = " messages carried are missing on the nodes that had not applied them, until every node publishes"]
+            #[doc = " its rows again."]
             record BrokerDataLoss ($crate::records::BrokerDataLoss)
                 [Debug, Clone, PartialEq, Eq, Serialize, Deserialize] {
-                /// The stream that lost data.
+                #[doc = " The stream that lost data."]
                 stream: [String],
-                /// The shard whose consumer detected it (absent when the stream keeper did).
+                #[doc = " The shard whose consumer detected it (absent when the stream keeper did)."]
                 shard: [Option<u32>],
-                /// What was seen, in words.
+                #[doc = " What was seen, in words."]
                 reason: [String],
-                /// When (milliseconds since the epoch).
+                #[doc = " When (milliseconds since the epoch)."]
                 detected_at_ms: [u64],
-                /// This node's position in the shard was reset to the start of the new stream.
+                #[doc = " This node's position in the shard was reset to the start of the new stream."]
                 position_reset: [bool],
-                /// Rows this node published again to repair the loss (absent until it has).
+                #[doc = " Rows this node published again to repair the loss (absent until it has)."]
                 republished_rows: [Option<u64>],
             }
         }
         $cb! {
-            /// A table whose checksum differs from a peer's at identical positions (the divergence check,
-            /// ADR 0017).
+            #[doc = " A table whose checksum differs from a peer's at identical positions (the divergence check,"]
+            #[doc = " ADR 0017)."]
             record Divergence ($crate::records::Divergence)
                 [Debug, Clone, PartialEq, Eq, Serialize, Deserialize] {
-                /// The table.
+                #[doc = " The table."]
                 table: [String],
-                /// The node whose checksum differs from this node's.
+                #[doc = " The node whose checksum differs from this node's."]
                 peer_node_id: [NodeId],
-                /// When this node first found the difference (milliseconds since the epoch).
+                #[doc = " When this node first found the difference (milliseconds since the epoch)."]
                 since_ms: [u64],
-                /// Rows of the table here, at the latest comparison that found the difference.
+                #[doc = " Rows of the table here, at the latest comparison that found the difference."]
                 rows_here: [u64],
-                /// Rows of the table at the peer, then.
+                #[doc = " Rows of the table at the peer, then."]
                 rows_at_peer: [u64],
-                /// When this node last published the table's rows again to repair it (absent: not yet).
+                #[doc = " When this node last published the table's rows again to repair it (absent: not yet)."]
                 republished_at_ms: [Option<u64>],
             }
         }
         $cb! {
-            /// Progress of a snapshot being saved or restored.
+            #[doc = " Progress of a snapshot being saved or restored."]
             record SnapshotProgress ($crate::records::SnapshotProgress)
                 [Debug, Clone, Default, PartialEq, Serialize, Deserialize] {
-                /// `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`.
+                #[doc = " `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`."]
                 phase: [String],
-                /// Bytes done in this phase.
+                #[doc = " Bytes done in this phase."]
                 bytes_done: [u64],
-                /// Bytes this phase handles.
+                #[doc = " Bytes this phase handles."]
                 bytes_total: [u64],
-                /// The newest snapshot this node restored (manifest object key), if any.
+                #[doc = " The newest snapshot this node restored (manifest object key), if any."]
                 restored: [Option<String>],
-                /// The newest snapshot this node saved, if any.
+                #[doc = " The newest snapshot this node saved, if any."]
                 saved: [Option<String>],
-                /// When it was saved (milliseconds since the epoch).
+                #[doc = " When it was saved (milliseconds since the epoch)."]
                 saved_at_ms: [Option<u64>],
             }
         }
         $cb! {
-            /// What a replica is doing: its role, connection, streams, per-shard positions, counters and
-            /// snapshot progress.
+            #[doc = " What a replica is doing: its role, connection, streams, per-shard positions, counters and"]
+            #[doc = " snapshot progress."]
             record Status ($crate::records::Status) [Debug, Clone, Serialize, Deserialize] {
-                /// This node's id.
+                #[doc = " This node's id."]
                 node_id: [NodeId],
-                /// `active`: this process runs the replicator; `attached`: it forwards to the process that
-                /// does (ADR 0010).
+                #[doc = " `active`: this process runs the replicator; `attached`: it forwards to the process that"]
+                #[doc = " does (ADR 0010)."]
                 role: [ReplicaRole],
-                /// The process that runs this database's replicator (this one when `role` is `active`).
+                #[doc = " The process that runs this database's replicator (this one when `role` is `active`)."]
                 replicator_pid: [u32],
-                /// Handles (other processes, or other opens) attached to that replicator.
+                #[doc = " Handles (other processes, or other opens) attached to that replicator."]
                 attached_handles: [u32],
-                /// The replicated database file.
+                #[doc = " The replicated database file."]
                 db_path: [String],
-                /// The NATS connection.
+                #[doc = " The NATS connection."]
                 connection: [ConnectionState],
-                /// The JetStream streams exist (created or checked since open, and none found missing since).
+                #[doc = " The JetStream streams exist (created or checked since open, and none found missing since)."]
                 streams_ready: [bool],
-                /// Streams this node expects that the server does not have (lost, or not created yet); the
-                /// stream keeper is creating them again.
+                #[doc = " Streams this node expects that the server does not have (lost, or not created yet); the"]
+                #[doc = " stream keeper is creating them again."]
                 missing_streams: [Vec<String>],
-                /// How long NATS has been unreachable, while it is.
+                #[doc = " How long NATS has been unreachable, while it is."]
                 nats_unreachable_ms: [Option<u64>],
-                /// The NATS servers in use.
+                #[doc = " The NATS servers in use."]
                 nats_urls: [Vec<String>],
-                /// True when this replica runs its own nats-server.
+                #[doc = " True when this replica runs its own nats-server."]
                 embedded_server: [bool],
-                /// This node sends its changes (false: a read replica).
+                #[doc = " This node sends its changes (false: a read replica)."]
                 publish: [bool],
-                /// This node applies what it receives.
+                #[doc = " This node applies what it receives."]
                 replicate: [bool],
-                /// Tables with capture installed.
+                #[doc = " Tables with capture installed."]
                 replicated_tables: [Vec<String>],
-                /// Per shard (stream): positions applied here and published from here, and the lag.
+                #[doc = " Per shard (stream): positions applied here and published from here, and the lag."]
                 shards: [Vec<ShardStatus>],
-                /// Captured local changes not yet stamped.
+                #[doc = " Captured local changes not yet stamped."]
                 pending_changes: [u64],
-                /// Stamped local messages not yet acknowledged by JetStream.
+                #[doc = " Stamped local messages not yet acknowledged by JetStream."]
                 unsent_messages: [u64],
-                /// Rows in those messages.
+                #[doc = " Rows in those messages."]
                 unsent_rows: [u64],
-                /// Messages this node published since open.
+                #[doc = " Messages this node published since open."]
                 published_messages: [u64],
-                /// Rows in those messages.
+                #[doc = " Rows in those messages."]
                 published_rows: [u64],
-                /// Rows applied from other nodes since open.
+                #[doc = " Rows applied from other nodes since open."]
                 applied_rows: [u64],
-                /// Received changes that lost to a newer version already here.
+                #[doc = " Received changes that lost to a newer version already here."]
                 skipped_rows: [u64],
-                /// Received changes waiting (see `paused_tables`).
+                #[doc = " Received changes waiting (see `paused_tables`)."]
                 deferred_rows: [u64],
-                /// Entries in the conflict log (bounded; see `conflicts()`).
+                #[doc = " Entries in the conflict log (bounded; see `conflicts()`)."]
                 conflicts: [u64],
-                /// Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
+                #[doc = " Conflicts recorded since open: merge losers, moved keys, constraint resolutions."]
                 conflicts_recorded: [u64],
-                /// Rows this node moved to a fresh key since open (another node created a different row
-                /// under the same auto-assigned key first).
+                #[doc = " Rows this node moved to a fresh key since open (another node created a different row"]
+                #[doc = " under the same auto-assigned key first)."]
                 moved_keys: [u64],
-                /// Messages that could not be decoded, parked in the dead-letter stream.
+                #[doc = " Messages that could not be decoded, parked in the dead-letter stream."]
                 dead_lettered: [u64],
-                /// Local changes larger than the server's max payload, never sent.
+                #[doc = " Local changes larger than the server's max payload, never sent."]
                 rejected_local: [u64],
-                /// Tables whose incoming changes wait, and why.
+                #[doc = " Tables whose incoming changes wait, and why."]
                 paused_tables: [Vec<PausedTable>],
-                /// When this node last published (milliseconds since the epoch).
+                #[doc = " When this node last published (milliseconds since the epoch)."]
                 last_publish_ms: [Option<u64>],
-                /// When this node last applied a batch (milliseconds since the epoch).
+                #[doc = " When this node last applied a batch (milliseconds since the epoch)."]
                 last_apply_ms: [Option<u64>],
-                /// Errors since open.
+                #[doc = " Errors since open."]
                 errors: [u64],
-                /// The last of them.
+                #[doc = " The last of them."]
                 last_error: [Option<String>],
-                /// A shard's position is older than the first message its stream still holds: rows changed
-                /// in the gap are stale until they change again. Restart the node to restore a snapshot.
+                #[doc = " A shard's position is older than the first message its stream still holds: rows changed"]
+                #[doc = " in the gap are stale until they change again. Restart the node to restore a snapshot."]
                 behind_retention: [bool],
-                /// JetStream lost messages this node relied on (a stream deleted or recreated, or holding
-                /// less than this node had applied). Positions were reset to the new stream; rows that only
-                /// the lost messages carried are missing on the nodes that had not applied them until every
-                /// node has published its rows again (`broker_data_loss[].republished_rows`); this stays
-                /// true for the rest of the run, as a record.
+                #[doc = " JetStream lost messages this node relied on (a stream deleted or recreated, or holding"]
+                #[doc = " less than this node had applied). Positions were reset to the new stream; rows that only"]
+                #[doc = " the lost messages carried are missing on the nodes that had not applied them until every"]
+                #[doc = " node has published its rows again (`broker_data_loss[].republished_rows`); this stays"]
+                #[doc = " true for the rest of the run, as a record."]
                 broker_data_loss_detected: [bool],
-                /// How many such losses were detected since open (one per lost stream incarnation).
+                #[doc = " How many such losses were detected since open (one per lost stream incarnation)."]
                 broker_data_loss_events: [u64],
-                /// The losses detected, newest last.
+                #[doc = " The losses detected, newest last."]
                 broker_data_loss: [Vec<BrokerDataLoss>],
-                /// Tables whose checksum differs from a peer's although both nodes had applied the same
-                /// changes (identical positions on every shard, nothing unsent): the divergence check (ADR
-                /// 0017). This node republishes such a table's rows (at most once per
-                /// `divergence_check.repair_interval`); an entry stays until a later comparison at
-                /// identical positions matches.
+                #[doc = " Tables whose checksum differs from a peer's although both nodes had applied the same"]
+                #[doc = " changes (identical positions on every shard, nothing unsent): the divergence check (ADR"]
+                #[doc = " 0017). This node republishes such a table's rows (at most once per"]
+                #[doc = " `divergence_check.repair_interval`); an entry stays until a later comparison at"]
+                #[doc = " identical positions matches."]
                 divergent_tables: [Vec<Divergence>] serde(default),
-                /// Table checksums compared with a peer's at identical positions since open: zero while the
-                /// check is off, before the first round, or while no peer has been at this node's positions.
+                #[doc = " Table checksums compared with a peer's at identical positions since open: zero while the"]
+                #[doc = " check is off, before the first round, or while no peer has been at this node's positions."]
                 divergence_comparisons: [u64] serde(default),
-                /// Errors counted in the last minute (`errors` counts since open).
+                #[doc = " Errors counted in the last minute (`errors` counts since open)."]
                 errors_last_minute: [u64],
-                /// Snapshot save/restore progress.
+                #[doc = " Snapshot save/restore progress."]
                 snapshot: [SnapshotProgress],
-                /// Milliseconds since open.
+                #[doc = " Milliseconds since open."]
                 uptime_ms: [u64],
             }
         }
         $cb! {
-            /// What a conflict-log entry records.
+            #[doc = " What a conflict-log entry records."]
             enum ConflictKind ($crate::records::ConflictKind)
                 [Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize] {
-                /// A received change lost to newer values for some columns (`loser`: the received values).
+                #[doc = " A received change lost to newer values for some columns (`loser`: the received values)."]
                 ChangeLost = "change_lost",
-                /// A received change replaced values its writer had not seen (`loser`: the values replaced).
+                #[doc = " A received change replaced values its writer had not seen (`loser`: the values replaced)."]
                 ValuesOverwritten = "values_overwritten",
-                /// A delete removed a row holding edits its writer had not seen, or an edit arrived for a row
-                /// deleted concurrently (the delete wins; `loser`: the edit).
+                #[doc = " A delete removed a row holding edits its writer had not seen, or an edit arrived for a row"]
+                #[doc = " deleted concurrently (the delete wins; `loser`: the edit)."]
                 DeletedWithEdits = "deleted_with_edits",
-                /// Two nodes created different rows under one auto-assigned key; the later one was moved (by
-                /// the node that created it) to `moved_to`.
+                #[doc = " Two nodes created different rows under one auto-assigned key; the later one was moved (by"]
+                #[doc = " the node that created it) to `moved_to`."]
                 KeyMoved = "key_moved",
-                /// A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row
-                /// created first keeps the value and the other waits (parked) until the blocking data changes.
+                #[doc = " A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row"]
+                #[doc = " created first keeps the value and the other waits (parked) until the blocking data changes."]
                 Constraint = "constraint",
-                /// Changes of a table this node does not have, from a node that has dropped the table since:
-                /// they could only wait forever, so they are discarded (ADR 0016). One entry per table and
-                /// node, `pk` empty; `loser`: that node and the stamp of its drop; `detail`: how many changes.
+                #[doc = " Changes of a table this node does not have, from a node that has dropped the table since:"]
+                #[doc = " they could only wait forever, so they are discarded (ADR 0016). One entry per table and"]
+                #[doc = " node, `pk` empty; `loser`: that node and the stamp of its drop; `detail`: how many changes."]
                 TableDropped = "table_dropped",
             }
         }
         $cb! {
-            /// One side of a conflict: who wrote it, when, and the values involved.
+            #[doc = " One side of a conflict: who wrote it, when, and the values involved."]
             record ConflictSide ($crate::records::ConflictSide)
                 [Debug, Clone, PartialEq, Serialize, Deserialize] {
-                /// The node that wrote it.
+                #[doc = " The node that wrote it."]
                 node: [NodeId],
-                /// Its hybrid-logical-clock stamp.
+                #[doc = " Its hybrid-logical-clock stamp."]
                 hlc: [Hlc],
-                /// Column name to value.
+                #[doc = " Column name to value."]
                 values: [Vec<(String, Value)>],
             }
         }
         $cb! {
-            /// An entry of the conflict log: what a merge did not keep as it came (the loser of a concurrent
-            /// edit, a row moved off a colliding key, a change a local constraint refused), with both sides.
+            #[doc = " An entry of the conflict log: what a merge did not keep as it came (the loser of a concurrent"]
+            #[doc = " edit, a row moved off a colliding key, a change a local constraint refused), with both sides."]
             record Conflict ($crate::records::Conflict) [Debug, Clone, PartialEq, Serialize, Deserialize] {
-                /// Position in this node's log (0 until stored; pass the last one seen as `after`).
+                #[doc = " Position in this node's log (0 until stored; pass the last one seen as `after`)."]
                 id: [i64],
-                /// When it was recorded, milliseconds since the epoch.
+                #[doc = " When it was recorded, milliseconds since the epoch."]
                 at_ms: [u64],
-                /// The table the row belongs to.
+                #[doc = " The table the row belongs to."]
                 table: [String],
-                /// The row's primary-key values, in key order.
+                #[doc = " The row's primary-key values, in key order."]
                 pk: [Vec<Value>],
-                /// What happened.
+                #[doc = " What happened."]
                 kind: [ConflictKind],
-                /// The columns involved.
+                #[doc = " The columns involved."]
                 columns: [Vec<String>],
-                /// The side that was kept.
+                #[doc = " The side that was kept."]
                 winner: [Option<ConflictSide>],
-                /// The side that was not.
+                #[doc = " The side that was not."]
                 loser: [Option<ConflictSide>],
-                /// The key the losing row now lives under (key moves).
+                #[doc = " The key the losing row now lives under (key moves)."]
                 moved_to: [Option<Vec<Value>>],
-                /// What happened, in words.
+                #[doc = " What happened, in words."]
                 detail: [String],
             }
         }
         $cb! {
-            /// What happened to a row.
+            #[doc = " What happened to a row."]
             enum ChangeOp ($crate::records::ChangeOp)
                 [Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize] {
                 Insert = "insert",
@@ -326,22 +329,22 @@ macro_rules! records {
             }
         }
         $cb! {
-            /// One row change, made on this node (`local`, reported once it is stamped for publishing) or
-            /// applied from another node.
+            #[doc = " One row change, made on this node (`local`, reported once it is stamped for publishing) or"]
+            #[doc = " applied from another node."]
             record ChangeEvent ($crate::records::ChangeEvent)
                 [Debug, Clone, PartialEq, Serialize, Deserialize] {
-                /// The table the row belongs to.
+                #[doc = " The table the row belongs to."]
                 table: [String],
-                /// What happened to the row.
+                #[doc = " What happened to the row."]
                 op: [ChangeOp],
-                /// The row's primary-key values, in key order.
+                #[doc = " The row's primary-key values, in key order."]
                 pk: [Vec<Value>],
-                /// The node that made the change.
+                #[doc = " The node that made the change."]
                 origin_node: [NodeId],
-                /// The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16
-                /// bits, plus a counter).
+                #[doc = " The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16"]
+                #[doc = " bits, plus a counter)."]
                 hlc: [Hlc],
-                /// True when the change was made on this node.
+                #[doc = " True when the change was made on this node."]
                 local: [bool],
             }
         }

@@ -136,9 +136,10 @@ const keys = (object) => Object.keys(object).sort()
 
 test("status() and conflicts() have every field of the core's Status and Conflict", async (t) => {
   // The core's own serialization (serde, through hidden `_core*Json` helpers) is the field list, read at
-  // run time from a real replica rather than copied into this test; the binding converts by hand, so a
-  // field added to the core fails here until the binding has it (and `index.d.ts`, generated from the
-  // same Rust structs, has it too). Option fields are `null`, never left out, so every key is present.
+  // run time from a real replica rather than copied into this test; the binding's objects are expanded from
+  // the core's record list (src/records.rs), and this checks that expansion: a field the binding drops fails
+  // here (and `index.d.ts`, generated from the same Rust structs, lacks it too). Option fields are `null`,
+  // never left out, so every key is present.
   const { a, b } = await offlineEdit(t)
   await waitUntil("B's paused table", async () => (await b.status()).pausedTables.length > 0)
   await waitUntil("A's conflict with both sides", async () => (await a.conflicts()).some((c) => c.winner && c.loser))

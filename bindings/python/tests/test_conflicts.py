@@ -130,9 +130,9 @@ def test_status_and_conflicts_have_every_field_of_the_core(
 ) -> None:
     """The drift test. The core's own serialization (serde) is the field list, read at run time from a real
     replica, not from a copy in this test: ``status()`` is the core's ``Status`` serialized by serde, so its
-    keys are the core's fields and must equal the TypedDicts'; conflict dicts are converted by hand in
-    ``src/conflicts.rs``, so they are compared with the core's serde output (``conflicts_json``) and with the
-    TypedDicts. A field added to the core fails here until the binding has it."""
+    keys are the core's fields and must equal the TypedDicts'; conflict dicts are expanded from the core's
+    record list in ``src/records.rs``, and are compared with the core's serde output (``conflicts_json``) and
+    with the TypedDicts. A field added to the core fails here until the TypedDicts have it."""
     a, b, _, _subscription = _offline_edit(nats, replicas, tmp_path)
     wait_until("B's paused table", lambda: bool(b.status()["paused_tables"]))
     wait_until("A's conflict with both sides", lambda: any(c["winner"] and c["loser"] for c in a.conflicts()))

@@ -121,9 +121,9 @@ final class ConflictTests: XCTestCase {
     }
 
     /// The drift test. The core's own serialization (serde, through the internal `core*Json` helpers) is the
-    /// field list, read at run time from a real replica rather than copied here; the records are converted
-    /// by hand, so a field added to the core fails here until the binding has it. Swift's labels are the
-    /// core's names in lowerCamelCase (uniffi's naming).
+    /// field list, read at run time from a real replica rather than copied here; the records are expanded
+    /// from the core's record list (`src/records.rs`), and this checks that expansion: a field the binding
+    /// drops fails here. Swift's labels are the core's names in lowerCamelCase (uniffi's naming).
     func testStatusAndConflictRecordsHaveEveryFieldOfTheCore() async throws {
         try await offlineEdit()
         try await eventually("B's paused table") { try await !b.r.status().pausedTables.isEmpty }
