@@ -1200,36 +1200,56 @@ public func FfiConverterTypeNativeReplica_lower(_ value: NativeReplica) -> UInt6
 
 
 /**
- * A loss of stream data on the server, as this node detected it.
+ * JetStream lost data this node relied on, as this node detected it. Rows that only the lost
+ * messages carried are missing on the nodes that had not applied them, until every node publishes
+ * its rows again.
  */
 public struct BrokerDataLoss: Equatable, Hashable {
+    /**
+     * The stream that lost data.
+     */
     public var stream: String
     /**
-     * The shard whose consumer detected it (nil when the stream keeper did).
+     * The shard whose consumer detected it (absent when the stream keeper did).
      */
     public var shard: UInt32?
+    /**
+     * What was seen, in words.
+     */
     public var reason: String
+    /**
+     * When (milliseconds since the epoch).
+     */
     public var detectedAtMs: UInt64
     /**
      * This node's position in the shard was reset to the start of the new stream.
      */
     public var positionReset: Bool
     /**
-     * Rows this node published again to repair the loss (nil until it has).
+     * Rows this node published again to repair the loss (absent until it has).
      */
     public var republishedRows: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(stream: String, 
+    public init(
         /**
-         * The shard whose consumer detected it (nil when the stream keeper did).
-         */shard: UInt32?, reason: String, detectedAtMs: UInt64, 
+         * The stream that lost data.
+         */stream: String, 
+        /**
+         * The shard whose consumer detected it (absent when the stream keeper did).
+         */shard: UInt32?, 
+        /**
+         * What was seen, in words.
+         */reason: String, 
+        /**
+         * When (milliseconds since the epoch).
+         */detectedAtMs: UInt64, 
         /**
          * This node's position in the shard was reset to the start of the new stream.
          */positionReset: Bool, 
         /**
-         * Rows this node published again to repair the loss (nil until it has).
+         * Rows this node published again to repair the loss (absent until it has).
          */republishedRows: UInt64?) {
         self.stream = stream
         self.shard = shard
@@ -1291,13 +1311,20 @@ public func FfiConverterTypeBrokerDataLoss_lower(_ value: BrokerDataLoss) -> Rus
 
 
 /**
- * A row changed: made on this node (`local`, reported once stamped for publishing) or applied from another.
+ * One row change, made on this node (`local`, reported once it is stamped for publishing) or
+ * applied from another node.
  */
 public struct ChangeEvent: Equatable, Hashable {
+    /**
+     * The table the row belongs to.
+     */
     public var table: String
+    /**
+     * What happened to the row.
+     */
     public var op: ChangeOp
     /**
-     * Primary-key values in key order.
+     * The row's primary-key values, in key order.
      */
     public var pk: [Value]
     /**
@@ -1305,23 +1332,37 @@ public struct ChangeEvent: Equatable, Hashable {
      */
     public var originNode: UInt64
     /**
-     * Its hybrid-logical-clock stamp.
+     * The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16
+     * bits, plus a counter).
      */
     public var hlc: UInt64
+    /**
+     * True when the change was made on this node.
+     */
     public var local: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(table: String, op: ChangeOp, 
+    public init(
         /**
-         * Primary-key values in key order.
+         * The table the row belongs to.
+         */table: String, 
+        /**
+         * What happened to the row.
+         */op: ChangeOp, 
+        /**
+         * The row's primary-key values, in key order.
          */pk: [Value], 
         /**
          * The node that made the change.
          */originNode: UInt64, 
         /**
-         * Its hybrid-logical-clock stamp.
-         */hlc: UInt64, local: Bool) {
+         * The change's hybrid-logical-clock stamp (milliseconds since the epoch shifted left by 16
+         * bits, plus a counter).
+         */hlc: UInt64, 
+        /**
+         * True when the change was made on this node.
+         */local: Bool) {
         self.table = table
         self.op = op
         self.pk = pk
@@ -1382,22 +1423,29 @@ public func FfiConverterTypeChangeEvent_lower(_ value: ChangeEvent) -> RustBuffe
 
 
 /**
- * An entry of the conflict log: what a merge did not keep as it came, with both sides.
+ * An entry of the conflict log: what a merge did not keep as it came (the loser of a concurrent
+ * edit, a row moved off a colliding key, a change a local constraint refused), with both sides.
  */
 public struct Conflict: Equatable, Hashable {
     /**
-     * Position in this node's log (pass the last one seen as `after`).
+     * Position in this node's log (0 until stored; pass the last one seen as `after`).
      */
     public var id: Int64
     /**
      * When it was recorded, milliseconds since the epoch.
      */
     public var atMs: UInt64
+    /**
+     * The table the row belongs to.
+     */
     public var table: String
     /**
      * The row's primary-key values, in key order.
      */
     public var pk: [Value]
+    /**
+     * What happened.
+     */
     public var kind: ConflictKind
     /**
      * The columns involved.
@@ -1412,7 +1460,7 @@ public struct Conflict: Equatable, Hashable {
      */
     public var loser: ConflictSide?
     /**
-     * The key the losing row now lives under (`keyMoved`).
+     * The key the losing row now lives under (key moves).
      */
     public var movedTo: [Value]?
     /**
@@ -1424,14 +1472,20 @@ public struct Conflict: Equatable, Hashable {
     // declare one manually.
     public init(
         /**
-         * Position in this node's log (pass the last one seen as `after`).
+         * Position in this node's log (0 until stored; pass the last one seen as `after`).
          */id: Int64, 
         /**
          * When it was recorded, milliseconds since the epoch.
-         */atMs: UInt64, table: String, 
+         */atMs: UInt64, 
+        /**
+         * The table the row belongs to.
+         */table: String, 
         /**
          * The row's primary-key values, in key order.
-         */pk: [Value], kind: ConflictKind, 
+         */pk: [Value], 
+        /**
+         * What happened.
+         */kind: ConflictKind, 
         /**
          * The columns involved.
          */columns: [String], 
@@ -1442,7 +1496,7 @@ public struct Conflict: Equatable, Hashable {
          * The side that was not.
          */loser: ConflictSide?, 
         /**
-         * The key the losing row now lives under (`keyMoved`).
+         * The key the losing row now lives under (key moves).
          */movedTo: [Value]?, 
         /**
          * What happened, in words.
@@ -1519,16 +1573,34 @@ public func FfiConverterTypeConflict_lower(_ value: Conflict) -> RustBuffer {
 
 
 /**
- * One side of a conflict: who wrote it, when, and the values involved (column name to value).
+ * One side of a conflict: who wrote it, when, and the values involved.
  */
 public struct ConflictSide: Equatable, Hashable {
+    /**
+     * The node that wrote it.
+     */
     public var node: UInt64
+    /**
+     * Its hybrid-logical-clock stamp.
+     */
     public var hlc: UInt64
+    /**
+     * Column name to value.
+     */
     public var values: [String: Value]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(node: UInt64, hlc: UInt64, values: [String: Value]) {
+    public init(
+        /**
+         * The node that wrote it.
+         */node: UInt64, 
+        /**
+         * Its hybrid-logical-clock stamp.
+         */hlc: UInt64, 
+        /**
+         * Column name to value.
+         */values: [String: Value]) {
         self.node = node
         self.hlc = hlc
         self.values = values
@@ -1580,42 +1652,55 @@ public func FfiConverterTypeConflictSide_lower(_ value: ConflictSide) -> RustBuf
 
 
 /**
- * A table found different from a peer's at identical positions (the divergence check).
+ * A table whose checksum differs from a peer's at identical positions (the divergence check,
+ * ADR 0017).
  */
 public struct Divergence: Equatable, Hashable {
+    /**
+     * The table.
+     */
     public var table: String
     /**
-     * The node whose checksum differs.
+     * The node whose checksum differs from this node's.
      */
     public var peerNodeId: UInt64
     /**
-     * When this node first found the difference, ms since the epoch.
+     * When this node first found the difference (milliseconds since the epoch).
      */
     public var sinceMs: UInt64
     /**
-     * Rows of the table here and at the peer, at the latest comparison that found the difference.
+     * Rows of the table here, at the latest comparison that found the difference.
      */
     public var rowsHere: UInt64
+    /**
+     * Rows of the table at the peer, then.
+     */
     public var rowsAtPeer: UInt64
     /**
-     * When this node last published the table's rows again to repair it (nil: not yet).
+     * When this node last published the table's rows again to repair it (absent: not yet).
      */
     public var republishedAtMs: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(table: String, 
+    public init(
         /**
-         * The node whose checksum differs.
+         * The table.
+         */table: String, 
+        /**
+         * The node whose checksum differs from this node's.
          */peerNodeId: UInt64, 
         /**
-         * When this node first found the difference, ms since the epoch.
+         * When this node first found the difference (milliseconds since the epoch).
          */sinceMs: UInt64, 
         /**
-         * Rows of the table here and at the peer, at the latest comparison that found the difference.
-         */rowsHere: UInt64, rowsAtPeer: UInt64, 
+         * Rows of the table here, at the latest comparison that found the difference.
+         */rowsHere: UInt64, 
         /**
-         * When this node last published the table's rows again to repair it (nil: not yet).
+         * Rows of the table at the peer, then.
+         */rowsAtPeer: UInt64, 
+        /**
+         * When this node last published the table's rows again to repair it (absent: not yet).
          */republishedAtMs: UInt64?) {
         self.table = table
         self.peerNodeId = peerNodeId
@@ -1676,30 +1761,47 @@ public func FfiConverterTypeDivergence_lower(_ value: Divergence) -> RustBuffer 
 }
 
 
+/**
+ * A table whose incoming changes wait.
+ */
 public struct PausedTable: Equatable, Hashable {
+    /**
+     * The table.
+     */
     public var table: String
+    /**
+     * Changes waiting to be applied.
+     */
     public var waitingChanges: UInt64
     /**
      * Why the oldest waiting change waits, in words.
      */
     public var reason: String
     /**
-     * What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
-     * NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
-     * hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+     * What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL
+     * / CHECK constraint that refuses it until the blocking data changes (`constraint`), a value
+     * this schema cannot hold (`invalid`), a stamp ahead of this node's clock (`clock`), an
+     * earlier change of its row (`queued`).
      */
     public var kind: String
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(table: String, waitingChanges: UInt64, 
+    public init(
+        /**
+         * The table.
+         */table: String, 
+        /**
+         * Changes waiting to be applied.
+         */waitingChanges: UInt64, 
         /**
          * Why the oldest waiting change waits, in words.
          */reason: String, 
         /**
-         * What it waits for: `schema` (a table or column this node lacks), `constraint` (a local UNIQUE /
-         * NOT NULL / CHECK refuses it until the blocking data changes), `invalid` (a value this schema cannot
-         * hold), `clock` (stamped ahead of this node's clock), `queued` (behind an earlier change of its row).
+         * What it waits for: a table or column this node lacks (`schema`), a local UNIQUE / NOT NULL
+         * / CHECK constraint that refuses it until the blocking data changes (`constraint`), a value
+         * this schema cannot hold (`invalid`), a stamp ahead of this node's clock (`clock`), an
+         * earlier change of its row (`queued`).
          */kind: String) {
         self.table = table
         self.waitingChanges = waitingChanges
@@ -1754,46 +1856,57 @@ public func FfiConverterTypePausedTable_lower(_ value: PausedTable) -> RustBuffe
 }
 
 
+/**
+ * One shard (stream) in a status: positions applied here and published from here, and the lag.
+ */
 public struct ShardStatus: Equatable, Hashable {
+    /**
+     * The shard number.
+     */
     public var shard: UInt32
     /**
-     * Stream position applied on this node.
+     * The stream position applied on this node.
      */
     public var appliedSeq: UInt64
     /**
-     * Highest stream position of a message this node published (this run).
+     * The highest stream position of a message this node published (since open).
      */
     public var publishedSeq: UInt64
     /**
-     * Last position in the shard's stream (nil when NATS cannot be asked right now).
+     * The last position in the shard's stream (absent when NATS cannot be asked right now).
      */
     public var streamLastSeq: UInt64?
     /**
-     * Messages in the stream this node has not applied yet.
+     * Messages in the stream this node has not applied yet (absent when unknown).
      */
     public var lagMessages: UInt64?
     /**
-     * How long this shard has had messages waiting without applying any; nil while it keeps up.
+     * How long this shard has had messages waiting without applying any (its apply failing, or
+     * its position not moving while the stream holds more); absent while it keeps up.
      */
     public var stalledMs: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(shard: UInt32, 
+    public init(
         /**
-         * Stream position applied on this node.
+         * The shard number.
+         */shard: UInt32, 
+        /**
+         * The stream position applied on this node.
          */appliedSeq: UInt64, 
         /**
-         * Highest stream position of a message this node published (this run).
+         * The highest stream position of a message this node published (since open).
          */publishedSeq: UInt64, 
         /**
-         * Last position in the shard's stream (nil when NATS cannot be asked right now).
+         * The last position in the shard's stream (absent when NATS cannot be asked right now).
          */streamLastSeq: UInt64?, 
         /**
-         * Messages in the stream this node has not applied yet.
+         * Messages in the stream this node has not applied yet (absent when unknown).
          */lagMessages: UInt64?, 
         /**
-         * How long this shard has had messages waiting without applying any; nil while it keeps up.
+         * How long this shard has had messages waiting without applying any (its apply failing, or
+         * its position not moving while the stream holds more); absent while it keeps up.
          */stalledMs: UInt64?) {
         self.shard = shard
         self.appliedSeq = appliedSeq
@@ -1983,12 +2096,21 @@ public func FfiConverterTypeSnapshotManifest_lower(_ value: SnapshotManifest) ->
 }
 
 
+/**
+ * Progress of a snapshot being saved or restored.
+ */
 public struct SnapshotProgress: Equatable, Hashable {
     /**
-     * `idle`, `creating`, `uploading`, `downloading`, `verifying`, `installing`.
+     * `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`.
      */
     public var phase: String
+    /**
+     * Bytes done in this phase.
+     */
     public var bytesDone: UInt64
+    /**
+     * Bytes this phase handles.
+     */
     public var bytesTotal: UInt64
     /**
      * The newest snapshot this node restored (manifest object key), if any.
@@ -1998,20 +2120,32 @@ public struct SnapshotProgress: Equatable, Hashable {
      * The newest snapshot this node saved, if any.
      */
     public var saved: String?
+    /**
+     * When it was saved (milliseconds since the epoch).
+     */
     public var savedAtMs: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
-         * `idle`, `creating`, `uploading`, `downloading`, `verifying`, `installing`.
-         */phase: String, bytesDone: UInt64, bytesTotal: UInt64, 
+         * `idle`, `creating`, `uploading`, `downloading`, `verifying` or `installing`.
+         */phase: String, 
+        /**
+         * Bytes done in this phase.
+         */bytesDone: UInt64, 
+        /**
+         * Bytes this phase handles.
+         */bytesTotal: UInt64, 
         /**
          * The newest snapshot this node restored (manifest object key), if any.
          */restored: String?, 
         /**
          * The newest snapshot this node saved, if any.
-         */saved: String?, savedAtMs: UInt64?) {
+         */saved: String?, 
+        /**
+         * When it was saved (milliseconds since the epoch).
+         */savedAtMs: UInt64?) {
         self.phase = phase
         self.bytesDone = bytesDone
         self.bytesTotal = bytesTotal
@@ -2130,12 +2264,17 @@ public func FfiConverterTypeSqliteLibrary_lower(_ value: SqliteLibrary) -> RustB
 
 
 /**
- * What a replica is doing: connection, streams, per-shard positions, counters, snapshot progress.
+ * What a replica is doing: its role, connection, streams, per-shard positions, counters and
+ * snapshot progress.
  */
 public struct Status: Equatable, Hashable {
+    /**
+     * This node's id.
+     */
     public var nodeId: UInt64
     /**
-     * `active`: this process runs the replicator; `attached`: it forwards to the process that does.
+     * `active`: this process runs the replicator; `attached`: it forwards to the process that
+     * does (ADR 0010).
      */
     public var role: ReplicaRole
     /**
@@ -2146,45 +2285,85 @@ public struct Status: Equatable, Hashable {
      * Handles (other processes, or other opens) attached to that replicator.
      */
     public var attachedHandles: UInt32
+    /**
+     * The replicated database file.
+     */
     public var dbPath: String
+    /**
+     * The NATS connection.
+     */
     public var connection: ConnectionState
     /**
-     * The JetStream streams exist (created or checked since open).
+     * The JetStream streams exist (created or checked since open, and none found missing since).
      */
     public var streamsReady: Bool
     /**
-     * Streams this node expects that the server does not have (lost, or not created yet).
+     * Streams this node expects that the server does not have (lost, or not created yet); the
+     * stream keeper is creating them again.
      */
     public var missingStreams: [String]
     /**
      * How long NATS has been unreachable, while it is.
      */
     public var natsUnreachableMs: UInt64?
+    /**
+     * The NATS servers in use.
+     */
     public var natsUrls: [String]
+    /**
+     * True when this replica runs its own nats-server.
+     */
     public var embeddedServer: Bool
+    /**
+     * This node sends its changes (false: a read replica).
+     */
     public var publish: Bool
+    /**
+     * This node applies what it receives.
+     */
     public var replicate: Bool
+    /**
+     * Tables with capture installed.
+     */
     public var replicatedTables: [String]
+    /**
+     * Per shard (stream): positions applied here and published from here, and the lag.
+     */
     public var shards: [ShardStatus]
     /**
      * Captured local changes not yet stamped.
      */
     public var pendingChanges: UInt64
     /**
-     * Stamped local messages (and their rows) not yet acknowledged by JetStream.
+     * Stamped local messages not yet acknowledged by JetStream.
      */
     public var unsentMessages: UInt64
+    /**
+     * Rows in those messages.
+     */
     public var unsentRows: UInt64
+    /**
+     * Messages this node published since open.
+     */
     public var publishedMessages: UInt64
+    /**
+     * Rows in those messages.
+     */
     public var publishedRows: UInt64
+    /**
+     * Rows applied from other nodes since open.
+     */
     public var appliedRows: UInt64
     /**
      * Received changes that lost to a newer version already here.
      */
     public var skippedRows: UInt64
+    /**
+     * Received changes waiting (see `paused_tables`).
+     */
     public var deferredRows: UInt64
     /**
-     * Entries in the conflict log (bounded; see `Replica.conflicts`).
+     * Entries in the conflict log (bounded; see `conflicts()`).
      */
     public var conflicts: UInt64
     /**
@@ -2192,101 +2371,227 @@ public struct Status: Equatable, Hashable {
      */
     public var conflictsRecorded: UInt64
     /**
-     * Rows this node moved to a fresh key since open, because another node created a different row under
-     * the same auto-assigned key first.
+     * Rows this node moved to a fresh key since open (another node created a different row
+     * under the same auto-assigned key first).
      */
     public var movedKeys: UInt64
+    /**
+     * Messages that could not be decoded, parked in the dead-letter stream.
+     */
     public var deadLettered: UInt64
     /**
-     * Local changes that could not be published (larger than the server's max payload).
+     * Local changes larger than the server's max payload, never sent.
      */
     public var rejectedLocal: UInt64
+    /**
+     * Tables whose incoming changes wait, and why.
+     */
     public var pausedTables: [PausedTable]
+    /**
+     * When this node last published (milliseconds since the epoch).
+     */
     public var lastPublishMs: UInt64?
+    /**
+     * When this node last applied a batch (milliseconds since the epoch).
+     */
     public var lastApplyMs: UInt64?
+    /**
+     * Errors since open.
+     */
     public var errors: UInt64
+    /**
+     * The last of them.
+     */
     public var lastError: String?
     /**
-     * A shard's position is older than the first message its stream still holds (restart to restore a
-     * snapshot).
+     * A shard's position is older than the first message its stream still holds: rows changed
+     * in the gap are stale until they change again. Restart the node to restore a snapshot.
      */
     public var behindRetention: Bool
     /**
-     * The server lost messages this node had seen (its JetStream store was wiped or replaced).
+     * JetStream lost messages this node relied on (a stream deleted or recreated, or holding
+     * less than this node had applied). Positions were reset to the new stream; rows that only
+     * the lost messages carried are missing on the nodes that had not applied them until every
+     * node has published its rows again (`broker_data_loss[].republished_rows`); this stays
+     * true for the rest of the run, as a record.
      */
     public var brokerDataLossDetected: Bool
+    /**
+     * How many such losses were detected since open (one per lost stream incarnation).
+     */
     public var brokerDataLossEvents: UInt64
+    /**
+     * The losses detected, newest last.
+     */
     public var brokerDataLoss: [BrokerDataLoss]
     /**
-     * Tables whose checksum differs from a peer's although both nodes applied the same changes; each stays
-     * until a later comparison matches.
+     * Tables whose checksum differs from a peer's although both nodes had applied the same
+     * changes (identical positions on every shard, nothing unsent): the divergence check (ADR
+     * 0017). This node republishes such a table's rows (at most once per
+     * `divergence_check.repair_interval`); an entry stays until a later comparison at
+     * identical positions matches.
      */
     public var divergentTables: [Divergence]
     /**
-     * Table checksums compared with a peer's at identical positions since open.
+     * Table checksums compared with a peer's at identical positions since open: zero while the
+     * check is off, before the first round, or while no peer has been at this node's positions.
      */
     public var divergenceComparisons: UInt64
+    /**
+     * Errors counted in the last minute (`errors` counts since open).
+     */
     public var errorsLastMinute: UInt64
+    /**
+     * Snapshot save/restore progress.
+     */
     public var snapshot: SnapshotProgress
+    /**
+     * Milliseconds since open.
+     */
     public var uptimeMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(nodeId: UInt64, 
+    public init(
         /**
-         * `active`: this process runs the replicator; `attached`: it forwards to the process that does.
+         * This node's id.
+         */nodeId: UInt64, 
+        /**
+         * `active`: this process runs the replicator; `attached`: it forwards to the process that
+         * does (ADR 0010).
          */role: ReplicaRole, 
         /**
          * The process that runs this database's replicator (this one when `role` is `active`).
          */replicatorPid: UInt32, 
         /**
          * Handles (other processes, or other opens) attached to that replicator.
-         */attachedHandles: UInt32, dbPath: String, connection: ConnectionState, 
+         */attachedHandles: UInt32, 
         /**
-         * The JetStream streams exist (created or checked since open).
+         * The replicated database file.
+         */dbPath: String, 
+        /**
+         * The NATS connection.
+         */connection: ConnectionState, 
+        /**
+         * The JetStream streams exist (created or checked since open, and none found missing since).
          */streamsReady: Bool, 
         /**
-         * Streams this node expects that the server does not have (lost, or not created yet).
+         * Streams this node expects that the server does not have (lost, or not created yet); the
+         * stream keeper is creating them again.
          */missingStreams: [String], 
         /**
          * How long NATS has been unreachable, while it is.
-         */natsUnreachableMs: UInt64?, natsUrls: [String], embeddedServer: Bool, publish: Bool, replicate: Bool, replicatedTables: [String], shards: [ShardStatus], 
+         */natsUnreachableMs: UInt64?, 
+        /**
+         * The NATS servers in use.
+         */natsUrls: [String], 
+        /**
+         * True when this replica runs its own nats-server.
+         */embeddedServer: Bool, 
+        /**
+         * This node sends its changes (false: a read replica).
+         */publish: Bool, 
+        /**
+         * This node applies what it receives.
+         */replicate: Bool, 
+        /**
+         * Tables with capture installed.
+         */replicatedTables: [String], 
+        /**
+         * Per shard (stream): positions applied here and published from here, and the lag.
+         */shards: [ShardStatus], 
         /**
          * Captured local changes not yet stamped.
          */pendingChanges: UInt64, 
         /**
-         * Stamped local messages (and their rows) not yet acknowledged by JetStream.
-         */unsentMessages: UInt64, unsentRows: UInt64, publishedMessages: UInt64, publishedRows: UInt64, appliedRows: UInt64, 
+         * Stamped local messages not yet acknowledged by JetStream.
+         */unsentMessages: UInt64, 
+        /**
+         * Rows in those messages.
+         */unsentRows: UInt64, 
+        /**
+         * Messages this node published since open.
+         */publishedMessages: UInt64, 
+        /**
+         * Rows in those messages.
+         */publishedRows: UInt64, 
+        /**
+         * Rows applied from other nodes since open.
+         */appliedRows: UInt64, 
         /**
          * Received changes that lost to a newer version already here.
-         */skippedRows: UInt64, deferredRows: UInt64, 
+         */skippedRows: UInt64, 
         /**
-         * Entries in the conflict log (bounded; see `Replica.conflicts`).
+         * Received changes waiting (see `paused_tables`).
+         */deferredRows: UInt64, 
+        /**
+         * Entries in the conflict log (bounded; see `conflicts()`).
          */conflicts: UInt64, 
         /**
          * Conflicts recorded since open: merge losers, moved keys, constraint resolutions.
          */conflictsRecorded: UInt64, 
         /**
-         * Rows this node moved to a fresh key since open, because another node created a different row under
-         * the same auto-assigned key first.
-         */movedKeys: UInt64, deadLettered: UInt64, 
+         * Rows this node moved to a fresh key since open (another node created a different row
+         * under the same auto-assigned key first).
+         */movedKeys: UInt64, 
         /**
-         * Local changes that could not be published (larger than the server's max payload).
-         */rejectedLocal: UInt64, pausedTables: [PausedTable], lastPublishMs: UInt64?, lastApplyMs: UInt64?, errors: UInt64, lastError: String?, 
+         * Messages that could not be decoded, parked in the dead-letter stream.
+         */deadLettered: UInt64, 
         /**
-         * A shard's position is older than the first message its stream still holds (restart to restore a
-         * snapshot).
+         * Local changes larger than the server's max payload, never sent.
+         */rejectedLocal: UInt64, 
+        /**
+         * Tables whose incoming changes wait, and why.
+         */pausedTables: [PausedTable], 
+        /**
+         * When this node last published (milliseconds since the epoch).
+         */lastPublishMs: UInt64?, 
+        /**
+         * When this node last applied a batch (milliseconds since the epoch).
+         */lastApplyMs: UInt64?, 
+        /**
+         * Errors since open.
+         */errors: UInt64, 
+        /**
+         * The last of them.
+         */lastError: String?, 
+        /**
+         * A shard's position is older than the first message its stream still holds: rows changed
+         * in the gap are stale until they change again. Restart the node to restore a snapshot.
          */behindRetention: Bool, 
         /**
-         * The server lost messages this node had seen (its JetStream store was wiped or replaced).
-         */brokerDataLossDetected: Bool, brokerDataLossEvents: UInt64, brokerDataLoss: [BrokerDataLoss], 
+         * JetStream lost messages this node relied on (a stream deleted or recreated, or holding
+         * less than this node had applied). Positions were reset to the new stream; rows that only
+         * the lost messages carried are missing on the nodes that had not applied them until every
+         * node has published its rows again (`broker_data_loss[].republished_rows`); this stays
+         * true for the rest of the run, as a record.
+         */brokerDataLossDetected: Bool, 
         /**
-         * Tables whose checksum differs from a peer's although both nodes applied the same changes; each stays
-         * until a later comparison matches.
+         * How many such losses were detected since open (one per lost stream incarnation).
+         */brokerDataLossEvents: UInt64, 
+        /**
+         * The losses detected, newest last.
+         */brokerDataLoss: [BrokerDataLoss], 
+        /**
+         * Tables whose checksum differs from a peer's although both nodes had applied the same
+         * changes (identical positions on every shard, nothing unsent): the divergence check (ADR
+         * 0017). This node republishes such a table's rows (at most once per
+         * `divergence_check.repair_interval`); an entry stays until a later comparison at
+         * identical positions matches.
          */divergentTables: [Divergence], 
         /**
-         * Table checksums compared with a peer's at identical positions since open.
-         */divergenceComparisons: UInt64, errorsLastMinute: UInt64, snapshot: SnapshotProgress, uptimeMs: UInt64) {
+         * Table checksums compared with a peer's at identical positions since open: zero while the
+         * check is off, before the first round, or while no peer has been at this node's positions.
+         */divergenceComparisons: UInt64, 
+        /**
+         * Errors counted in the last minute (`errors` counts since open).
+         */errorsLastMinute: UInt64, 
+        /**
+         * Snapshot save/restore progress.
+         */snapshot: SnapshotProgress, 
+        /**
+         * Milliseconds since open.
+         */uptimeMs: UInt64) {
         self.nodeId = nodeId
         self.role = role
         self.replicatorPid = replicatorPid
@@ -2508,6 +2813,9 @@ public func FfiConverterTypeToken_lower(_ value: Token) -> RustBuffer {
 }
 
 
+/**
+ * What happened to a row.
+ */
 
 public enum ChangeOp: Equatable, Hashable {
     
@@ -2596,22 +2904,24 @@ public enum ConflictKind: Equatable, Hashable {
      */
     case valuesOverwritten
     /**
-     * A delete removed a row holding edits its writer had not seen, or an edit arrived for a row deleted
-     * concurrently (the delete wins; `loser`: the edit).
+     * A delete removed a row holding edits its writer had not seen, or an edit arrived for a row
+     * deleted concurrently (the delete wins; `loser`: the edit).
      */
     case deletedWithEdits
     /**
-     * Two nodes created different rows under one auto-assigned key; the later one was moved to `movedTo`.
+     * Two nodes created different rows under one auto-assigned key; the later one was moved (by
+     * the node that created it) to `moved_to`.
      */
     case keyMoved
     /**
-     * A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row created first
-     * keeps the value and the other waits until the blocking data changes.
+     * A received change conflicts with a local UNIQUE / NOT NULL / CHECK constraint; the row
+     * created first keeps the value and the other waits (parked) until the blocking data changes.
      */
     case constraint
     /**
-     * Changes of a table this node lacks, from a node that has dropped the table since: discarded, as they
-     * could never apply. One entry per table and node (`pk` empty, `detail` says how many).
+     * Changes of a table this node does not have, from a node that has dropped the table since:
+     * they could only wait forever, so they are discarded (ADR 0016). One entry per table and
+     * node, `pk` empty; `loser`: that node and the stamp of its drop; `detail`: how many changes.
      */
     case tableDropped
 
@@ -2699,6 +3009,9 @@ public func FfiConverterTypeConflictKind_lower(_ value: ConflictKind) -> RustBuf
 
 
 
+/**
+ * The NATS connection's state.
+ */
 
 public enum ConnectionState: Equatable, Hashable {
     
@@ -2966,12 +3279,19 @@ public func FfiConverterTypeNativeError_lower(_ value: NativeError) -> RustBuffe
 
 
 /**
- * Whether this handle runs the database's replicator or forwards to the process that does.
+ * Whether a handle runs the database's replicator or forwards to the process that does (ADR 0010).
  */
 
 public enum ReplicaRole: Equatable, Hashable {
     
+    /**
+     * This handle runs the replicator (capture, publishing, applying, the embedded nats-server).
+     */
     case active
+    /**
+     * Another process (or another open in this process) runs it; this handle forwards to it and
+     * takes over when it goes away.
+     */
     case attached
 
 
@@ -4053,7 +4373,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_func_native_config_from_toml_file() != 43762) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_harmonylite_swift_checksum_func_native_conflict_kind_name() != 56592) {
+    if (uniffi_harmonylite_swift_checksum_func_native_conflict_kind_name() != 27089) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_func_native_error_codes() != 51791) {
@@ -4095,7 +4415,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_close() != 36657) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_harmonylite_swift_checksum_method_nativereplica_conflicts() != 5870) {
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_conflicts() != 31652) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_core_conflicts_json() != 3948) {
@@ -4119,7 +4439,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_save_snapshot() != 40231) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_harmonylite_swift_checksum_method_nativereplica_status() != 6815) {
+    if (uniffi_harmonylite_swift_checksum_method_nativereplica_status() != 23256) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_subscribe() != 51968) {
@@ -4137,13 +4457,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_harmonylite_swift_checksum_method_nativereplica_wait_ready() != 12671) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_conflict() != 64166) {
+    if (uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_conflict() != 53713) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativeconflictlistener_on_end() != 15610) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_harmonylite_swift_checksum_method_nativechangelistener_on_change() != 11260) {
+    if (uniffi_harmonylite_swift_checksum_method_nativechangelistener_on_change() != 8115) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_method_nativechangelistener_on_end() != 30090) {
