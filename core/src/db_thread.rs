@@ -1133,24 +1133,27 @@ impl DbWorker {
 fn load_outbox(conn: &Connection, publisher: Publisher) -> Result<Vec<OutboxEntry>> {
     Ok(outbox::load(conn)?
         .into_iter()
-        .map(|(id, shard, rows, payload)| {
-            // The same newest clock the stamper put in the message id (a batch of dropped tables has no
-            // changes): the id must not change across a restart, or the server's duplicate window would
-            // not recognise a message published again after its acknowledgement was lost.
-            let max_hlc = decode(&payload)
-                .map(|b| {
-                    let changes = b.changes.iter().map(|c| c.hlc);
-                    changes.chain(b.dropped.iter().map(|d| d.hlc)).max()
-                })
-                .ok()
-                .flatten()
-                .unwrap_or(0);
+        .map(|queued| {
+            // The same newest clock the stamper put in the message id: the id must not change across a
+            // restart, or the server's duplicate window would not recognise a message published again
+            // after its acknowledgement was lost. A message queued by an older library has no stored
+            // clock: it is read from the payload (a batch of dropped tables has no changes).
+            let newest = queued.newest.unwrap_or_else(|| {
+                decode(&queued.payload)
+                    .map(|b| {
+                        let changes = b.changes.iter().map(|c| c.hlc);
+                        changes.chain(b.dropped.iter().map(|d| d.hlc)).max()
+                    })
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            });
             OutboxEntry {
-                id,
-                shard,
-                rows,
-                msg_id: publisher.message_id(id, max_hlc),
-                payload: payload.into(),
+                id: queued.id,
+                shard: queued.shard,
+                rows: queued.rows,
+                msg_id: publisher.message_id(queued.id, newest),
+                payload: queued.payload.into(),
             }
         })
         .collect())
@@ -1183,4 +1186,51 @@ fn migration_bookkeeping(conn: &Connection) -> i64 {
             .unwrap_or(0)
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{encode, Batch, Op, RowChange, Value};
+
+    fn change(hlc: u64) -> RowChange {
+        let version = crate::clock::Version { hlc, node: 3 };
+        RowChange {
+            table: "t".into(),
+            op: Op::Insert,
+            hlc,
+            cl: 1,
+            born: version,
+            born_hash: 0,
+            life: version,
+            seen: None,
+            pk: vec![Value::Integer(hlc as i64)],
+            columns: vec![("id".into(), Value::Integer(hlc as i64))],
+        }
+    }
+
+    /// A message keeps its id across a restart whether its clock was stored (state format 4) or is read
+    /// from the payload (a message queued by an older library, `newest` NULL after the upgrade).
+    #[test]
+    fn a_queued_message_keeps_its_id_after_reopening_with_or_without_a_stored_clock() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::state::create_library_tables(&conn).expect("tables");
+        let publisher = Publisher {
+            node: 3,
+            instance: 0x5eed,
+        };
+        let payload = encode(
+            &Batch::of_changes(3, vec![change(41), change(97), change(60)]),
+            false,
+        );
+        let queued =
+            OutboxEntry::queue(&conn, publisher, 1, 3, 97, payload.clone()).expect("queue");
+        let older = outbox::insert(&conn, 0, 3, None, &payload).expect("older message");
+        let loaded = load_outbox(&conn, publisher).expect("load");
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[0].msg_id, queued.msg_id);
+        assert_eq!(loaded[1].msg_id, publisher.message_id(older, 97));
+        assert_eq!((loaded[0].shard, loaded[0].rows), (1, 3));
+        assert_eq!(loaded[0].payload, queued.payload);
+    }
 }

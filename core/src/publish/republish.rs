@@ -23,7 +23,6 @@ use crate::capture::{Schema, TableInfo};
 use crate::clock::Version;
 use crate::error::Result;
 use crate::log::{encode_as, pk_from_key, shard_of, Batch, Op, RowChange, Value};
-use crate::state::outbox;
 use crate::state::rows::{self, RowState};
 
 /// What a republish queued.
@@ -97,20 +96,16 @@ fn republish(
     for ((shard, node), changes) in first.into_iter().chain(then) {
         for batch in split_by_size(changes, settings.max_message_bytes) {
             let rows = batch.len() as u32;
-            let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
+            let newest = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
             let payload = encode_as(
                 &Batch::of_changes(node, batch),
                 settings.message_format,
                 settings.compress,
             );
-            let id = outbox::insert(tx, shard, rows, &payload)?;
-            republished.outbox.push(OutboxEntry {
-                id,
-                shard,
-                rows,
-                msg_id: settings.publisher().message_id(id, max_hlc),
-                payload: payload.into(),
-            });
+            let publisher = settings.publisher();
+            republished.outbox.push(OutboxEntry::queue(
+                tx, publisher, shard, rows, newest, payload,
+            )?);
         }
     }
     Ok(republished)

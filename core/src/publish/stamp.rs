@@ -26,7 +26,7 @@ use crate::log::{
     TableDropped, Value,
 };
 use crate::state::rows::{self, RowState};
-use crate::state::{dropped, meta, outbox};
+use crate::state::{dropped, meta};
 
 #[derive(Debug, Clone)]
 pub struct StampSettings {
@@ -216,20 +216,21 @@ fn queue(
     for (shard, changes) in per_shard.into_iter().enumerate() {
         for batch in split_by_size(changes, settings.max_message_bytes) {
             let rows = batch.len() as u32;
-            let max_hlc = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
+            let newest = batch.iter().map(|c| c.hlc).max().unwrap_or_default();
             let payload = encode_as(
                 &Batch::of_changes(settings.node_id, batch),
                 settings.message_format,
                 settings.compress,
             );
-            let id = outbox::insert(tx, shard as u32, rows, &payload)?;
-            queued.push(OutboxEntry {
-                id,
-                shard: shard as u32,
+            let publisher = settings.publisher();
+            queued.push(OutboxEntry::queue(
+                tx,
+                publisher,
+                shard as u32,
                 rows,
-                msg_id: settings.publisher().message_id(id, max_hlc),
-                payload: payload.into(),
-            });
+                newest,
+                payload,
+            )?);
         }
     }
     Ok(queued)
@@ -287,14 +288,15 @@ pub fn stamp_dropped_tables(
             settings.message_format,
             settings.compress,
         );
-        let id = outbox::insert(tx, shard as u32, 0, &payload)?;
-        queued.push(OutboxEntry {
-            id,
-            shard: shard as u32,
-            rows: 0,
-            msg_id: settings.publisher().message_id(id, max_hlc),
-            payload: payload.into(),
-        });
+        let publisher = settings.publisher();
+        queued.push(OutboxEntry::queue(
+            tx,
+            publisher,
+            shard as u32,
+            0,
+            max_hlc,
+            payload,
+        )?);
     }
     meta::save_clock(tx, clock)?;
     Ok(queued)

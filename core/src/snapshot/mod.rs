@@ -606,11 +606,12 @@ pub fn install(
         let mut clock_high = meta::clock(&tx)?.last();
         if let Some((payloads, old_clock)) = &carried {
             clock_high = clock_high.max(*old_clock);
-            for (shard, rows, payload) in payloads {
-                if let Ok(batch) = decode(payload) {
+            for queued in payloads {
+                if let Ok(batch) = decode(&queued.payload) {
                     apply_batch_any_origin(&tx, &schema, node_id, &batch)?;
                 }
-                outbox::insert(&tx, *shard as u32, *rows as u32, payload)?;
+                let (shard, rows) = (queued.shard, queued.rows);
+                outbox::insert(&tx, shard, rows, queued.newest, &queued.payload)?;
             }
             info!(
                 messages = payloads.len(),
@@ -674,7 +675,7 @@ fn unpublished_changes(
     db: &Path,
     config: &Config,
     node_id: u64,
-) -> Result<Option<(Vec<(i64, i64, Vec<u8>)>, u64)>> {
+) -> Result<Option<(Vec<outbox::Queued>, u64)>> {
     if local_need(db).is_some_and(|reason| !reason.contains("no replicated tables")) {
         return Ok(None);
     }
@@ -691,10 +692,7 @@ fn unpublished_changes(
         ..StampSettings::from_config(config, node_id, meta::instance(&tx)?)
     };
     stamp_pending(&tx, &schema, &mut clock, &history, &settings)?;
-    let payloads: Vec<(i64, i64, Vec<u8>)> = outbox::load(&tx)?
-        .into_iter()
-        .map(|(_, shard, rows, payload)| (i64::from(shard), i64::from(rows), payload))
-        .collect();
+    let payloads = outbox::load(&tx)?;
     tx.commit().ctx("stamping local changes before a restore")?;
     Ok(Some((payloads, clock.last())))
 }

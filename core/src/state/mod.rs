@@ -37,8 +37,9 @@ pub const TABLES: &str = "__harmonylite__tables";
 pub const MAX_PK_COLUMNS: usize = 8;
 /// Layout of the library's tables. 2: per-column row state (`rows`) replaced row versions (`versions`),
 /// the change log records commit times, parked changes record their kind. 3: the row state is keyed by
-/// (pk, tbl), not (tbl, pk) — see [`rekey_row_state`].
-const STATE_FORMAT: i64 = 3;
+/// (pk, tbl), not (tbl, pk) — see [`rekey_row_state`]. 4: each outbox message records its newest clock
+/// (`newest`, part of its message id), so reopening does not decode every queued payload.
+const STATE_FORMAT: i64 = 4;
 
 /// Creates the library's own tables if missing and upgrades an older layout. Idempotent.
 pub fn create_library_tables(conn: &Connection) -> Result<()> {
@@ -54,7 +55,7 @@ pub fn create_library_tables(conn: &Connection) -> Result<()> {
              born_hash INTEGER NOT NULL, hlc INTEGER NOT NULL, node INTEGER NOT NULL, cols BLOB,
              life_hlc INTEGER, life_node INTEGER, PRIMARY KEY(pk, tbl)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS __harmonylite__outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, shard INTEGER NOT NULL,
-             rows INTEGER NOT NULL, payload BLOB NOT NULL);
+             rows INTEGER NOT NULL, payload BLOB NOT NULL, newest INTEGER);
          CREATE TABLE IF NOT EXISTS __harmonylite__positions(shard INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS __harmonylite__deferred(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
              reason TEXT NOT NULL, change BLOB NOT NULL, kind TEXT NOT NULL DEFAULT 'schema',
@@ -143,6 +144,11 @@ fn upgrade(conn: &Connection) -> Result<()> {
     if !has_column(CHANGE_LOG, "at")? {
         conn.execute_batch(&format!("ALTER TABLE {CHANGE_LOG} ADD COLUMN at INTEGER"))
             .ctx("upgrading the change log")?;
+    }
+    if !has_column("__harmonylite__outbox", "newest")? {
+        // Messages queued before: NULL, and their clock is read from the payload when they are loaded.
+        conn.execute_batch("ALTER TABLE __harmonylite__outbox ADD COLUMN newest INTEGER")
+            .ctx("upgrading the outbox")?;
     }
     if !has_column("__harmonylite__deferred", "kind")? {
         // Format-1 parked changes are in the old wire form: they cannot be read any more.
@@ -365,6 +371,33 @@ mod tests {
         // Idempotent: a second open changes nothing.
         create_library_tables(&conn).expect("again");
         assert_eq!(dump(&conn), before);
+    }
+
+    /// A format-3 outbox (no `newest`) gains the column at open; its queued messages are kept, clock unknown.
+    #[test]
+    fn a_format_3_outbox_gains_the_newest_clock_column_and_keeps_its_messages() {
+        let conn = Connection::open_in_memory().expect("open");
+        create_library_tables(&conn).expect("tables");
+        conn.execute_batch(
+            "DROP TABLE __harmonylite__outbox;
+             CREATE TABLE __harmonylite__outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, shard INTEGER NOT NULL,
+                 rows INTEGER NOT NULL, payload BLOB NOT NULL);
+             INSERT INTO __harmonylite__outbox(shard, rows, payload) VALUES (2, 5, x'0102');
+             UPDATE __harmonylite__meta SET value = 3 WHERE key = 'state_format';",
+        )
+        .expect("format 3");
+        create_library_tables(&conn).expect("upgrade");
+        let queued = outbox::load(&conn).expect("load");
+        assert_eq!(queued.len(), 1);
+        let kept = &queued[0];
+        assert_eq!((kept.shard, kept.rows, kept.newest), (2, 5, None));
+        assert_eq!(kept.payload, vec![1, 2]);
+        let id = outbox::insert(&conn, 0, 1, Some(7), b"x").expect("insert");
+        let newest = outbox::load(&conn)
+            .expect("load")
+            .into_iter()
+            .find(|q| q.id == id);
+        assert_eq!(newest.and_then(|q| q.newest), Some(7));
     }
 
     fn dump(conn: &Connection) -> Vec<String> {
