@@ -1,8 +1,6 @@
 //! `harmonylite`: the sidecar. Replicates a SQLite file that other processes write, with HarmonyLite's
 //! flags and config file, Prometheus metrics, a health endpoint, and a graceful stop on SIGTERM/SIGINT.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 mod args;
 mod http;
 

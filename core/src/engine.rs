@@ -16,14 +16,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::apply::consumer::ShardConsumer;
 use crate::config::Config;
 use crate::db_thread::{self, Command, DbHandle, DbOutputs};
 use crate::divergence::{DivergenceChecker, DivergenceMonitor};
 use crate::error::{Error, Result};
 use crate::events::{ConflictHub, EventHub};
 use crate::metrics::Counters;
-use crate::publish::publisher::Publisher;
+use crate::relay::consumer::ShardConsumer;
+use crate::relay::publisher::Publisher;
 use crate::snapshot::{self, service::SnapshotService};
 use crate::state::conflicts::Conflict;
 use crate::status::PublishProgress;
@@ -294,7 +294,7 @@ pub(crate) async fn start(
                 counters: counters.clone(),
                 disconnects: disconnects_rx.clone(),
                 pull_bytes: std::sync::atomic::AtomicUsize::new(
-                    crate::apply::consumer::MAX_PULL_BYTES,
+                    crate::relay::consumer::MAX_PULL_BYTES,
                 ),
                 health: health.clone(),
                 positions: positions_for_consumers.clone(),

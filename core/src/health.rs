@@ -1,8 +1,6 @@
 //! Whether a node can make progress, and if not, why — from one [`Status`]. The sidecar's `/health`
 //! answers with it; an app can call [`Status::health`] itself.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::time::Duration;
 
 use serde::Serialize;

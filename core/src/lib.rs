@@ -31,6 +31,7 @@ pub mod log;
 mod metrics;
 pub mod publish;
 pub mod records;
+mod relay;
 mod replica;
 mod retry;
 pub mod snapshot;

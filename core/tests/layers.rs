@@ -207,3 +207,60 @@ fn a_circle_is_found_when_there_is_one() {
         vec![vec!["a.rs".to_string(), "b.rs".to_string()]]
     );
 }
+
+/// The top-level module a file belongs to: `apply/merge.rs` → `apply`, `engine.rs` → `engine`.
+fn top_module(file: &str) -> String {
+    let first = file.split('/').next().unwrap_or(file);
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// Folders point downwards too: a stage of the pipeline (a folder) whose files reach another folder that
+/// reaches it back is one stage in two places, even when no two files form a circle.
+#[test]
+fn core_top_level_modules_import_without_circles() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = BTreeMap::new();
+    source_files(&root, &root, &mut files);
+    let mut modules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, targets) in imports(&files) {
+        if file == "lib.rs" {
+            continue; // the crate root declares and re-exports every module
+        }
+        let from = top_module(&file);
+        let edges = modules.entry(from.clone()).or_default();
+        edges.extend(
+            targets
+                .iter()
+                .map(|target| top_module(target))
+                .filter(|to| *to != from && to != "lib"),
+        );
+    }
+    assert!(
+        modules.len() > 15,
+        "found {} top-level modules",
+        modules.len()
+    );
+    let found = circles(&modules);
+    let described: Vec<String> = found
+        .iter()
+        .map(|circle| {
+            let members: BTreeSet<String> = circle.iter().cloned().collect();
+            circle
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{m} → {:?}",
+                        modules[m].intersection(&members).collect::<Vec<_>>()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "core/src modules that import each other (move the half that depends on the other into its own \
+         module):\n  {}",
+        described.join("\n\n  ")
+    );
+}

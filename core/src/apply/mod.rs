@@ -1,6 +1,6 @@
-//! Apply: the pure merge rules, and the applier that writes remote changes under them.
+//! Apply, database side: the pure merge rules, and the applier that writes remote changes under them in
+//! one transaction per batch. The task that reads the streams is `relay::consumer`.
 
 pub mod applier;
-pub(crate) mod consumer;
 pub mod merge;
 pub mod transaction;

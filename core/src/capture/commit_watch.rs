@@ -7,8 +7,6 @@
 //! update can land just after the write that woke us), but at the idle interval rather than every
 //! millisecond: before this, noticing a commit was most of the commit → visible-elsewhere latency.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::path::Path;
 use std::time::Duration;
 

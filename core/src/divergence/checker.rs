@@ -2,8 +2,6 @@
 //! so that nodes that write every few seconds still meet at identical positions), publishes them, listens
 //! to its peers' reports, and triggers the repair.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;

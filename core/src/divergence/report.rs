@@ -6,8 +6,6 @@
 //! report taken at other positions says nothing (replication may be under way), and is kept for a while in
 //! case this node reaches those positions too.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
-//! Publish: stamping captured changes into the outbox (database side), and the publisher task that sends
-//! the outbox to JetStream and deletes an entry only after its acknowledgement.
+//! Publish, database side: stamping captured changes into the outbox, and republishing rows a stream lost.
+//! The task that sends the outbox to JetStream is `relay::publisher`.
 
-pub mod publisher;
 pub mod republish;
 pub mod stamp;
 

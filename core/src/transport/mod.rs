@@ -3,8 +3,6 @@
 //! One stream per shard (`<stream_prefix>-<shard>` on subject `<subject_prefix>.<shard>`) gives one total
 //! order per row; a dead-letter stream keeps messages that could not be decoded.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 pub mod embedded;
 pub mod stream_health;
 

@@ -6,8 +6,6 @@
 //! down while the server lost its store still notices, at its next start, that the stream it reads is not
 //! the one its stored positions refer to.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

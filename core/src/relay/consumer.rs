@@ -7,8 +7,6 @@
 //! from the old position would skip the new stream's first messages silently. Then the position is reset
 //! to the start of the stream, the loss is recorded in `status()`, and this node publishes its rows again.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::collections::BTreeMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -19,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::applier::{ApplyOutcome, Incoming};
+use crate::apply::applier::{ApplyOutcome, Incoming};
 use crate::db_thread::Command;
 use crate::error::{Error, Result};
 use crate::log::PublishedBy;

@@ -2,8 +2,6 @@
 //! tells the database thread to delete an entry only after JetStream acknowledged it. Failures are retried
 //! with backoff, forever; the message id makes a retried publish a no-op if the first one had landed.
 
-#![deny(clippy::unchecked_time_subtraction)]
-
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
@@ -19,10 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::OutboxEntry;
 use crate::db_thread::Command;
 use crate::log::signing::{ClusterKeys, SIGNATURE_HEADER};
 use crate::metrics::Counters;
+use crate::publish::OutboxEntry;
 use crate::retry::{Backoff, NATS_MAX_PAUSE};
 use crate::status::PublishProgress;
 use crate::transport::stream_health::StreamHealth;
