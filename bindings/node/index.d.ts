@@ -235,8 +235,8 @@ export declare class Replica {
   /**
    * The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`
    * (`harmonylite_changes_applied_total{node_id="1"} 5`, ..., ending with `# EOF`), for the app's
-   * own metrics endpoint: serve it with the content type
-   * `application/openmetrics-text; version=1.0.0; charset=utf-8`. Counters are read as they are;
+   * own metrics endpoint: serve it with the content type `METRICS_CONTENT_TYPE`
+   * (`application/openmetrics-text; version=1.0.0; charset=utf-8`). Counters are read as they are;
    * gauges come from a status at most a second old.
    */
   metrics(): Promise<string>
@@ -447,6 +447,12 @@ export interface Divergence {
  * - `INTERNAL`: a bug; please report it.
  */
 export type ErrorCode = 'CONFIG' | 'SQLITE_BUSY' | 'SQLITE' | 'TRANSPORT' | 'TIMEOUT' | 'SCHEMA_MISMATCH' | 'SNAPSHOT' | 'CLOSED' | 'IO' | 'NO_PRIMARY_KEY' | 'NATS_SERVER_NOT_FOUND' | 'INTERNAL'
+
+/**
+ * The content type of the text `replica.metrics()` returns, for an app that serves it on its own metrics
+ * endpoint (the core's value, so the two cannot differ).
+ */
+export declare const METRICS_CONTENT_TYPE: string
 
 /**
  * Starts replicating a SQLite database and resolves once capture is installed (NATS may still be

@@ -839,4 +839,5 @@ module.exports.ChangeStream = nativeBinding.ChangeStream
 module.exports.Replica = nativeBinding.Replica
 module.exports.Subscription = nativeBinding.Subscription
 module.exports.ErrorCode = nativeBinding.ErrorCode
+module.exports.METRICS_CONTENT_TYPE = nativeBinding.METRICS_CONTENT_TYPE
 module.exports.openReplicated = nativeBinding.openReplicated

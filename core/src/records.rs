@@ -351,6 +351,63 @@ macro_rules! records {
     };
 }
 
+/// The conversion trait a binding's records are built with, declared in the binding crate by
+/// `harmonylite::from_core_conversions!(u32, i64, ...)`: `trait FromCore<C> { fn from_core(core: C) -> Self }`,
+/// the identity conversion for each type listed, and the element-wise conversions of `Option` and `Vec`.
+/// The binding adds its own conversions (a node id to a `bigint`, a core value to its SQL value type).
+///
+/// A macro, not a trait of this crate: a binding's conversions between types it does not own (`u64` to
+/// `i64`, `u64` to napi's `BigInt`) would break Rust's orphan rule under a foreign trait.
+#[macro_export]
+macro_rules! from_core_conversions {
+    ($($identity:ty),* $(,)?) => {
+        /// Converts a core record field's value into this binding's type for it.
+        pub(crate) trait FromCore<C> {
+            fn from_core(core: C) -> Self;
+        }
+
+        $(impl FromCore<$identity> for $identity {
+            fn from_core(core: $identity) -> $identity {
+                core
+            }
+        })*
+
+        impl<C, T: FromCore<C>> FromCore<Option<C>> for Option<T> {
+            fn from_core(core: Option<C>) -> Option<T> {
+                core.map(T::from_core)
+            }
+        }
+
+        impl<C, T: FromCore<C>> FromCore<Vec<C>> for Vec<T> {
+            fn from_core(core: Vec<C>) -> Vec<T> {
+                core.into_iter().map(T::from_core).collect()
+            }
+        }
+    };
+}
+
+/// A binding record's conversions from the core record it mirrors, field by field with the binding's
+/// `FromCore` (see [`from_core_conversions!`](crate::from_core_conversions)):
+/// `harmonylite::from_core_record!(Status (harmonylite::Status) { node_id, shards, ... })`.
+#[macro_export]
+macro_rules! from_core_record {
+    ($name:ident ($core:path) { $($field:ident),* $(,)? }) => {
+        impl From<$core> for $name {
+            fn from(core: $core) -> $name {
+                $name {
+                    $( $field: FromCore::from_core(core.$field), )*
+                }
+            }
+        }
+
+        impl FromCore<$core> for $name {
+            fn from_core(core: $core) -> $name {
+                core.into()
+            }
+        }
+    };
+}
+
 /// This crate's expansion of the list: the structs and enums themselves.
 macro_rules! core_record {
     (

@@ -278,6 +278,7 @@ impl Replica {
                 payload: payload.clone().into(),
                 published_by: PublishedBy::from_message_id(msg_id),
                 refused: None,
+                retry: false,
             })
             .collect();
         if messages.is_empty() {

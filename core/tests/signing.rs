@@ -208,6 +208,57 @@ async fn rolling_signing_out_and_rotating_the_key_lose_nothing() {
     }
 }
 
+/// A node that refused messages (here: signed with a key it did not know yet) keeps them as dead letters;
+/// restarted with the key, it reads them back from the stream and applies them, and the records go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_apply_after_a_restart_that_can_trust_them() {
+    init_logging();
+    let server = NatsServer::start();
+    let mut a = Node::start(signed(&server, 1, KEY), SCHEMA).await;
+    let mut b = Node::start(signed(&server, 2, OLD_KEY), SCHEMA).await;
+    a.exec("INSERT INTO notes VALUES (1, 'from a')");
+    a.exec("UPDATE notes SET body = 'from a, edited' WHERE id = 1");
+    b.exec("INSERT INTO notes VALUES (2, 'from b, before')");
+    let token = a.sync().await;
+    b.replica()
+        .wait_for(&token, WAIT)
+        .await
+        .expect("the stream goes on past refused messages");
+    assert_eq!(bodies(&b), ["from b, before"]);
+    let refused = b.replica().status().await.expect("status").dead_lettered;
+    assert!(refused >= 1, "a's messages are dead letters on b");
+
+    // The operator fixes the keys (each node also trusts the other's); each applies what it refused, and
+    // b's write made while it was closed goes out too.
+    b.close().await;
+    b.exec("INSERT INTO notes VALUES (3, 'from b, while closed')");
+    b.config = signed(&server, 2, OLD_KEY);
+    b.config.signing.previous_keys = vec![KEY.to_string()];
+    b.open().await;
+    a.close().await;
+    a.config = signed(&server, 1, KEY);
+    a.config.signing.previous_keys = vec![OLD_KEY.to_string()];
+    a.open().await;
+    for node in [&a, &b] {
+        let started = std::time::Instant::now();
+        while node.replica().status().await.expect("status").dead_lettered > 0 {
+            assert!(started.elapsed() < WAIT, "dead letters were not applied");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    converge(&[&a, &b]).await;
+    assert_same(&[&a, &b], &["notes"]);
+    assert_eq!(
+        bodies(&b),
+        ["from a, edited", "from b, before", "from b, while closed"]
+    );
+    for node in [&a, &b] {
+        let status = node.replica().status().await.expect("status");
+        assert_eq!(status.dead_lettered, 0);
+        assert_eq!(status.errors, 0, "{:?}", status.last_error);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signing_config_names_the_key_or_the_file() {
     init_logging();

@@ -265,6 +265,7 @@ fn main() {
             payload: payload.clone().into(),
             published_by: PublishedBy::from_message_id(msg_id),
             refused: None,
+            retry: false,
         })
         .collect();
     let b_history = ClockHistory::new(b_clock.last());

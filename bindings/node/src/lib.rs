@@ -30,6 +30,11 @@ pub use records::{
 };
 pub use replica::{open_replicated, Replica};
 
+/// The content type of the text `replica.metrics()` returns, for an app that serves it on its own metrics
+/// endpoint (the core's value, so the two cannot differ).
+#[napi]
+pub const METRICS_CONTENT_TYPE: &str = harmonylite::METRICS_CONTENT_TYPE;
+
 /// Module load: logging, the core's SQLite lock shim (before the engine opens any database, so its copy of
 /// SQLite and better-sqlite3's exclude each other: ADR 0012), and the symbol-keyed
 /// methods napi-rs cannot declare: `ChangeStream.prototype[Symbol.asyncIterator]` and

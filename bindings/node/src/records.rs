@@ -15,21 +15,7 @@ use napi_derive::napi;
 
 use crate::events::{sql_value, SqlValue};
 
-/// A core value converted to its JavaScript form (the target type decides: a record's field types).
-pub(crate) trait FromCore<C> {
-    fn from_core(core: C) -> Self;
-}
-
-macro_rules! identity {
-    ($($t:ty),*) => {
-        $(impl FromCore<$t> for $t {
-            fn from_core(core: $t) -> $t {
-                core
-            }
-        })*
-    };
-}
-identity!(u32, i64, bool, String);
+harmonylite::from_core_conversions!(u32, i64, bool, String);
 
 /// A count or a time in ms: a JavaScript number (exact to 2^53, far beyond any count).
 impl FromCore<u64> for i64 {
@@ -42,18 +28,6 @@ impl FromCore<u64> for i64 {
 impl FromCore<u64> for BigInt {
     fn from_core(core: u64) -> BigInt {
         BigInt::from(core)
-    }
-}
-
-impl<C, T: FromCore<C>> FromCore<Option<C>> for Option<T> {
-    fn from_core(core: Option<C>) -> Option<T> {
-        core.map(T::from_core)
-    }
-}
-
-impl<C, T: FromCore<C>> FromCore<Vec<C>> for Vec<T> {
-    fn from_core(core: Vec<C>) -> Vec<T> {
-        core.into_iter().map(T::from_core).collect()
     }
 }
 
@@ -146,19 +120,7 @@ macro_rules! js_record {
             $($decl)*
         }
 
-        impl From<$core> for $name {
-            fn from(core: $core) -> $name {
-                $name {
-                    $( $field: FromCore::from_core(core.$field), )*
-                }
-            }
-        }
-
-        impl FromCore<$core> for $name {
-            fn from_core(core: $core) -> $name {
-                core.into()
-            }
-        }
+        harmonylite::from_core_record!($name ($core) { $($field),* });
     };
     (
         $(#[doc = $doc:literal])*

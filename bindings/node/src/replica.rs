@@ -181,8 +181,8 @@ impl Replica {
 
     /// The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`
     /// (`harmonylite_changes_applied_total{node_id="1"} 5`, ..., ending with `# EOF`), for the app's
-    /// own metrics endpoint: serve it with the content type
-    /// `application/openmetrics-text; version=1.0.0; charset=utf-8`. Counters are read as they are;
+    /// own metrics endpoint: serve it with the content type `METRICS_CONTENT_TYPE`
+    /// (`application/openmetrics-text; version=1.0.0; charset=utf-8`). Counters are read as they are;
     /// gauges come from a status at most a second old.
     #[napi]
     pub fn metrics<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, String>> {

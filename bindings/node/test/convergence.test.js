@@ -6,7 +6,7 @@ const path = require('node:path')
 const { test } = require('node:test')
 const Database = require('better-sqlite3')
 
-const { openReplicated } = require('..')
+const { METRICS_CONTENT_TYPE, openReplicated } = require('..')
 const { defer, dump, startNats, tempDir } = require('./support')
 
 const SCHEMA = `
@@ -120,4 +120,6 @@ test('metrics() on the receiving node count the changes it applied, labelled wit
     text,
   )
   assert.ok(text.endsWith('# EOF\n'), text)
+  // The content type an app serves this text with, exported from the core.
+  assert.equal(METRICS_CONTENT_TYPE, 'application/openmetrics-text; version=1.0.0; charset=utf-8')
 })

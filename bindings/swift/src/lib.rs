@@ -31,6 +31,6 @@ pub use records::{
     BrokerDataLoss, ChangeEvent, ChangeOp, Conflict, ConflictKind, ConflictSide, ConnectionState,
     Divergence, PausedTable, ReplicaRole, ShardStatus, SnapshotProgress, Status,
 };
-pub use replica::{live_replica_count, open_replicated, NativeReplica};
+pub use replica::{live_replica_count, metrics_content_type, open_replicated, NativeReplica};
 pub use sqlite_link::{sqlite_library, SqliteLibrary};
 pub use status::{token_from_string, token_merge, token_to_string, SnapshotManifest, Token};

@@ -8,33 +8,7 @@ use std::collections::HashMap;
 
 use crate::events::Value;
 
-/// A core value converted to its Swift-facing form (the target type decides: a record's field types).
-pub(crate) trait FromCore<C> {
-    fn from_core(core: C) -> Self;
-}
-
-macro_rules! identity {
-    ($($t:ty),*) => {
-        $(impl FromCore<$t> for $t {
-            fn from_core(core: $t) -> $t {
-                core
-            }
-        })*
-    };
-}
-identity!(u32, u64, i64, bool, String);
-
-impl<C, T: FromCore<C>> FromCore<Option<C>> for Option<T> {
-    fn from_core(core: Option<C>) -> Option<T> {
-        core.map(T::from_core)
-    }
-}
-
-impl<C, T: FromCore<C>> FromCore<Vec<C>> for Vec<T> {
-    fn from_core(core: Vec<C>) -> Vec<T> {
-        core.into_iter().map(T::from_core).collect()
-    }
-}
+harmonylite::from_core_conversions!(u32, u64, i64, bool, String);
 
 impl FromCore<harmonylite::Value> for Value {
     fn from_core(core: harmonylite::Value) -> Value {
@@ -126,19 +100,7 @@ macro_rules! swift_record {
             )*
         }
 
-        impl From<$core> for $name {
-            fn from(core: $core) -> $name {
-                $name {
-                    $( $field: FromCore::from_core(core.$field), )*
-                }
-            }
-        }
-
-        impl FromCore<$core> for $name {
-            fn from_core(core: $core) -> $name {
-                core.into()
-            }
-        }
+        harmonylite::from_core_record!($name ($core) { $($field),* });
     };
 }
 

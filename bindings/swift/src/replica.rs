@@ -196,3 +196,9 @@ impl Drop for NativeReplica {
         });
     }
 }
+
+/// The content type of the text `metrics()` returns (the core's value), for the app's own metrics endpoint.
+#[uniffi::export(name = "native_metrics_content_type")]
+pub fn metrics_content_type() -> String {
+    harmonylite::METRICS_CONTENT_TYPE.to_string()
+}

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params_from_iter, Transaction};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::merge::{plan, Plan};
 use crate::capture::schema::{insert_sql, update_sql};
@@ -42,6 +42,9 @@ pub struct Incoming {
     pub published_by: Option<crate::log::PublishedBy>,
     /// Why the message may not be applied (its signature, `[signing]`): it goes to the dead letters whole.
     pub refused: Option<String>,
+    /// A dead letter tried again (at a consumer's start): it is applied although the stored position is past
+    /// it, leaves the position alone, and, refused again, keeps its one record.
+    pub retry: bool,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +56,8 @@ pub struct ApplyOutcome {
     pub conflicts: Vec<Conflict>,
     /// (shard, stream sequence, reason) of messages that could not be decoded.
     pub dead_letters: Vec<(u32, u64, String)>,
+    /// Dead letters tried again that applied this time (their records are gone).
+    pub recovered_dead_letters: u64,
     /// Newest stored position per shard after this transaction.
     pub positions: Vec<(u32, u64)>,
     pub applied: u64,
@@ -167,7 +172,7 @@ pub fn apply_messages(
             Some((_, seq)) => *seq,
             None => positions::read(tx, message.shard)?,
         };
-        if message.seq <= position {
+        if message.seq <= position && !message.retry {
             continue; // Redelivery of something this transaction or an earlier one already applied.
         }
         let decoded = match &message.refused {
@@ -175,6 +180,9 @@ pub fn apply_messages(
             None => decode(&message.payload).map_err(|err| err.to_string()),
         };
         match decoded {
+            Err(reason) if message.retry => {
+                debug!(shard = message.shard, seq = message.seq, error = %reason, "a dead letter tried again is still refused");
+            }
             Err(reason) => {
                 warn!(shard = message.shard, seq = message.seq, error = %reason, "message refused, parked on the dead-letter subject");
                 crate::state::record_dead_letter(tx, message.shard, message.seq, &reason)?;
@@ -183,6 +191,10 @@ pub fn apply_messages(
                     .push((message.shard, message.seq, reason));
             }
             Ok(batch) => {
+                if message.retry {
+                    crate::state::forget_dead_letter(tx, message.shard, message.seq)?;
+                    outcome.recovered_dead_letters += 1;
+                }
                 let me = crate::log::Publisher {
                     node: ctx.node_id,
                     instance: ctx.instance,
@@ -203,6 +215,9 @@ pub fn apply_messages(
                     }
                 }
             }
+        }
+        if message.retry {
+            continue; // Behind the stored position, which stays where it is.
         }
         match positions.iter_mut().find(|(s, _)| *s == message.shard) {
             Some(entry) => entry.1 = message.seq,

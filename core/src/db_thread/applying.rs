@@ -175,8 +175,9 @@ impl DbWorker {
         // node settles it, and the applier decodes each message once).
         let me = self.publisher();
         let own_only = messages.iter().all(|message| {
-            batch_node_id(&message.payload)
-                .is_ok_and(|node| me.judge(node, message.published_by) == Origin::Own)
+            !message.retry
+                && batch_node_id(&message.payload)
+                    .is_ok_and(|node| me.judge(node, message.published_by) == Origin::Own)
         });
         if own_only {
             return self.skip_own_messages(messages);
@@ -236,6 +237,7 @@ impl DbWorker {
         let has_follow_ups = !outcome.follow_ups.is_empty();
         let summary = ApplyOutcome {
             dead_letters: outcome.dead_letters.clone(),
+            recovered_dead_letters: outcome.recovered_dead_letters,
             positions: outcome.positions.clone(),
             applied: outcome.applied,
             kept: outcome.kept,

@@ -72,6 +72,12 @@ pub(crate) enum Command {
         shard: u32,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// The oldest `limit` dead letters of `shard`, to try again.
+    DeadLetters {
+        shard: u32,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<library::DeadLetter>>>,
+    },
     /// After broker data loss: `shard`'s stored position becomes `seq` (the start of the stream the server
     /// holds now). What waits in memory is written first, so no own-message position overwrites the reset.
     ResetPosition {
@@ -363,6 +369,13 @@ impl DbWorker {
                 let _ = reply.send(());
             }
             Command::Reject { entry, reason } => self.reject(entry, &reason),
+            Command::DeadLetters {
+                shard,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(library::dead_letters(&self.conn, shard, limit));
+            }
             Command::Position { shard, reply } => {
                 let result = match self.unsaved_positions.get(&shard) {
                     Some(seq) => Ok(*seq),

@@ -84,8 +84,19 @@ impl ShardConsumer {
             }
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), NATS_MAX_PAUSE);
+        let mut dead_letters_tried = false;
         loop {
             let started = Instant::now();
+            if !dead_letters_tried {
+                match self.retry_dead_letters(&mut shutdown).await {
+                    Ok(()) => dead_letters_tried = true,
+                    Err(Error::Closed) => return,
+                    // Tried again at the next restart; the stream goes on meanwhile.
+                    Err(err) => {
+                        debug!(shard = self.shard, error = %err, "dead letters not tried yet")
+                    }
+                }
+            }
             match self.consume(&mut shutdown).await {
                 Exit::Shutdown => return,
                 Exit::Restart(reason) => {
@@ -412,32 +423,12 @@ impl ShardConsumer {
                     );
                 }
                 next_expected = next_expected.max(seq + 1);
-                let header = |name: &str| {
-                    message
-                        .headers
-                        .as_ref()
-                        .and_then(|headers| headers.get(name))
-                        .map(|value| value.as_str())
-                };
-                let message_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref());
-                let published_by = message_id.and_then(PublishedBy::from_message_id);
-                // Checked before anything is decoded: a refused message never reaches a table.
-                let refused = self.keys.as_ref().and_then(|keys| {
-                    keys.verify(
-                        message_id.unwrap_or_default(),
-                        &message.payload,
-                        header(crate::log::signing::SIGNATURE_HEADER),
-                    )
-                    .err()
-                    .map(|err| err.to_string())
-                });
-                incoming.push(Incoming {
-                    shard: self.shard,
+                incoming.push(self.incoming(
                     seq,
-                    payload: message.payload.clone(),
-                    published_by,
-                    refused,
-                });
+                    message.payload.clone(),
+                    message.headers.as_ref(),
+                    false,
+                ));
             }
             let last_applied = incoming.last().map(|m| m.seq);
             if incoming.is_empty() {
@@ -475,6 +466,132 @@ impl ShardConsumer {
                 return Exit::Restart(format!("sequence gap: expected {expected}, got {got}"));
             }
         }
+    }
+
+    /// A message of this shard as the database thread takes it: its publisher from the message id, and its
+    /// signature checked (`[signing]`) before anything is decoded, so a refused message never reaches a table.
+    fn incoming(
+        &self,
+        seq: u64,
+        payload: bytes::Bytes,
+        headers: Option<&async_nats::HeaderMap>,
+        retry: bool,
+    ) -> Incoming {
+        let header = |name: &str| {
+            headers
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str())
+        };
+        let message_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref());
+        let published_by = message_id.and_then(PublishedBy::from_message_id);
+        let refused = self.keys.as_ref().and_then(|keys| {
+            keys.verify(
+                message_id.unwrap_or_default(),
+                &payload,
+                header(crate::log::signing::SIGNATURE_HEADER),
+            )
+            .err()
+            .map(|err| err.to_string())
+        });
+        Incoming {
+            shard: self.shard,
+            seq,
+            payload,
+            published_by,
+            refused,
+            retry,
+        }
+    }
+
+    /// Tries this shard's dead letters again, once per start (ADR 0021): a message refused by an older
+    /// library (a newer message format) or by the signing keys of the time applies once the node can read
+    /// and trust it, and its record goes; one still refused keeps its record. Each is read back from the
+    /// stream by its sequence, if the stream still holds it and it is the message that was refused: a stream
+    /// created again since then holds other messages under the same numbers, stored later than the refusal.
+    async fn retry_dead_letters(&self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+        /// Most dead letters tried per start (the oldest first).
+        const MOST: usize = 10_000;
+        /// Allowance for the server's clock running ahead of this node's.
+        const CLOCK_ALLOWANCE_MS: u64 = 60_000;
+        let shard = self.shard;
+        let dead = ask(&self.db, |reply| Command::DeadLetters {
+            shard,
+            limit: MOST,
+            reply,
+        })
+        .await?;
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let stream_name = self.names.stream(shard);
+        let stream = self
+            .js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|err| Error::transport(format!("opening stream {stream_name}"), err))?;
+        let mut batch: Vec<Incoming> = Vec::new();
+        let mut bytes = 0;
+        let (mut tried, mut recovered, mut gone) = (0u64, 0u64, 0u64);
+        for (index, letter) in dead.iter().enumerate() {
+            match stream.get_raw_message(letter.seq).await {
+                Ok(message) => {
+                    let stored_ms =
+                        u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                    if stored_ms > letter.at_ms + CLOCK_ALLOWANCE_MS {
+                        gone += 1; // Another message: the stream was created again since.
+                    } else {
+                        bytes += message.payload.len();
+                        batch.push(self.incoming(
+                            letter.seq,
+                            message.payload,
+                            Some(&message.headers),
+                            true,
+                        ));
+                    }
+                }
+                Err(err)
+                    if err.kind()
+                        == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                {
+                    gone += 1;
+                }
+                Err(err) => {
+                    return Err(Error::transport(
+                        format!("reading dead letter {} of stream {stream_name}", letter.seq),
+                        err,
+                    ))
+                }
+            }
+            let last = index + 1 == dead.len();
+            if !batch.is_empty()
+                && (last || batch.len() >= self.max_batch_messages || bytes >= MAX_BATCH_BYTES)
+            {
+                tried += batch.len() as u64;
+                let messages: Arc<[Incoming]> = std::mem::take(&mut batch).into();
+                bytes = 0;
+                match self.apply_with_retry(&messages, shutdown).await {
+                    Some(outcome) => recovered += outcome.recovered_dead_letters,
+                    None => return Err(Error::Closed),
+                }
+            }
+        }
+        if recovered > 0 {
+            info!(
+                shard,
+                recovered,
+                still_refused = tried - recovered,
+                "dead letters applied on a later try"
+            );
+        }
+        if tried > recovered || gone > 0 {
+            warn!(
+                shard,
+                still_refused = tried - recovered,
+                no_longer_in_the_stream = gone,
+                "dead letters kept: their messages are on the dead-letter stream, with the reason"
+            );
+        }
+        Ok(())
     }
 
     async fn apply_with_retry(

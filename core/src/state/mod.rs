@@ -11,7 +11,7 @@
 //! | `positions` | applied stream position per shard |
 //! | `deferred` | received changes parked until the schema or the blocking data allows them |
 //! | `conflicts` | bounded log of merge losers, moved keys and constraint resolutions |
-//! | `dead_letters` | messages that could not be decoded |
+//! | `dead_letters` | received messages that could not be applied (undecodable, or refused by `[signing]`), tried again at each start |
 //! | `rejected` | local changes that cannot be published |
 //! | `dropped` | replicated tables each node dropped, and when |
 
@@ -298,6 +298,42 @@ pub fn record_dead_letter(conn: &Connection, shard: u32, seq: u64, reason: &str)
         ])
     })
     .ctx("recording a dead letter")?;
+    Ok(())
+}
+
+/// A message of a shard's stream that could not be applied when it arrived (`dead_letters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: u64,
+    /// When it was first refused (this node's wall clock, ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// The dead letters of `shard`, oldest first, at most `limit` of them.
+pub fn dead_letters(conn: &Connection, shard: u32, limit: usize) -> Result<Vec<DeadLetter>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, min(at) FROM __harmonylite__dead_letters WHERE shard = ?1
+             GROUP BY seq ORDER BY seq LIMIT ?2",
+        )
+        .ctx("reading the dead letters")?;
+    let rows = stmt
+        .query_map(rusqlite::params![shard, limit as i64], |row| {
+            Ok(DeadLetter {
+                seq: row.get::<_, i64>(0)? as u64,
+                at_ms: row.get::<_, i64>(1)? as u64,
+            })
+        })
+        .ctx("reading the dead letters")?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .ctx("reading the dead letters")
+}
+
+/// Forgets the dead letter of `shard` at `seq`: its message was applied on a later try.
+pub fn forget_dead_letter(conn: &Connection, shard: u32, seq: u64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM __harmonylite__dead_letters WHERE shard = ?1 AND seq = ?2")
+        .and_then(|mut stmt| stmt.execute(rusqlite::params![shard, seq as i64]))
+        .ctx("forgetting a dead letter")?;
     Ok(())
 }
 

@@ -14,6 +14,10 @@ public func openReplicated(db: URL, cfg: Config = Config()) async throws -> Repl
     try await openReplicated(db: db.path, cfg: cfg)
 }
 
+/// The content type to serve `Replica.metrics()` with: `application/openmetrics-text; version=1.0.0;
+/// charset=utf-8` (the core's value).
+public let metricsContentType: String = nativeMetricsContentType()
+
 /// A replicated database. Keep it while the app works with the database; `close()` it, or release the last
 /// reference (it then closes in the background, as `close()` would).
 ///
@@ -59,7 +63,7 @@ public final class Replica: Sendable {
 
     /// The node's metrics as Prometheus/OpenMetrics text, every series labelled `node_id`
     /// (`harmonylite_changes_applied_total{node_id="1"} 5`, ..., ending with `# EOF`), for the app's own metrics
-    /// endpoint: serve it with the content type `application/openmetrics-text; version=1.0.0; charset=utf-8`.
+    /// endpoint: serve it with the content type `metricsContentType`.
     /// Counters are read as they are; gauges come from a status at most a second old.
     public func metrics() async throws -> String {
         try await translatingErrors { try await native.metrics() }

@@ -453,6 +453,12 @@ uint64_t uniffi_harmonylite_swift_fn_func_native_live_replica_count(RustCallStat
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_METRICS_CONTENT_TYPE
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_METRICS_CONTENT_TYPE
+RustBuffer uniffi_harmonylite_swift_fn_func_native_metrics_content_type(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_OPEN_REPLICATED
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_FN_FUNC_NATIVE_OPEN_REPLICATED
 uint64_t uniffi_harmonylite_swift_fn_func_native_open_replicated(RustBuffer db, RustBuffer config_json
@@ -784,6 +790,12 @@ uint16_t uniffi_harmonylite_swift_checksum_func_native_enable_logging(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_LIVE_REPLICA_COUNT
 #define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_LIVE_REPLICA_COUNT
 uint16_t uniffi_harmonylite_swift_checksum_func_native_live_replica_count(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_METRICS_CONTENT_TYPE
+#define UNIFFI_FFIDEF_UNIFFI_HARMONYLITE_SWIFT_CHECKSUM_FUNC_NATIVE_METRICS_CONTENT_TYPE
+uint16_t uniffi_harmonylite_swift_checksum_func_native_metrics_content_type(void
     
 );
 #endif

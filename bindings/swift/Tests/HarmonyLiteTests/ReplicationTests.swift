@@ -94,6 +94,7 @@ final class ReplicationTests: XCTestCase {
         let line = "harmonylite_changes_applied_total{node_id=\"\(nodeId)\"} \(applied)"
         XCTAssertTrue(text.split(separator: "\n").contains { $0 == line }, "no line \(line) in:\n\(text)")
         XCTAssertTrue(text.hasSuffix("# EOF\n"), text)
+        XCTAssertEqual(metricsContentType, "application/openmetrics-text; version=1.0.0; charset=utf-8")
         try await b.close()
         try await a.close()
     }

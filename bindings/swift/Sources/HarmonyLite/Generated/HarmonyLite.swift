@@ -4291,6 +4291,16 @@ public func nativeLiveReplicaCount() -> UInt64  {
 })
 }
 /**
+ * The content type of the text `metrics()` returns (the core's value), for the app's own metrics endpoint.
+ */
+public func nativeMetricsContentType() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_harmonylite_swift_fn_func_native_metrics_content_type(uniffiCallStatus
+    )
+})
+}
+/**
  * Opens `db` for replication with a configuration given as JSON (the Swift `Config`).
  */
 public func nativeOpenReplicated(db: String, configJson: String)async throws  -> NativeReplica  {
@@ -4386,6 +4396,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_func_native_live_replica_count() != 55928) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_harmonylite_swift_checksum_func_native_metrics_content_type() != 21023) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_harmonylite_swift_checksum_func_native_open_replicated() != 2455) {
