@@ -13,7 +13,7 @@ async fn malformed_messages_are_parked_and_replication_goes_on() {
     init_logging();
     let server = NatsServer::start();
     let a = Node::start(config_for(&server, 1), SCHEMA).await;
-    let b = Node::start(config_for(&server, 2), SCHEMA).await;
+    let mut b = Node::start(config_for(&server, 2), SCHEMA).await;
     a.replica().wait_ready(WAIT).await.expect("ready");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
@@ -61,6 +61,33 @@ async fn malformed_messages_are_parked_and_replication_goes_on() {
         reason.contains("magic") || reason.contains("HarmonyLite"),
         "reason: {reason}"
     );
+
+    // Tried again at the next start (before the shard's consumer reads on, so once b has a's next row the
+    // try is over), still refused: each keeps its one record and is not parked a second time.
+    let parked_before = dead
+        .get_info()
+        .await
+        .expect("dead-letter stream")
+        .state
+        .messages;
+    assert_eq!(parked_before, 10, "parked by each of the two nodes");
+    b.close().await;
+    b.open().await;
+    a.exec("INSERT INTO users VALUES (2, 'after the restart')");
+    b.replica()
+        .wait_for(&a.sync().await, WAIT)
+        .await
+        .expect("replication continued");
+    assert_eq!(b.dump("users").len(), 2);
+    let status = b.replica().status().await.expect("status");
+    assert_eq!(status.dead_lettered, 5);
+    let parked = dead
+        .get_info()
+        .await
+        .expect("dead-letter stream")
+        .state
+        .messages;
+    assert_eq!(parked, parked_before, "not parked a second time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
